@@ -1,0 +1,40 @@
+//! Compiles `proto/` with a vendored protoc, so a machine with only Rust builds the project.
+
+use std::path::PathBuf;
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let manifest_dir = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR")?);
+    let proto_root = manifest_dir.join("../../proto").canonicalize()?;
+    let protos = [
+        "tollgate/keys/v1/common.proto",
+        "tollgate/keys/v1/account.proto",
+        "tollgate/keys/v1/application.proto",
+        "tollgate/keys/v1/group.proto",
+        "tollgate/keys/v1/model.proto",
+        "tollgate/keys/v1/key.proto",
+        "tollgate/keys/v1/audit.proto",
+        "tollgate/keys/v1/key_state.proto",
+        "tollgate/authz/v1/authz.proto",
+        "tollgate/metering/v1/metering.proto",
+    ];
+
+    // tonic-prost-build prints no rerun lines of its own; without these, every build would
+    // recompile everything downstream.
+    println!("cargo:rerun-if-changed=build.rs");
+    for proto in &protos {
+        println!("cargo:rerun-if-changed={}", proto_root.join(proto).display());
+    }
+
+    let mut prost_config = prost_build::Config::new();
+    prost_config.protoc_executable(protoc_bin_vendored::protoc_bin_path()?);
+
+    let descriptor_path = PathBuf::from(std::env::var("OUT_DIR")?).join("tollgate_descriptor.bin");
+    tonic_prost_build::configure()
+        .file_descriptor_set_path(&descriptor_path)
+        .compile_with_config(
+            prost_config,
+            &protos.map(|p| proto_root.join(p)),
+            std::slice::from_ref(&proto_root),
+        )?;
+    Ok(())
+}
