@@ -22,7 +22,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // recompile everything downstream.
     println!("cargo:rerun-if-changed=build.rs");
     for proto in &protos {
-        println!("cargo:rerun-if-changed={}", proto_root.join(proto).display());
+        println!(
+            "cargo:rerun-if-changed={}",
+            proto_root.join(proto).display()
+        );
     }
 
     let mut prost_config = prost_build::Config::new();
