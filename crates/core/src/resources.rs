@@ -8,6 +8,8 @@ use crate::time::Micros;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Account {
     pub id: String,
+    /// Increases with every change; updates compare it to detect a concurrent change.
+    pub revision: i64,
     pub display_name: String,
     /// How far below zero the balance may go; ignored when `unlimited_credit`.
     pub credit_limit: i64,
@@ -27,6 +29,8 @@ impl Account {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Application {
     pub id: String,
+    /// Increases with every change; updates compare it to detect a concurrent change.
+    pub revision: i64,
     pub account_id: String,
     pub display_name: String,
     pub description: String,
@@ -38,6 +42,8 @@ pub struct Application {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Group {
     pub id: String,
+    /// Increases with every change; updates compare it to detect a concurrent change.
+    pub revision: i64,
     pub display_name: String,
     pub price_multiplier: PriceMultiplier,
     /// Empty means every catalog model.
@@ -52,6 +58,8 @@ pub struct Group {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Model {
     pub id: String,
+    /// Increases with every change; updates compare it to detect a concurrent change.
+    pub revision: i64,
     pub display_name: String,
     pub capability: Capability,
     pub input_price: i64,
@@ -85,6 +93,9 @@ pub struct KeySettings {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Key {
     pub id: String,
+    /// Increases with every change of the key or of what its state derives from (its group,
+    /// its account); key-state snapshots carry it as their version.
+    pub revision: i64,
     pub account_id: String,
     pub application_id: String,
     pub settings: KeySettings,

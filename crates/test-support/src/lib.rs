@@ -1,0 +1,158 @@
+//! Helpers for tests that need the real Postgres and Redis.
+//!
+//! Each test gets its own Postgres database or Redis key prefix and removes only what it
+//! made. When a server is not reachable the test is skipped with a message, unless
+//! `CI=true`, where a missing server fails the run.
+
+use std::time::Duration;
+
+use sqlx::{AssertSqlSafe, Connection, PgConnection};
+
+/// Where the shared Postgres is; the tests create and drop their own databases on it.
+pub fn postgres_admin_url() -> String {
+    std::env::var("TOLLGATE_TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+}
+
+/// Where the shared Redis is; the tests use their own key prefixes on it.
+pub fn redis_url() -> String {
+    std::env::var("TOLLGATE_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
+}
+
+/// Whether missing servers must fail the run instead of skipping.
+pub fn required() -> bool {
+    std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
+}
+
+fn unavailable(what: &str, error: impl std::fmt::Display) {
+    if required() {
+        panic!("{what} is required when CI=true but is not reachable: {error}");
+    }
+    eprintln!("skipping: {what} is not reachable ({error}); set CI=true to make this a failure");
+}
+
+/// A database of its own on the shared Postgres, dropped when this value is dropped.
+#[derive(Debug)]
+pub struct TestDatabase {
+    /// Connection URL of the new database.
+    pub url: String,
+    name: String,
+}
+
+impl TestDatabase {
+    /// Creates a fresh database, or returns `None` (skip) when Postgres is not reachable.
+    pub async fn create() -> Option<Self> {
+        let admin_url = postgres_admin_url();
+        let mut admin =
+            match tokio::time::timeout(Duration::from_secs(5), PgConnection::connect(&admin_url))
+                .await
+            {
+                Ok(Ok(conn)) => conn,
+                Ok(Err(e)) => {
+                    unavailable("Postgres", e);
+                    return None;
+                }
+                Err(_) => {
+                    unavailable("Postgres", "connect timed out");
+                    return None;
+                }
+            };
+        let name = format!("tollgate_test_{}", tollgate_core::ids::new_id());
+        sqlx::query(AssertSqlSafe(format!("CREATE DATABASE {name}")))
+            .execute(&mut admin)
+            .await
+            .expect("create a test database");
+        let base = admin_url
+            .rsplit_once('/')
+            .map(|(base, _)| base)
+            .unwrap_or(&admin_url);
+        Some(Self {
+            url: format!("{base}/{name}"),
+            name,
+        })
+    }
+}
+
+impl Drop for TestDatabase {
+    fn drop(&mut self) {
+        let name = self.name.clone();
+        // Drop runs outside any async context we may block; a short-lived runtime on its own
+        // thread does the clean-up.
+        let _ = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build();
+            if let Ok(runtime) = runtime {
+                runtime.block_on(async move {
+                    if let Ok(mut admin) = PgConnection::connect(&postgres_admin_url()).await {
+                        let _ = sqlx::query(AssertSqlSafe(format!(
+                            "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+                        )))
+                        .execute(&mut admin)
+                        .await;
+                    }
+                });
+            }
+        })
+        .join();
+    }
+}
+
+/// A Redis key prefix of its own on the shared Redis; its keys are deleted on drop.
+#[derive(Debug)]
+pub struct TestRedis {
+    /// Connection URL.
+    pub url: String,
+    /// Prefix every key of the test starts with.
+    pub prefix: String,
+}
+
+impl TestRedis {
+    /// Picks a fresh prefix, or returns `None` (skip) when Redis is not reachable.
+    pub async fn create() -> Option<Self> {
+        let url = redis_url();
+        let reachable = async {
+            let client = redis::Client::open(url.as_str())?;
+            let mut conn = client.get_multiplexed_async_connection().await?;
+            redis::cmd("PING").query_async::<String>(&mut conn).await
+        };
+        match tokio::time::timeout(Duration::from_secs(5), reachable).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => {
+                unavailable("Redis", e);
+                return None;
+            }
+            Err(_) => {
+                unavailable("Redis", "connect timed out");
+                return None;
+            }
+        }
+        Some(Self {
+            url,
+            prefix: format!("tgtest:{}", tollgate_core::ids::new_id()),
+        })
+    }
+}
+
+impl Drop for TestRedis {
+    fn drop(&mut self) {
+        let url = self.url.clone();
+        let pattern = format!("{}*", self.prefix);
+        let _ = std::thread::spawn(move || {
+            let Ok(client) = redis::Client::open(url.as_str()) else {
+                return;
+            };
+            let Ok(mut conn) = client.get_connection() else {
+                return;
+            };
+            let keys: Vec<String> = redis::cmd("KEYS")
+                .arg(&pattern)
+                .query(&mut conn)
+                .unwrap_or_default();
+            for chunk in keys.chunks(500) {
+                let _: redis::RedisResult<()> = redis::cmd("DEL").arg(chunk).query(&mut conn);
+            }
+        })
+        .join();
+    }
+}
