@@ -1,0 +1,236 @@
+//! Redis shared state for production: snapshots in hashes, the catalog in a string,
+//! invalidations on a Pub/Sub channel.
+//!
+//! Layout under a configurable prefix `P`:
+//! - `P:ks:<secret hash hex>`: hash `{v: version, s: encoded KeyState}`;
+//! - `P:catalog`: encoded `GetModelCatalogResponse`;
+//! - channel `P:invalidations`: [`Invalidation::encode`] messages.
+//!
+//! Each operation is single-key, so the layout works unchanged on Redis Cluster.
+
+use std::sync::{Arc, OnceLock, Weak};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures::StreamExt;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{AsyncCommands, Client, ErrorKind, RedisError, Script, ServerErrorKind};
+use tokio::sync::broadcast;
+use tollgate_core::SecretHash;
+
+use crate::{Invalidation, InvalidationBus, KeyStateCache, KeyStateWrite, StateError};
+
+/// How to reach Redis.
+#[derive(Debug, Clone)]
+pub struct RedisConfig {
+    /// `redis://host:port[/db]` or `rediss://…`.
+    pub url: String,
+    /// Prefix of every key and channel, so several deployments (or tests) share a server.
+    pub prefix: String,
+    /// Upper bound of each operation; past it the call fails with [`StateError::Timeout`].
+    pub op_timeout: Duration,
+}
+
+/// Key-state cache and invalidation bus on Redis.
+#[derive(Clone)]
+pub struct RedisState {
+    client: Client,
+    conn: ConnectionManager,
+    prefix: Arc<str>,
+    op_timeout: Duration,
+    put_script: Arc<Script>,
+    invalidations: broadcast::Sender<Invalidation>,
+    subscriber_started: Arc<OnceLock<()>>,
+    /// Dropped with the last clone; the subscriber task watches it to know when to stop.
+    alive: Arc<()>,
+}
+
+impl std::fmt::Debug for RedisState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisState")
+            .field("prefix", &self.prefix)
+            .finish_non_exhaustive()
+    }
+}
+
+fn unavailable(error: RedisError) -> StateError {
+    StateError::Unavailable(error.to_string())
+}
+
+impl RedisState {
+    /// Connects; the connection then re-establishes itself after failures.
+    pub async fn connect(config: &RedisConfig) -> Result<Self, StateError> {
+        let client = Client::open(config.url.as_str()).map_err(unavailable)?;
+        let manager_config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(config.op_timeout.max(Duration::from_millis(500))))
+            .set_response_timeout(Some(config.op_timeout))
+            .set_number_of_retries(2)
+            .set_max_delay(Duration::from_secs(2));
+        let conn = tokio::time::timeout(
+            Duration::from_secs(10),
+            client.get_connection_manager_with_config(manager_config),
+        )
+        .await
+        .map_err(|_| StateError::Timeout)?
+        .map_err(unavailable)?;
+        Ok(Self {
+            client,
+            conn,
+            prefix: config.prefix.clone().into(),
+            op_timeout: config.op_timeout,
+            put_script: Arc::new(Script::new(include_str!("lua/put_key_state.lua"))),
+            invalidations: broadcast::channel(1024).0,
+            subscriber_started: Arc::default(),
+            alive: Arc::new(()),
+        })
+    }
+
+    /// The multiplexed connection, for other adapters on the same server.
+    pub fn connection(&self) -> ConnectionManager {
+        self.conn.clone()
+    }
+
+    /// The key prefix.
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    fn key_state_key(&self, hash: &SecretHash) -> String {
+        format!("{}:ks:{}", self.prefix, hash.to_hex())
+    }
+
+    fn catalog_key(&self) -> String {
+        format!("{}:catalog", self.prefix)
+    }
+
+    fn channel(&self) -> String {
+        format!("{}:invalidations", self.prefix)
+    }
+
+    async fn bounded<T>(
+        &self,
+        op: impl Future<Output = Result<T, RedisError>>,
+    ) -> Result<T, StateError> {
+        tokio::time::timeout(self.op_timeout, op)
+            .await
+            .map_err(|_| StateError::Timeout)?
+            .map_err(unavailable)
+    }
+
+    fn put_pipeline(&self, writes: &[KeyStateWrite]) -> redis::Pipeline {
+        let mut pipe = redis::pipe();
+        for write in writes {
+            let expire_at_ms = write.expire_at.map_or(0, |micros| micros / 1000);
+            pipe.invoke_script(
+                self.put_script
+                    .key(self.key_state_key(&write.hash))
+                    .arg(write.version)
+                    .arg(write.encoded.as_slice())
+                    .arg(expire_at_ms),
+            )
+            .ignore();
+        }
+        pipe
+    }
+
+    /// Relays channel messages to local subscribers until the last clone is dropped;
+    /// reconnects by itself and tells subscribers to drop everything after any gap.
+    fn start_subscriber(&self) {
+        let client = self.client.clone();
+        let channel = self.channel();
+        let sender = self.invalidations.clone();
+        let alive: Weak<()> = Arc::downgrade(&self.alive);
+        tokio::spawn(async move {
+            let mut backoff = Duration::from_millis(100);
+            while alive.strong_count() > 0 {
+                match client.get_async_pubsub().await {
+                    Ok(mut pubsub) => {
+                        if let Err(error) = pubsub.subscribe(&channel).await {
+                            tracing::warn!(%error, "invalidation subscription failed");
+                        } else {
+                            backoff = Duration::from_millis(100);
+                            // Anything published while we were not listening is lost.
+                            let _ = sender.send(Invalidation::Everything);
+                            let mut messages = pubsub.on_message();
+                            let mut liveness = tokio::time::interval(Duration::from_secs(1));
+                            loop {
+                                tokio::select! {
+                                    message = messages.next() => match message {
+                                        Some(message) => {
+                                            let payload: String = message.get_payload().unwrap_or_default();
+                                            let _ = sender.send(Invalidation::decode(&payload));
+                                        }
+                                        None => break,
+                                    },
+                                    _ = liveness.tick() => if alive.strong_count() == 0 { return },
+                                }
+                            }
+                            tracing::warn!("invalidation subscription lost; reconnecting");
+                        }
+                    }
+                    Err(error) => {
+                        tracing::warn!(%error, "cannot subscribe to invalidations; retrying")
+                    }
+                }
+                let _ = sender.send(Invalidation::Everything);
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(2));
+            }
+        });
+    }
+}
+
+#[async_trait]
+impl KeyStateCache for RedisState {
+    async fn put_key_states(&self, writes: &[KeyStateWrite]) -> Result<(), StateError> {
+        if writes.is_empty() {
+            return Ok(());
+        }
+        let mut conn = self.conn.clone();
+        let pipe = self.put_pipeline(writes);
+        let first = tokio::time::timeout(self.op_timeout, pipe.query_async::<()>(&mut conn))
+            .await
+            .map_err(|_| StateError::Timeout)?;
+        match first {
+            Ok(()) => Ok(()),
+            // After a Redis restart the script cache is empty: load it once and resend.
+            Err(error) if error.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
+                self.bounded(self.put_script.prepare_invoke().load_async(&mut conn))
+                    .await?;
+                self.bounded(pipe.query_async::<()>(&mut conn)).await
+            }
+            Err(error) => Err(unavailable(error)),
+        }
+    }
+
+    async fn get_key_state(&self, hash: &SecretHash) -> Result<Option<Vec<u8>>, StateError> {
+        let mut conn = self.conn.clone();
+        self.bounded(conn.hget(self.key_state_key(hash), "s")).await
+    }
+
+    async fn put_catalog(&self, encoded: &[u8]) -> Result<(), StateError> {
+        let mut conn = self.conn.clone();
+        self.bounded(conn.set(self.catalog_key(), encoded)).await
+    }
+
+    async fn get_catalog(&self) -> Result<Option<Vec<u8>>, StateError> {
+        let mut conn = self.conn.clone();
+        self.bounded(conn.get(self.catalog_key())).await
+    }
+}
+
+#[async_trait]
+impl InvalidationBus for RedisState {
+    async fn publish(&self, invalidation: &Invalidation) -> Result<(), StateError> {
+        let mut conn = self.conn.clone();
+        self.bounded(conn.publish::<_, _, ()>(self.channel(), invalidation.encode()))
+            .await
+    }
+
+    fn subscribe(&self) -> broadcast::Receiver<Invalidation> {
+        let receiver = self.invalidations.subscribe();
+        self.subscriber_started
+            .get_or_init(|| self.start_subscriber());
+        receiver
+    }
+}

@@ -1,0 +1,169 @@
+//! The same checks against the in-process state and against Redis (a private key prefix on
+//! the shared server; skipped without one unless `CI=true`).
+
+use std::time::Duration;
+
+use tollgate_core::SecretHash;
+use tollgate_core::time::now_micros;
+use tollgate_state::memory::MemoryState;
+use tollgate_state::redis::{RedisConfig, RedisState};
+use tollgate_state::{Invalidation, InvalidationBus, KeyStateCache, KeyStateWrite};
+use tollgate_test_support::TestRedis;
+
+trait State: KeyStateCache + InvalidationBus {}
+impl<T: KeyStateCache + InvalidationBus> State for T {}
+
+async fn redis_state() -> Option<(RedisState, TestRedis)> {
+    let redis = TestRedis::create().await?;
+    let config = RedisConfig {
+        url: redis.url.clone(),
+        prefix: redis.prefix.clone(),
+        op_timeout: Duration::from_secs(2),
+    };
+    Some((RedisState::connect(&config).await.unwrap(), redis))
+}
+
+macro_rules! conformance {
+    ($($check:ident),* $(,)?) => {
+        mod memory {
+            $(
+                #[tokio::test]
+                async fn $check() {
+                    super::$check(&tollgate_state::memory::MemoryState::new()).await;
+                }
+            )*
+        }
+        mod redis {
+            $(
+                #[tokio::test]
+                async fn $check() {
+                    if let Some((state, _guard)) = super::redis_state().await {
+                        super::$check(&state).await;
+                    }
+                }
+            )*
+        }
+    };
+}
+
+conformance!(
+    snapshots_keep_the_newest_version,
+    expired_entries_vanish,
+    catalog_round_trips,
+    invalidations_reach_subscribers
+);
+
+fn write(hash: u8, version: i64, body: &str) -> KeyStateWrite {
+    KeyStateWrite {
+        hash: SecretHash([hash; 32]),
+        version,
+        encoded: body.as_bytes().to_vec(),
+        expire_at: None,
+    }
+}
+
+async fn snapshots_keep_the_newest_version(state: &dyn State) {
+    let hash = SecretHash([1; 32]);
+    assert_eq!(state.get_key_state(&hash).await.unwrap(), None);
+    state
+        .put_key_states(&[write(1, 2, "v2"), write(2, 1, "other")])
+        .await
+        .unwrap();
+    assert_eq!(
+        state.get_key_state(&hash).await.unwrap().as_deref(),
+        Some(&b"v2"[..])
+    );
+    // An older writer arriving late does not win.
+    state.put_key_states(&[write(1, 1, "v1")]).await.unwrap();
+    assert_eq!(
+        state.get_key_state(&hash).await.unwrap().as_deref(),
+        Some(&b"v2"[..])
+    );
+    // The same version may be rewritten (e.g. after a system cap change).
+    state
+        .put_key_states(&[write(1, 2, "v2b"), write(1, 3, "v3")])
+        .await
+        .unwrap();
+    assert_eq!(
+        state.get_key_state(&hash).await.unwrap().as_deref(),
+        Some(&b"v3"[..])
+    );
+    assert_eq!(
+        state
+            .get_key_state(&SecretHash([2; 32]))
+            .await
+            .unwrap()
+            .as_deref(),
+        Some(&b"other"[..])
+    );
+    state.put_key_states(&[]).await.unwrap();
+}
+
+async fn expired_entries_vanish(state: &dyn State) {
+    let mut past = write(3, 1, "gone");
+    past.expire_at = Some(now_micros() - 1_000_000);
+    let mut future = write(4, 1, "kept");
+    future.expire_at = Some(now_micros() + 60_000_000);
+    state.put_key_states(&[past, future]).await.unwrap();
+    assert_eq!(
+        state.get_key_state(&SecretHash([3; 32])).await.unwrap(),
+        None
+    );
+    assert_eq!(
+        state
+            .get_key_state(&SecretHash([4; 32]))
+            .await
+            .unwrap()
+            .as_deref(),
+        Some(&b"kept"[..])
+    );
+}
+
+async fn catalog_round_trips(state: &dyn State) {
+    assert_eq!(state.get_catalog().await.unwrap(), None);
+    state.put_catalog(b"catalog-1").await.unwrap();
+    state.put_catalog(b"catalog-2").await.unwrap();
+    assert_eq!(
+        state.get_catalog().await.unwrap().as_deref(),
+        Some(&b"catalog-2"[..])
+    );
+}
+
+async fn invalidations_reach_subscribers(state: &dyn State) {
+    let mut receiver = state.subscribe();
+    let wanted = Invalidation::Keys(vec![SecretHash([5; 32])]);
+    // A Redis subscription takes a moment to be established; publish until it arrives.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        state.publish(&wanted).await.unwrap();
+        match tokio::time::timeout(Duration::from_millis(200), async {
+            loop {
+                match receiver.recv().await {
+                    Ok(got) if got == wanted => return true,
+                    Ok(_) => continue,
+                    Err(_) => return false,
+                }
+            }
+        })
+        .await
+        {
+            Ok(true) => break,
+            _ if tokio::time::Instant::now() > deadline => panic!("invalidation never arrived"),
+            _ => continue,
+        }
+    }
+}
+
+#[tokio::test]
+async fn memory_state_is_shared_between_clones() {
+    let state = MemoryState::new();
+    let clone = state.clone();
+    state.put_key_states(&[write(9, 1, "x")]).await.unwrap();
+    assert!(
+        clone
+            .get_key_state(&SecretHash([9; 32]))
+            .await
+            .unwrap()
+            .is_some()
+    );
+}
