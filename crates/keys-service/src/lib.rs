@@ -1,0 +1,120 @@
+//! Tollgate's keys service: configuration of accounts, applications, groups, the model
+//! catalog and API keys, with an audit log, and the key-state snapshots authz reads.
+//!
+//! Layers, in the order a request crosses them: [`grpc`] checks and converts protos,
+//! [`service`] applies the rules and writes through the store, [`state_sync`] pushes what
+//! changed to the key-state cache and tells authz replicas to drop their copies.
+
+pub mod convert;
+pub mod error;
+pub mod grpc;
+pub mod sealing;
+pub mod service;
+pub mod snapshot;
+pub mod state_sync;
+pub mod validate;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tollgate_proto::keys::v1 as pb;
+use tollgate_state::{InvalidationBus, KeyStateCache};
+use tollgate_store::keys::KeysStore;
+use tonic::server::NamedService;
+use tonic::service::RoutesBuilder;
+
+pub use error::{KeysError, KeysResult};
+pub use grpc::KeysGrpc;
+pub use service::{KeysConfig, KeysService};
+pub use state_sync::StateSync;
+
+/// How often the background loop retries pushes that failed.
+const SYNC_RETRY_INTERVAL: Duration = Duration::from_secs(1);
+/// The stored setting that remembers the caps the snapshots were computed with.
+const CAPS_SETTING: &str = "system_caps";
+
+/// The keys service, ready to be served.
+pub struct KeysServer {
+    grpc: KeysGrpc,
+    sync: Arc<StateSync>,
+}
+
+impl KeysServer {
+    /// Wires the service to its store and the key-state cache. When the system caps differ
+    /// from those the stored snapshots were computed with, every key is queued for a push.
+    pub async fn new(
+        store: Arc<dyn KeysStore>,
+        cache: Arc<dyn KeyStateCache>,
+        bus: Arc<dyn InvalidationBus>,
+        config: KeysConfig,
+    ) -> KeysResult<Self> {
+        let caps = format!("{:?}/{:?}", config.caps.max_rpm, config.caps.max_tpm);
+        let stored_caps = store
+            .get_setting(CAPS_SETTING)
+            .await
+            .map_err(KeysError::from_store("setting"))?;
+        if stored_caps.as_deref() != Some(caps.as_str()) {
+            store
+                .enqueue_everything()
+                .await
+                .map_err(KeysError::from_store("setting"))?;
+            store
+                .put_setting(CAPS_SETTING, &caps)
+                .await
+                .map_err(KeysError::from_store("setting"))?;
+        }
+        let sync = Arc::new(StateSync::new(store.clone(), cache, bus, config.caps));
+        sync.flush_after_commit().await;
+        let service = Arc::new(KeysService::new(store, sync.clone(), config));
+        Ok(Self {
+            grpc: KeysGrpc::new(service),
+            sync,
+        })
+    }
+
+    /// Adds every keys.v1 service to a router.
+    pub fn add_services(&self, routes: &mut RoutesBuilder) {
+        routes
+            .add_service(pb::account_service_server::AccountServiceServer::new(
+                self.grpc.clone(),
+            ))
+            .add_service(
+                pb::application_service_server::ApplicationServiceServer::new(self.grpc.clone()),
+            )
+            .add_service(pb::group_service_server::GroupServiceServer::new(
+                self.grpc.clone(),
+            ))
+            .add_service(pb::model_service_server::ModelServiceServer::new(
+                self.grpc.clone(),
+            ))
+            .add_service(pb::key_service_server::KeyServiceServer::new(
+                self.grpc.clone(),
+            ))
+            .add_service(pb::audit_service_server::AuditServiceServer::new(
+                self.grpc.clone(),
+            ))
+            .add_service(pb::key_state_service_server::KeyStateServiceServer::new(
+                self.grpc.clone(),
+            ));
+    }
+
+    /// Fully-qualified names of the services [`KeysServer::add_services`] adds, for health.
+    pub fn service_names() -> Vec<&'static str> {
+        vec![
+            <pb::account_service_server::AccountServiceServer<KeysGrpc> as NamedService>::NAME,
+            <pb::application_service_server::ApplicationServiceServer<KeysGrpc> as NamedService>::NAME,
+            <pb::group_service_server::GroupServiceServer<KeysGrpc> as NamedService>::NAME,
+            <pb::model_service_server::ModelServiceServer<KeysGrpc> as NamedService>::NAME,
+            <pb::key_service_server::KeyServiceServer<KeysGrpc> as NamedService>::NAME,
+            <pb::audit_service_server::AuditServiceServer<KeysGrpc> as NamedService>::NAME,
+            <pb::key_state_service_server::KeyStateServiceServer<KeysGrpc> as NamedService>::NAME,
+        ]
+    }
+
+    /// Starts the loop that retries key-state pushes the handlers could not make.
+    pub fn spawn_background(&self, shutdown: CancellationToken) -> JoinHandle<()> {
+        tokio::spawn(self.sync.clone().run(SYNC_RETRY_INTERVAL, shutdown))
+    }
+}

@@ -1,0 +1,150 @@
+//! Pushes committed changes from the store's outbox to the key-state cache, then tells every
+//! authz replica to drop what it cached.
+//!
+//! Handlers flush right after their commit, so a change is visible to authz by the time the
+//! RPC returns; if the cache is down, the change stays in the outbox and a background loop
+//! retries every second. Snapshots carry the key's revision and the cache keeps the newest,
+//! so concurrent flushers (several replicas) cannot regress a key.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use prost::Message;
+use tokio_util::sync::CancellationToken;
+use tollgate_core::limits::SystemCaps;
+use tollgate_core::time::now_micros;
+use tollgate_state::{Invalidation, InvalidationBus, KeyStateCache, StateError};
+use tollgate_store::StoreError;
+use tollgate_store::keys::{KeysStore, StateChange};
+
+use crate::snapshot;
+
+/// Outbox rows taken per round.
+const BATCH: u32 = 500;
+/// Secret hashes per invalidation message.
+const HASHES_PER_MESSAGE: usize = 1000;
+
+/// Why a flush stopped; the outbox keeps what was not pushed.
+#[derive(Debug, thiserror::Error)]
+pub enum SyncError {
+    #[error("store: {0}")]
+    Store(#[from] StoreError),
+    #[error("key-state cache: {0}")]
+    State(#[from] StateError),
+}
+
+/// The outbox pusher.
+pub struct StateSync {
+    store: Arc<dyn KeysStore>,
+    cache: Arc<dyn KeyStateCache>,
+    bus: Arc<dyn InvalidationBus>,
+    caps: SystemCaps,
+    flushing: tokio::sync::Mutex<()>,
+}
+
+impl StateSync {
+    pub fn new(
+        store: Arc<dyn KeysStore>,
+        cache: Arc<dyn KeyStateCache>,
+        bus: Arc<dyn InvalidationBus>,
+        caps: SystemCaps,
+    ) -> Self {
+        Self {
+            store,
+            cache,
+            bus,
+            caps,
+            flushing: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    /// The cache snapshots are pushed to.
+    pub fn cache(&self) -> &dyn KeyStateCache {
+        self.cache.as_ref()
+    }
+
+    /// Pushes every pending change; returns how many outbox rows were pushed.
+    pub async fn flush(&self) -> Result<usize, SyncError> {
+        let _one_at_a_time = self.flushing.lock().await;
+        let mut pushed = 0;
+        loop {
+            let entries = self.store.pending_state_changes(BATCH).await?;
+            if entries.is_empty() {
+                return Ok(pushed);
+            }
+            let mut key_ids = BTreeSet::new();
+            let mut catalog = false;
+            for entry in &entries {
+                match &entry.change {
+                    StateChange::Key(id) => {
+                        key_ids.insert(id.clone());
+                    }
+                    StateChange::Catalog => catalog = true,
+                }
+            }
+            let key_ids: Vec<String> = key_ids.into_iter().collect();
+            let now = now_micros();
+            let sources = self.store.load_key_states(&key_ids).await?;
+            let writes: Vec<_> = sources
+                .iter()
+                .flat_map(|source| snapshot::key_state_writes(source, &self.caps, now))
+                .collect();
+            self.cache.put_key_states(&writes).await?;
+            if catalog {
+                let models = self.store.all_models().await?;
+                self.cache
+                    .put_catalog(&snapshot::catalog(&models, now).encode_to_vec())
+                    .await?;
+            }
+            let hashes: Vec<_> = writes.iter().map(|w| w.hash).collect();
+            for chunk in hashes.chunks(HASHES_PER_MESSAGE) {
+                self.bus
+                    .publish(&Invalidation::Keys(chunk.to_vec()))
+                    .await?;
+            }
+            if catalog {
+                self.bus.publish(&Invalidation::Catalog).await?;
+            }
+            self.store
+                .ack_state_changes(&entries.iter().map(|e| e.id).collect::<Vec<_>>())
+                .await?;
+            pushed += entries.len();
+        }
+    }
+
+    /// Flushes after a handler's commit. A failure is logged, not returned: the change is
+    /// committed and the background loop will push it.
+    pub async fn flush_after_commit(&self) {
+        if let Err(error) = self.flush().await {
+            tracing::warn!(%error, "key-state push deferred to the background loop");
+        }
+    }
+
+    /// Retries pending pushes every `interval` until cancelled.
+    pub async fn run(self: Arc<Self>, interval: Duration, shutdown: CancellationToken) {
+        let mut ticker = tokio::time::interval(interval);
+        let mut failing = false;
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = ticker.tick() => {}
+            }
+            match self.flush().await {
+                Ok(pushed) if failing || pushed > 0 => {
+                    if failing {
+                        tracing::info!(pushed, "key-state push recovered");
+                    }
+                    failing = false;
+                }
+                Ok(_) => {}
+                Err(error) => {
+                    if !failing {
+                        tracing::warn!(%error, "key-state push failing; retrying every {:?}", interval);
+                    }
+                    failing = true;
+                }
+            }
+        }
+    }
+}
