@@ -22,22 +22,17 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // recompile everything downstream.
     println!("cargo:rerun-if-changed=build.rs");
     for proto in &protos {
-        println!(
-            "cargo:rerun-if-changed={}",
-            proto_root.join(proto).display()
-        );
+        println!("cargo:rerun-if-changed={}", proto_root.join(proto).display());
     }
 
     let mut prost_config = prost_build::Config::new();
     prost_config.protoc_executable(protoc_bin_vendored::protoc_bin_path()?);
 
     let descriptor_path = PathBuf::from(std::env::var("OUT_DIR")?).join("tollgate_descriptor.bin");
-    tonic_prost_build::configure()
-        .file_descriptor_set_path(&descriptor_path)
-        .compile_with_config(
-            prost_config,
-            &protos.map(|p| proto_root.join(p)),
-            std::slice::from_ref(&proto_root),
-        )?;
+    tonic_prost_build::configure().file_descriptor_set_path(&descriptor_path).compile_with_config(
+        prost_config,
+        &protos.map(|p| proto_root.join(p)),
+        std::slice::from_ref(&proto_root),
+    )?;
     Ok(())
 }

@@ -67,9 +67,6 @@ mod tests {
         }
         assert_eq!(Capability::from_number(0), None);
         assert_eq!(Capability::from_number(99), None);
-        assert_eq!(
-            to_bits(&[Capability::Text, Capability::Tts]).count_ones(),
-            2
-        );
+        assert_eq!(to_bits(&[Capability::Text, Capability::Tts]).count_ones(), 2);
     }
 }

@@ -10,18 +10,11 @@ pub const MAX_ID_LEN: usize = 63;
 /// Makes a 16-character id: 48 bits of milliseconds then 32 random bits, in lower-case
 /// Crockford base32, so ids sort by creation time and keyset pagination follows it.
 pub fn new_id() -> String {
-    let millis = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0);
+    let millis = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
     let mut random = [0u8; 4];
     getrandom::fill(&mut random).expect("the OS random source is available");
-    let value: u128 =
-        (u128::from(millis & 0xFFFF_FFFF_FFFF) << 32) | u128::from(u32::from_be_bytes(random));
-    (0..16)
-        .rev()
-        .map(|i| CROCKFORD[((value >> (i * 5)) & 31) as usize] as char)
-        .collect()
+    let value: u128 = (u128::from(millis & 0xFFFF_FFFF_FFFF) << 32) | u128::from(u32::from_be_bytes(random));
+    (0..16).rev().map(|i| CROCKFORD[((value >> (i * 5)) & 31) as usize] as char).collect()
 }
 
 /// Checks a caller-chosen id: 1–63 characters of `a-z`, `0-9` and `-`, starting with a
@@ -29,9 +22,7 @@ pub fn new_id() -> String {
 pub fn is_valid_id(id: &str) -> bool {
     !id.is_empty()
         && id.len() <= MAX_ID_LEN
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && id.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
         && !id.starts_with('-')
         && !id.ends_with('-')
 }
@@ -41,9 +32,7 @@ pub fn is_valid_id(id: &str) -> bool {
 pub fn is_valid_model_id(id: &str) -> bool {
     !id.is_empty()
         && id.len() <= 128
-        && id.bytes().all(|b| {
-            b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'/' | b'@' | b'-')
-        })
+        && id.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'/' | b'@' | b'-'))
         && !id.starts_with('/')
         && !id.ends_with('/')
         && !id.contains("//")

@@ -28,18 +28,14 @@ fn canonical_net(net: IpNet) -> IpNet {
         && let Some(v4) = v6.addr().to_ipv4_mapped()
         && v6.prefix_len() >= 96
     {
-        return IpNet::new(IpAddr::V4(v4), v6.prefix_len() - 96)
-            .expect("a prefix of at most 32 is valid for IPv4");
+        return IpNet::new(IpAddr::V4(v4), v6.prefix_len() - 96).expect("a prefix of at most 32 is valid for IPv4");
     }
     net
 }
 
 /// Parses a client address as sent by a gateway; IPv4-mapped IPv6 becomes IPv4.
 pub fn parse_client_ip(text: &str) -> Option<IpAddr> {
-    text.trim()
-        .parse::<IpAddr>()
-        .ok()
-        .map(|ip| ip.to_canonical())
+    text.trim().parse::<IpAddr>().ok().map(|ip| ip.to_canonical())
 }
 
 /// Whether `ip` is in any of `networks`; an empty list allows every address.
@@ -88,14 +84,7 @@ mod tests {
     fn canonicalises_and_rejects() {
         assert_eq!(parse_entry("10.1.2.3/8").unwrap().to_string(), "10.0.0.0/8");
         assert_eq!(parse_entry("::1").unwrap().to_string(), "::1/128");
-        for bad in [
-            "",
-            "10.0.0.0/33",
-            "300.1.1.1",
-            "10.0.0.0/",
-            "host.example",
-            "::/129",
-        ] {
+        for bad in ["", "10.0.0.0/33", "300.1.1.1", "10.0.0.0/", "host.example", "::/129"] {
             assert_eq!(parse_entry(bad), None, "{bad}");
         }
     }

@@ -161,18 +161,9 @@ mod tests {
     fn rejects_each_kind_of_malformation() {
         let key = ApiKeySecret::generate();
         let text = key.expose();
-        assert_eq!(
-            validate(&text.replacen("sk-", "pk-", 1)),
-            Err(MalformedKey::WrongPrefix)
-        );
-        assert_eq!(
-            validate(&text[..KEY_LEN - 1]),
-            Err(MalformedKey::WrongLength)
-        );
-        assert_eq!(
-            validate(&format!("{text}x")),
-            Err(MalformedKey::WrongLength)
-        );
+        assert_eq!(validate(&text.replacen("sk-", "pk-", 1)), Err(MalformedKey::WrongPrefix));
+        assert_eq!(validate(&text[..KEY_LEN - 1]), Err(MalformedKey::WrongLength));
+        assert_eq!(validate(&format!("{text}x")), Err(MalformedKey::WrongLength));
         let mut bad_char = text.to_owned();
         bad_char.replace_range(10..11, "_");
         assert_eq!(validate(&bad_char), Err(MalformedKey::BadCharacter));

@@ -17,20 +17,9 @@ pub struct Clamp {
 }
 
 /// Lowers `value` to `cap`, reporting when it had to.
-pub fn clamp(
-    field: &'static str,
-    value: Option<i64>,
-    cap: Option<i64>,
-) -> (Option<i64>, Option<Clamp>) {
+pub fn clamp(field: &'static str, value: Option<i64>, cap: Option<i64>) -> (Option<i64>, Option<Clamp>) {
     match (value, cap) {
-        (Some(requested), Some(cap)) if requested > cap => (
-            Some(cap),
-            Some(Clamp {
-                field,
-                requested,
-                applied: cap,
-            }),
-        ),
+        (Some(requested), Some(cap)) if requested > cap => (Some(cap), Some(Clamp { field, requested, applied: cap })),
         (value, _) => (value, None),
     }
 }
@@ -65,14 +54,7 @@ mod tests {
         assert_eq!(clamp("rpm_limit", Some(50), Some(60)), (Some(50), None));
         let (value, notice) = clamp("rpm_limit", Some(70), Some(60));
         assert_eq!(value, Some(60));
-        assert_eq!(
-            notice,
-            Some(Clamp {
-                field: "rpm_limit",
-                requested: 70,
-                applied: 60
-            })
-        );
+        assert_eq!(notice, Some(Clamp { field: "rpm_limit", requested: 70, applied: 60 }));
         assert_eq!(clamp("rpm_limit", Some(70), None), (Some(70), None));
     }
 }

@@ -49,9 +49,7 @@ impl PriceMultiplier {
 
     /// The multiplier in millionths, exact.
     pub fn micros(self) -> i64 {
-        (self.0 * Decimal::from(1_000_000))
-            .to_i64()
-            .expect("at most 1000 × 10^6")
+        (self.0 * Decimal::from(1_000_000)).to_i64().expect("at most 1000 × 10^6")
     }
 }
 
@@ -78,9 +76,7 @@ pub fn credits_to_usd(credits: i64, credits_per_usd: i64) -> String {
     if credits_per_usd <= 0 {
         return "0".to_owned();
     }
-    (Decimal::from(credits) / Decimal::from(credits_per_usd))
-        .normalize()
-        .to_string()
+    (Decimal::from(credits) / Decimal::from(credits_per_usd)).normalize().to_string()
 }
 
 #[cfg(test)]
@@ -92,32 +88,14 @@ mod tests {
     fn multipliers() {
         assert_eq!(PriceMultiplier::parse("1").unwrap().micros(), 1_000_000);
         assert_eq!(PriceMultiplier::parse("0.85").unwrap().micros(), 850_000);
-        assert_eq!(
-            PriceMultiplier::parse("1.250000").unwrap().to_string(),
-            "1.25"
-        );
+        assert_eq!(PriceMultiplier::parse("1.250000").unwrap().to_string(), "1.25");
         assert_eq!(PriceMultiplier::parse("0").unwrap().micros(), 0);
-        assert_eq!(
-            PriceMultiplier::parse("1000").unwrap().micros(),
-            1_000_000_000
-        );
+        assert_eq!(PriceMultiplier::parse("1000").unwrap().micros(), 1_000_000_000);
         assert_eq!(PriceMultiplier::parse("-1"), Err(BadMultiplier::OutOfRange));
-        assert_eq!(
-            PriceMultiplier::parse("1000.000001"),
-            Err(BadMultiplier::OutOfRange)
-        );
-        assert_eq!(
-            PriceMultiplier::parse("0.0000001"),
-            Err(BadMultiplier::TooPrecise)
-        );
-        assert_eq!(
-            PriceMultiplier::parse("abc"),
-            Err(BadMultiplier::NotADecimal)
-        );
-        assert_eq!(
-            PriceMultiplier::parse("NaN"),
-            Err(BadMultiplier::NotADecimal)
-        );
+        assert_eq!(PriceMultiplier::parse("1000.000001"), Err(BadMultiplier::OutOfRange));
+        assert_eq!(PriceMultiplier::parse("0.0000001"), Err(BadMultiplier::TooPrecise));
+        assert_eq!(PriceMultiplier::parse("abc"), Err(BadMultiplier::NotADecimal));
+        assert_eq!(PriceMultiplier::parse("NaN"), Err(BadMultiplier::NotADecimal));
     }
 
     /// The rounding table: cost = ceil(tokens × price × multiplier / 10^6).
@@ -138,11 +116,7 @@ mod tests {
         ];
         for (tokens, price, multiplier, expected) in cases {
             let m = PriceMultiplier::parse(multiplier).unwrap().micros();
-            assert_eq!(
-                cost_credits(tokens, price, m),
-                expected,
-                "{tokens} × {price} × {multiplier}"
-            );
+            assert_eq!(cost_credits(tokens, price, m), expected, "{tokens} × {price} × {multiplier}");
         }
     }
 

@@ -69,10 +69,7 @@ mod tests {
     #[test]
     fn round_trips() {
         assert_eq!(parse_account(&account("acme")), Some("acme"));
-        assert_eq!(
-            parse_application(&application("acme", "web")),
-            Some(("acme", "web"))
-        );
+        assert_eq!(parse_application(&application("acme", "web")), Some(("acme", "web")));
         assert_eq!(parse_key(&key("acme", "k1")), Some(("acme", "k1")));
         assert_eq!(parse_group(&group("pro")), Some("pro"));
         assert_eq!(parse_model(&model("openai/gpt-4o")), Some("openai/gpt-4o"));
@@ -80,21 +77,10 @@ mod tests {
 
     #[test]
     fn rejects_other_shapes() {
-        for bad in [
-            "",
-            "accounts/",
-            "accounts/ACME",
-            "account/acme",
-            "accounts/a/b",
-        ] {
+        for bad in ["", "accounts/", "accounts/ACME", "account/acme", "accounts/a/b"] {
             assert_eq!(parse_account(bad), None, "{bad}");
         }
-        for bad in [
-            "accounts/a/keys/",
-            "accounts/a/applications/x",
-            "accounts/a/keys/x/y",
-            "keys/x",
-        ] {
+        for bad in ["accounts/a/keys/", "accounts/a/applications/x", "accounts/a/keys/x/y", "keys/x"] {
             assert_eq!(parse_key(bad), None, "{bad}");
         }
         assert_eq!(parse_application("accounts/a/keys/x"), None);

@@ -163,9 +163,7 @@ pub fn allowed_models(key: &[String], group: &[String]) -> AllowedModels {
         (true, true) => AllowedModels::Any,
         (false, true) => AllowedModels::Only(key.to_vec()),
         (true, false) => AllowedModels::Only(group.to_vec()),
-        (false, false) => {
-            AllowedModels::Only(key.iter().filter(|m| group.contains(m)).cloned().collect())
-        }
+        (false, false) => AllowedModels::Only(key.iter().filter(|m| group.contains(m)).cloned().collect()),
     }
 }
 
@@ -180,22 +178,10 @@ mod tests {
     #[test]
     fn model_lists_intersect() {
         assert_eq!(allowed_models(&[], &[]), AllowedModels::Any);
-        assert_eq!(
-            allowed_models(&strings(&["a"]), &[]),
-            AllowedModels::Only(strings(&["a"]))
-        );
-        assert_eq!(
-            allowed_models(&[], &strings(&["b"])),
-            AllowedModels::Only(strings(&["b"]))
-        );
-        assert_eq!(
-            allowed_models(&strings(&["a", "b"]), &strings(&["b", "c"])),
-            AllowedModels::Only(strings(&["b"]))
-        );
-        assert_eq!(
-            allowed_models(&strings(&["a"]), &strings(&["c"])),
-            AllowedModels::Only(vec![])
-        );
+        assert_eq!(allowed_models(&strings(&["a"]), &[]), AllowedModels::Only(strings(&["a"])));
+        assert_eq!(allowed_models(&[], &strings(&["b"])), AllowedModels::Only(strings(&["b"])));
+        assert_eq!(allowed_models(&strings(&["a", "b"]), &strings(&["b", "c"])), AllowedModels::Only(strings(&["b"])));
+        assert_eq!(allowed_models(&strings(&["a"]), &strings(&["c"])), AllowedModels::Only(vec![]));
     }
 
     #[test]

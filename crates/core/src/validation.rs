@@ -24,10 +24,7 @@ impl Violations {
 
     /// Records that `field` is wrong.
     pub fn add(&mut self, field: impl Into<String>, description: impl Into<String>) {
-        self.0.push(FieldViolation {
-            field: field.into(),
-            description: description.into(),
-        });
+        self.0.push(FieldViolation { field: field.into(), description: description.into() });
     }
 
     /// Records a violation when `ok` is false.
@@ -100,10 +97,7 @@ pub fn check_text(v: &mut Violations, field: &str, text: &str, max: usize) {
 /// Idempotency ids: at most 100 printable ASCII characters.
 pub fn check_request_id(v: &mut Violations, field: &str, id: &str) {
     if id.len() > 100 || !id.bytes().all(|b| b.is_ascii_graphic()) {
-        v.add(
-            field,
-            "must be at most 100 printable ASCII characters without spaces",
-        );
+        v.add(field, "must be at most 100 printable ASCII characters without spaces");
     }
 }
 
@@ -112,10 +106,7 @@ pub fn check_credits(v: &mut Violations, field: &str, credits: i64) {
     if credits < 0 {
         v.add(field, "must not be negative");
     } else if credits > crate::money::MAX_CREDITS {
-        v.add(
-            field,
-            format!("must be at most {}", crate::money::MAX_CREDITS),
-        );
+        v.add(field, format!("must be at most {}", crate::money::MAX_CREDITS));
     }
 }
 

@@ -31,15 +31,10 @@ pub fn timestamp_micros(ts: &Timestamp) -> Option<Micros> {
 
 /// Microseconds of a proto duration; `None` when its parts disagree in sign or overflow.
 pub fn duration_micros(d: &Duration) -> Option<Micros> {
-    if d.nanos.abs() >= 1_000_000_000
-        || (d.seconds > 0 && d.nanos < 0)
-        || (d.seconds < 0 && d.nanos > 0)
-    {
+    if d.nanos.abs() >= 1_000_000_000 || (d.seconds > 0 && d.nanos < 0) || (d.seconds < 0 && d.nanos > 0) {
         return None;
     }
-    d.seconds
-        .checked_mul(MICROS_PER_SECOND)?
-        .checked_add(i64::from(d.nanos) / 1000)
+    d.seconds.checked_mul(MICROS_PER_SECOND)?.checked_add(i64::from(d.nanos) / 1000)
 }
 
 /// A proto status of a domain status.
@@ -125,10 +120,7 @@ pub fn key(key: &Key, group: &Group, caps: &SystemCaps, now: Micros) -> pb::Key 
         hint: key.hint.clone(),
         effective_rpm_limit: effective(s.rpm_limit, group.default_rpm_limit, caps.max_rpm),
         effective_tpm_limit: effective(s.tpm_limit, group.default_tpm_limit, caps.max_tpm),
-        previous_secret_expire_time: key
-            .previous_secret_expire_time
-            .filter(|t| *t > now)
-            .map(timestamp),
+        previous_secret_expire_time: key.previous_secret_expire_time.filter(|t| *t > now).map(timestamp),
         create_time: Some(timestamp(key.create_time)),
         update_time: Some(timestamp(key.update_time)),
     }
@@ -137,11 +129,7 @@ pub fn key(key: &Key, group: &Group, caps: &SystemCaps, now: Micros) -> pb::Key 
 pub fn clamps(clamps: &[Clamp]) -> Vec<pb::LimitClamp> {
     clamps
         .iter()
-        .map(|c| pb::LimitClamp {
-            field: c.field.to_owned(),
-            requested: c.requested,
-            applied: c.applied,
-        })
+        .map(|c| pb::LimitClamp { field: c.field.to_owned(), requested: c.requested, applied: c.applied })
         .collect()
 }
 
@@ -154,51 +142,15 @@ mod tests {
         for micros in [0, 1, -1, 1_700_000_000_123_456, -86_400_000_001] {
             assert_eq!(timestamp_micros(&timestamp(micros)), Some(micros));
         }
-        assert_eq!(
-            timestamp_micros(&Timestamp {
-                seconds: 0,
-                nanos: -1
-            }),
-            None
-        );
-        assert_eq!(
-            timestamp_micros(&Timestamp {
-                seconds: i64::MAX,
-                nanos: 0
-            }),
-            None
-        );
+        assert_eq!(timestamp_micros(&Timestamp { seconds: 0, nanos: -1 }), None);
+        assert_eq!(timestamp_micros(&Timestamp { seconds: i64::MAX, nanos: 0 }), None);
     }
 
     #[test]
     fn durations() {
-        assert_eq!(
-            duration_micros(&Duration {
-                seconds: 2,
-                nanos: 500_000_000
-            }),
-            Some(2_500_000)
-        );
-        assert_eq!(
-            duration_micros(&Duration {
-                seconds: -1,
-                nanos: 0
-            }),
-            Some(-1_000_000)
-        );
-        assert_eq!(
-            duration_micros(&Duration {
-                seconds: 1,
-                nanos: -1
-            }),
-            None
-        );
-        assert_eq!(
-            duration_micros(&Duration {
-                seconds: i64::MAX,
-                nanos: 0
-            }),
-            None
-        );
+        assert_eq!(duration_micros(&Duration { seconds: 2, nanos: 500_000_000 }), Some(2_500_000));
+        assert_eq!(duration_micros(&Duration { seconds: -1, nanos: 0 }), Some(-1_000_000));
+        assert_eq!(duration_micros(&Duration { seconds: 1, nanos: -1 }), None);
+        assert_eq!(duration_micros(&Duration { seconds: i64::MAX, nanos: 0 }), None);
     }
 }

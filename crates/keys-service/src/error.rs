@@ -91,17 +91,10 @@ impl From<KeysError> for Status {
             }
         };
         let mut details = ErrorDetails::new();
-        details.set_error_info(
-            error.reason(),
-            ERROR_DOMAIN,
-            std::collections::HashMap::new(),
-        );
+        details.set_error_info(error.reason(), ERROR_DOMAIN, std::collections::HashMap::new());
         if let KeysError::InvalidArgument(violations) = &error {
             for violation in violations.items() {
-                details.add_bad_request_violation(
-                    violation.field.clone(),
-                    violation.description.clone(),
-                );
+                details.add_bad_request_violation(violation.field.clone(), violation.description.clone());
             }
         }
         Status::with_error_details(code, error.to_string(), details)

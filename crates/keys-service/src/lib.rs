@@ -23,7 +23,7 @@ use tollgate_proto::keys::v1 as pb;
 use tollgate_state::{InvalidationBus, KeyStateCache};
 use tollgate_store::keys::KeysStore;
 use tonic::server::NamedService;
-use tonic::service::RoutesBuilder;
+use tonic::service::{Interceptor, RoutesBuilder};
 
 pub use error::{KeysError, KeysResult};
 pub use grpc::KeysGrpc;
@@ -51,53 +51,38 @@ impl KeysServer {
         config: KeysConfig,
     ) -> KeysResult<Self> {
         let caps = format!("{:?}/{:?}", config.caps.max_rpm, config.caps.max_tpm);
-        let stored_caps = store
-            .get_setting(CAPS_SETTING)
-            .await
-            .map_err(KeysError::from_store("setting"))?;
+        let stored_caps = store.get_setting(CAPS_SETTING).await.map_err(KeysError::from_store("setting"))?;
         if stored_caps.as_deref() != Some(caps.as_str()) {
-            store
-                .enqueue_everything()
-                .await
-                .map_err(KeysError::from_store("setting"))?;
-            store
-                .put_setting(CAPS_SETTING, &caps)
-                .await
-                .map_err(KeysError::from_store("setting"))?;
+            store.enqueue_everything().await.map_err(KeysError::from_store("setting"))?;
+            store.put_setting(CAPS_SETTING, &caps).await.map_err(KeysError::from_store("setting"))?;
         }
         let sync = Arc::new(StateSync::new(store.clone(), cache, bus, config.caps));
         sync.flush_after_commit().await;
         let service = Arc::new(KeysService::new(store, sync.clone(), config));
-        Ok(Self {
-            grpc: KeysGrpc::new(service),
-            sync,
-        })
+        Ok(Self { grpc: KeysGrpc::new(service), sync })
     }
 
-    /// Adds every keys.v1 service to a router.
-    pub fn add_services(&self, routes: &mut RoutesBuilder) {
+    /// Adds every keys.v1 service to a router, each behind `auth`.
+    pub fn add_services<A>(&self, routes: &mut RoutesBuilder, auth: A)
+    where
+        A: Interceptor + Clone + Send + Sync + 'static,
+    {
+        use pb::account_service_server::AccountServiceServer;
+        use pb::application_service_server::ApplicationServiceServer;
+        use pb::audit_service_server::AuditServiceServer;
+        use pb::group_service_server::GroupServiceServer;
+        use pb::key_service_server::KeyServiceServer;
+        use pb::key_state_service_server::KeyStateServiceServer;
+        use pb::model_service_server::ModelServiceServer;
+        let grpc = &self.grpc;
         routes
-            .add_service(pb::account_service_server::AccountServiceServer::new(
-                self.grpc.clone(),
-            ))
-            .add_service(
-                pb::application_service_server::ApplicationServiceServer::new(self.grpc.clone()),
-            )
-            .add_service(pb::group_service_server::GroupServiceServer::new(
-                self.grpc.clone(),
-            ))
-            .add_service(pb::model_service_server::ModelServiceServer::new(
-                self.grpc.clone(),
-            ))
-            .add_service(pb::key_service_server::KeyServiceServer::new(
-                self.grpc.clone(),
-            ))
-            .add_service(pb::audit_service_server::AuditServiceServer::new(
-                self.grpc.clone(),
-            ))
-            .add_service(pb::key_state_service_server::KeyStateServiceServer::new(
-                self.grpc.clone(),
-            ));
+            .add_service(AccountServiceServer::with_interceptor(grpc.clone(), auth.clone()))
+            .add_service(ApplicationServiceServer::with_interceptor(grpc.clone(), auth.clone()))
+            .add_service(GroupServiceServer::with_interceptor(grpc.clone(), auth.clone()))
+            .add_service(ModelServiceServer::with_interceptor(grpc.clone(), auth.clone()))
+            .add_service(KeyServiceServer::with_interceptor(grpc.clone(), auth.clone()))
+            .add_service(AuditServiceServer::with_interceptor(grpc.clone(), auth.clone()))
+            .add_service(KeyStateServiceServer::with_interceptor(grpc.clone(), auth));
     }
 
     /// Fully-qualified names of the services [`KeysServer::add_services`] adds, for health.

@@ -28,9 +28,7 @@ impl Sealer {
     /// A sealer keyed by the pepper.
     pub fn new(pepper: &KeyPepper) -> Self {
         let key = pepper.derive("create-request-secrets:v1");
-        Self {
-            cipher: ChaCha20Poly1305::new(&key.into()),
-        }
+        Self { cipher: ChaCha20Poly1305::new(&key.into()) }
     }
 
     /// Encrypts `secrets`, bound to `context`.
@@ -40,13 +38,7 @@ impl Sealer {
         let plaintext = serde_json::to_vec(secrets).expect("strings serialise");
         let ciphertext = self
             .cipher
-            .encrypt(
-                Nonce::from_slice(&nonce),
-                Payload {
-                    msg: &plaintext,
-                    aad: context.as_bytes(),
-                },
-            )
+            .encrypt(Nonce::from_slice(&nonce), Payload { msg: &plaintext, aad: context.as_bytes() })
             .expect("encryption of a small message cannot fail");
         let mut out = nonce.to_vec();
         out.extend_from_slice(&ciphertext);
@@ -61,16 +53,8 @@ impl Sealer {
             return None;
         }
         let (nonce, ciphertext) = bytes.split_at(NONCE_LEN);
-        let plaintext = self
-            .cipher
-            .decrypt(
-                Nonce::from_slice(nonce),
-                Payload {
-                    msg: ciphertext,
-                    aad: context.as_bytes(),
-                },
-            )
-            .ok()?;
+        let plaintext =
+            self.cipher.decrypt(Nonce::from_slice(nonce), Payload { msg: ciphertext, aad: context.as_bytes() }).ok()?;
         serde_json::from_slice(&plaintext).ok()
     }
 }
@@ -84,10 +68,7 @@ mod tests {
         let sealer = Sealer::new(&KeyPepper::new(vec![1u8; 32]).unwrap());
         let sealed = sealer.seal("acme/req-1", &["sk-one", "sk-two"]);
         assert!(!sealed.contains("sk-one"));
-        assert_eq!(
-            sealer.open("acme/req-1", &sealed),
-            Some(vec!["sk-one".into(), "sk-two".into()])
-        );
+        assert_eq!(sealer.open("acme/req-1", &sealed), Some(vec!["sk-one".into(), "sk-two".into()]));
         assert_eq!(sealer.open("acme/req-2", &sealed), None);
         let other = Sealer::new(&KeyPepper::new(vec![2u8; 32]).unwrap());
         assert_eq!(other.open("acme/req-1", &sealed), None);

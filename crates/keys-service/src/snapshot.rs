@@ -15,15 +15,10 @@ use crate::convert::timestamp;
 const RETAIN_AFTER_END: Micros = 7 * 24 * 3600 * 1_000_000;
 
 /// The snapshot for one secret of a key.
-pub fn key_state(
-    source: &KeyStateSource,
-    secret_expire_time: Option<Micros>,
-    caps: &SystemCaps,
-) -> pb::KeyState {
+pub fn key_state(source: &KeyStateSource, secret_expire_time: Option<Micros>, caps: &SystemCaps) -> pb::KeyState {
     let key = &source.key;
     let s = &key.settings;
-    let (any_model, models) = match allowed_models(&s.allowed_models, &source.group.allowed_models)
-    {
+    let (any_model, models) = match allowed_models(&s.allowed_models, &source.group.allowed_models) {
         AllowedModels::Any => (true, Vec::new()),
         AllowedModels::Only(models) => (false, models),
     };
@@ -52,21 +47,13 @@ pub fn key_state(
 }
 
 /// Cache writes for every secret of a key, with expiries for what no longer works.
-pub fn key_state_writes(
-    source: &KeyStateSource,
-    caps: &SystemCaps,
-    now: Micros,
-) -> Vec<KeyStateWrite> {
+pub fn key_state_writes(source: &KeyStateSource, caps: &SystemCaps, now: Micros) -> Vec<KeyStateWrite> {
     use prost::Message;
     source
         .secrets
         .iter()
         .map(|secret| {
-            let ends = if source.deleted {
-                Some(now)
-            } else {
-                secret.expire_time
-            };
+            let ends = if source.deleted { Some(now) } else { secret.expire_time };
             KeyStateWrite {
                 hash: secret.hash,
                 version: source.key.revision,

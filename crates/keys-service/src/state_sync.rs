@@ -50,13 +50,7 @@ impl StateSync {
         bus: Arc<dyn InvalidationBus>,
         caps: SystemCaps,
     ) -> Self {
-        Self {
-            store,
-            cache,
-            bus,
-            caps,
-            flushing: tokio::sync::Mutex::new(()),
-        }
+        Self { store, cache, bus, caps, flushing: tokio::sync::Mutex::new(()) }
     }
 
     /// The cache snapshots are pushed to.
@@ -86,29 +80,21 @@ impl StateSync {
             let key_ids: Vec<String> = key_ids.into_iter().collect();
             let now = now_micros();
             let sources = self.store.load_key_states(&key_ids).await?;
-            let writes: Vec<_> = sources
-                .iter()
-                .flat_map(|source| snapshot::key_state_writes(source, &self.caps, now))
-                .collect();
+            let writes: Vec<_> =
+                sources.iter().flat_map(|source| snapshot::key_state_writes(source, &self.caps, now)).collect();
             self.cache.put_key_states(&writes).await?;
             if catalog {
                 let models = self.store.all_models().await?;
-                self.cache
-                    .put_catalog(&snapshot::catalog(&models, now).encode_to_vec())
-                    .await?;
+                self.cache.put_catalog(&snapshot::catalog(&models, now).encode_to_vec()).await?;
             }
             let hashes: Vec<_> = writes.iter().map(|w| w.hash).collect();
             for chunk in hashes.chunks(HASHES_PER_MESSAGE) {
-                self.bus
-                    .publish(&Invalidation::Keys(chunk.to_vec()))
-                    .await?;
+                self.bus.publish(&Invalidation::Keys(chunk.to_vec())).await?;
             }
             if catalog {
                 self.bus.publish(&Invalidation::Catalog).await?;
             }
-            self.store
-                .ack_state_changes(&entries.iter().map(|e| e.id).collect::<Vec<_>>())
-                .await?;
+            self.store.ack_state_changes(&entries.iter().map(|e| e.id).collect::<Vec<_>>()).await?;
             pushed += entries.len();
         }
     }

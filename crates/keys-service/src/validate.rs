@@ -31,12 +31,7 @@ pub fn account_name(v: &mut Violations, field: &str, name: &str) -> String {
 }
 
 /// `(account id, child id)` of `accounts/{a}/applications/{x}` or `accounts/{a}/keys/{x}`.
-pub fn child_name(
-    v: &mut Violations,
-    field: &str,
-    name: &str,
-    collection: &str,
-) -> (String, String) {
+pub fn child_name(v: &mut Violations, field: &str, name: &str, collection: &str) -> (String, String) {
     let parsed = match collection {
         "applications" => names::parse_application(name),
         _ => names::parse_key(name),
@@ -44,10 +39,7 @@ pub fn child_name(
     match parsed {
         Some((account, child)) => (account.to_owned(), child.to_owned()),
         None => {
-            v.add(
-                field,
-                format!("must be `accounts/{{account}}/{collection}/{{id}}`"),
-            );
+            v.add(field, format!("must be `accounts/{{account}}/{collection}/{{id}}`"));
             (String::new(), String::new())
         }
     }
@@ -78,11 +70,7 @@ pub fn optional_id(v: &mut Violations, field: &str, id: &str) -> Option<String> 
     if id.is_empty() {
         return None;
     }
-    v.check(
-        is_valid_id(id),
-        field,
-        "must be 1–63 characters of a-z, 0-9 and '-', not starting or ending with '-'",
-    );
+    v.check(is_valid_id(id), field, "must be 1–63 characters of a-z, 0-9 and '-', not starting or ending with '-'");
     Some(id.to_owned())
 }
 
@@ -135,10 +123,7 @@ pub fn optional_rate(v: &mut Violations, field: &str, limit: Option<i64>) -> Opt
 /// the service's check.
 pub fn model_ids(v: &mut Violations, field: &str, ids: &[String]) -> Vec<String> {
     if ids.len() > MAX_MODELS {
-        v.add(
-            field,
-            format!("may hold at most {MAX_MODELS} models, got {}", ids.len()),
-        );
+        v.add(field, format!("may hold at most {MAX_MODELS} models, got {}", ids.len()));
         return Vec::new();
     }
     let mut seen = BTreeSet::new();
@@ -176,13 +161,7 @@ pub fn capability(v: &mut Violations, field: &str, number: i32) -> Capability {
 /// Allowlist entries in canonical CIDR form, de-duplicated in order.
 pub fn ip_allowlist(v: &mut Violations, field: &str, entries: &[String]) -> Vec<String> {
     if entries.len() > MAX_ENTRIES {
-        v.add(
-            field,
-            format!(
-                "may hold at most {MAX_ENTRIES} entries, got {}",
-                entries.len()
-            ),
-        );
+        v.add(field, format!("may hold at most {MAX_ENTRIES} entries, got {}", entries.len()));
         return Vec::new();
     }
     let mut out: Vec<String> = Vec::with_capacity(entries.len());
@@ -194,10 +173,7 @@ pub fn ip_allowlist(v: &mut Violations, field: &str, entries: &[String]) -> Vec<
                     out.push(canonical);
                 }
             }
-            None => v.add(
-                format!("{field}[{i}]"),
-                "must be an IPv4 or IPv6 address or CIDR range",
-            ),
+            None => v.add(format!("{field}[{i}]"), "must be an IPv4 or IPv6 address or CIDR range"),
         }
     }
     out
@@ -223,10 +199,7 @@ pub fn expiry(
 ) -> Option<Micros> {
     let at = match (time, after) {
         (Some(_), Some(_)) => {
-            v.add(
-                after_field,
-                format!("give either {after_field} or {time_field}, not both"),
-            );
+            v.add(after_field, format!("give either {after_field} or {time_field}, not both"));
             return None;
         }
         (None, None) => return None,
@@ -262,19 +235,13 @@ pub fn expiry(
 pub fn update_mask(v: &mut Violations, mask: Option<&FieldMask>, allowed: &[&str]) -> Vec<String> {
     let paths = mask.map(|m| m.paths.as_slice()).unwrap_or_default();
     if paths.is_empty() {
-        v.add(
-            "update_mask",
-            format!("is required; allowed paths: {}", allowed.join(", ")),
-        );
+        v.add("update_mask", format!("is required; allowed paths: {}", allowed.join(", ")));
         return Vec::new();
     }
     let mut out: Vec<String> = Vec::new();
     for (i, path) in paths.iter().enumerate() {
         if !allowed.contains(&path.as_str()) {
-            v.add(
-                format!("update_mask.paths[{i}]"),
-                format!("unknown path; allowed: {}", allowed.join(", ")),
-            );
+            v.add(format!("update_mask.paths[{i}]"), format!("unknown path; allowed: {}", allowed.join(", ")));
         } else if !out.contains(path) {
             out.push(path.clone());
         }
@@ -285,10 +252,7 @@ pub fn update_mask(v: &mut Violations, mask: Option<&FieldMask>, allowed: &[&str
 /// A List request's page, checked.
 pub fn page(v: &mut Violations, page_size: i32, token: &str, collection: &str) -> PageRequest {
     let limit = page_token::page_size(page_size).unwrap_or_else(|| {
-        v.add(
-            "page_size",
-            format!("must be 0 to {}", page_token::MAX_PAGE_SIZE),
-        );
+        v.add("page_size", format!("must be 0 to {}", page_token::MAX_PAGE_SIZE));
         page_token::DEFAULT_PAGE_SIZE
     });
     let after = page_token::decode(collection, token).unwrap_or_else(|| {
@@ -314,23 +278,11 @@ mod tests {
     #[test]
     fn expiry_rules() {
         let now = 1_000_000_000_000;
-        let ts = |s: i64| Timestamp {
-            seconds: s,
-            nanos: 0,
-        };
-        let d = |s: i64| Duration {
-            seconds: s,
-            nanos: 0,
-        };
+        let ts = |s: i64| Timestamp { seconds: s, nanos: 0 };
+        let d = |s: i64| Duration { seconds: s, nanos: 0 };
         let mut v = Violations::new();
-        assert_eq!(
-            expiry(&mut v, ("t", None), ("a", Some(&d(60))), now),
-            Some(now + 60_000_000)
-        );
-        assert_eq!(
-            expiry(&mut v, ("t", Some(&ts(1_000_100))), ("a", None), now),
-            Some(1_000_100_000_000)
-        );
+        assert_eq!(expiry(&mut v, ("t", None), ("a", Some(&d(60))), now), Some(now + 60_000_000));
+        assert_eq!(expiry(&mut v, ("t", Some(&ts(1_000_100))), ("a", None), now), Some(1_000_100_000_000));
         assert_eq!(expiry(&mut v, ("t", None), ("a", None), now), None);
         assert!(v.is_empty(), "{v}");
         expiry(&mut v, ("t", Some(&ts(1))), ("a", None), now);
@@ -344,17 +296,8 @@ mod tests {
     #[test]
     fn masks_name_the_unknown_path() {
         let mut v = Violations::new();
-        let mask = FieldMask {
-            paths: vec![
-                "display_name".into(),
-                "secret".into(),
-                "display_name".into(),
-            ],
-        };
-        assert_eq!(
-            update_mask(&mut v, Some(&mask), &["display_name"]),
-            ["display_name"]
-        );
+        let mask = FieldMask { paths: vec!["display_name".into(), "secret".into(), "display_name".into()] };
+        assert_eq!(update_mask(&mut v, Some(&mask), &["display_name"]), ["display_name"]);
         assert_eq!(v.items()[0].field, "update_mask.paths[1]");
         let mut v = Violations::new();
         update_mask(&mut v, None, &["display_name"]);
@@ -364,16 +307,9 @@ mod tests {
     #[test]
     fn lists_are_canonical_and_bounded() {
         let mut v = Violations::new();
-        let ips = ip_allowlist(
-            &mut v,
-            "ips",
-            &["10.1.2.3/8".into(), "10.0.0.0/8".into(), "::1".into()],
-        );
+        let ips = ip_allowlist(&mut v, "ips", &["10.1.2.3/8".into(), "10.0.0.0/8".into(), "::1".into()]);
         assert_eq!(ips, ["10.0.0.0/8", "::1/128"]);
-        assert_eq!(
-            capabilities(&mut v, "c", &[3, 1, 3]),
-            [Capability::Text, Capability::Embeddings]
-        );
+        assert_eq!(capabilities(&mut v, "c", &[3, 1, 3]), [Capability::Text, Capability::Embeddings]);
         assert!(v.is_empty());
         capabilities(&mut v, "c", &[0, 99]);
         ip_allowlist(&mut v, "ips", &["nope".into()]);

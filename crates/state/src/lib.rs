@@ -110,11 +110,7 @@ mod tests {
     fn invalidations_round_trip_and_garbage_means_everything() {
         let a = SecretHash([1; 32]);
         let b = SecretHash([2; 32]);
-        for inv in [
-            Invalidation::Keys(vec![a, b]),
-            Invalidation::Catalog,
-            Invalidation::Everything,
-        ] {
+        for inv in [Invalidation::Keys(vec![a, b]), Invalidation::Catalog, Invalidation::Everything] {
             assert_eq!(Invalidation::decode(&inv.encode()), inv);
         }
         assert_eq!(Invalidation::decode("k:zz"), Invalidation::Everything);

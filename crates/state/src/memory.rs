@@ -33,10 +33,7 @@ impl Default for MemoryState {
 impl MemoryState {
     /// An empty state.
     pub fn new() -> Self {
-        Self {
-            entries: Arc::default(),
-            invalidations: broadcast::channel(1024).0,
-        }
+        Self { entries: Arc::default(), invalidations: broadcast::channel(1024).0 }
     }
 }
 
@@ -45,10 +42,7 @@ impl KeyStateCache for MemoryState {
     async fn put_key_states(&self, writes: &[KeyStateWrite]) -> Result<(), StateError> {
         let mut entries = self.entries.write().expect("state lock poisoned");
         for write in writes {
-            let newer_stored = entries
-                .key_states
-                .get(&write.hash)
-                .is_some_and(|stored| stored.version > write.version);
+            let newer_stored = entries.key_states.get(&write.hash).is_some_and(|stored| stored.version > write.version);
             if !newer_stored {
                 entries.key_states.insert(write.hash, write.clone());
             }
@@ -58,10 +52,7 @@ impl KeyStateCache for MemoryState {
 
     async fn get_key_state(&self, hash: &SecretHash) -> Result<Option<Vec<u8>>, StateError> {
         let entries = self.entries.read().expect("state lock poisoned");
-        let live = entries
-            .key_states
-            .get(hash)
-            .filter(|w| w.expire_at.is_none_or(|at| at > now_micros()));
+        let live = entries.key_states.get(hash).filter(|w| w.expire_at.is_none_or(|at| at > now_micros()));
         Ok(live.map(|w| w.encoded.clone()))
     }
 
@@ -71,12 +62,7 @@ impl KeyStateCache for MemoryState {
     }
 
     async fn get_catalog(&self) -> Result<Option<Vec<u8>>, StateError> {
-        Ok(self
-            .entries
-            .read()
-            .expect("state lock poisoned")
-            .catalog
-            .clone())
+        Ok(self.entries.read().expect("state lock poisoned").catalog.clone())
     }
 }
 

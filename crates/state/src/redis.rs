@@ -47,9 +47,7 @@ pub struct RedisState {
 
 impl std::fmt::Debug for RedisState {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RedisState")
-            .field("prefix", &self.prefix)
-            .finish_non_exhaustive()
+        f.debug_struct("RedisState").field("prefix", &self.prefix).finish_non_exhaustive()
     }
 }
 
@@ -66,13 +64,11 @@ impl RedisState {
             .set_response_timeout(Some(config.op_timeout))
             .set_number_of_retries(2)
             .set_max_delay(Duration::from_secs(2));
-        let conn = tokio::time::timeout(
-            Duration::from_secs(10),
-            client.get_connection_manager_with_config(manager_config),
-        )
-        .await
-        .map_err(|_| StateError::Timeout)?
-        .map_err(unavailable)?;
+        let conn =
+            tokio::time::timeout(Duration::from_secs(10), client.get_connection_manager_with_config(manager_config))
+                .await
+                .map_err(|_| StateError::Timeout)?
+                .map_err(unavailable)?;
         Ok(Self {
             client,
             conn,
@@ -107,14 +103,8 @@ impl RedisState {
         format!("{}:invalidations", self.prefix)
     }
 
-    async fn bounded<T>(
-        &self,
-        op: impl Future<Output = Result<T, RedisError>>,
-    ) -> Result<T, StateError> {
-        tokio::time::timeout(self.op_timeout, op)
-            .await
-            .map_err(|_| StateError::Timeout)?
-            .map_err(unavailable)
+    async fn bounded<T>(&self, op: impl Future<Output = Result<T, RedisError>>) -> Result<T, StateError> {
+        tokio::time::timeout(self.op_timeout, op).await.map_err(|_| StateError::Timeout)?.map_err(unavailable)
     }
 
     fn put_pipeline(&self, writes: &[KeyStateWrite]) -> redis::Pipeline {
@@ -195,8 +185,7 @@ impl KeyStateCache for RedisState {
             Ok(()) => Ok(()),
             // After a Redis restart the script cache is empty: load it once and resend.
             Err(error) if error.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
-                self.bounded(self.put_script.prepare_invoke().load_async(&mut conn))
-                    .await?;
+                self.bounded(self.put_script.prepare_invoke().load_async(&mut conn)).await?;
                 self.bounded(pipe.query_async::<()>(&mut conn)).await
             }
             Err(error) => Err(unavailable(error)),
@@ -223,14 +212,12 @@ impl KeyStateCache for RedisState {
 impl InvalidationBus for RedisState {
     async fn publish(&self, invalidation: &Invalidation) -> Result<(), StateError> {
         let mut conn = self.conn.clone();
-        self.bounded(conn.publish::<_, _, ()>(self.channel(), invalidation.encode()))
-            .await
+        self.bounded(conn.publish::<_, _, ()>(self.channel(), invalidation.encode())).await
     }
 
     fn subscribe(&self) -> broadcast::Receiver<Invalidation> {
         let receiver = self.invalidations.subscribe();
-        self.subscriber_started
-            .get_or_init(|| self.start_subscriber());
+        self.subscriber_started.get_or_init(|| self.start_subscriber());
         receiver
     }
 }

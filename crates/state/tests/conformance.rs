@@ -15,11 +15,8 @@ impl<T: KeyStateCache + InvalidationBus> State for T {}
 
 async fn redis_state() -> Option<(RedisState, TestRedis)> {
     let redis = TestRedis::create().await?;
-    let config = RedisConfig {
-        url: redis.url.clone(),
-        prefix: redis.prefix.clone(),
-        op_timeout: Duration::from_secs(2),
-    };
+    let config =
+        RedisConfig { url: redis.url.clone(), prefix: redis.prefix.clone(), op_timeout: Duration::from_secs(2) };
     Some((RedisState::connect(&config).await.unwrap(), redis))
 }
 
@@ -54,48 +51,21 @@ conformance!(
 );
 
 fn write(hash: u8, version: i64, body: &str) -> KeyStateWrite {
-    KeyStateWrite {
-        hash: SecretHash([hash; 32]),
-        version,
-        encoded: body.as_bytes().to_vec(),
-        expire_at: None,
-    }
+    KeyStateWrite { hash: SecretHash([hash; 32]), version, encoded: body.as_bytes().to_vec(), expire_at: None }
 }
 
 async fn snapshots_keep_the_newest_version(state: &dyn State) {
     let hash = SecretHash([1; 32]);
     assert_eq!(state.get_key_state(&hash).await.unwrap(), None);
-    state
-        .put_key_states(&[write(1, 2, "v2"), write(2, 1, "other")])
-        .await
-        .unwrap();
-    assert_eq!(
-        state.get_key_state(&hash).await.unwrap().as_deref(),
-        Some(&b"v2"[..])
-    );
+    state.put_key_states(&[write(1, 2, "v2"), write(2, 1, "other")]).await.unwrap();
+    assert_eq!(state.get_key_state(&hash).await.unwrap().as_deref(), Some(&b"v2"[..]));
     // An older writer arriving late does not win.
     state.put_key_states(&[write(1, 1, "v1")]).await.unwrap();
-    assert_eq!(
-        state.get_key_state(&hash).await.unwrap().as_deref(),
-        Some(&b"v2"[..])
-    );
+    assert_eq!(state.get_key_state(&hash).await.unwrap().as_deref(), Some(&b"v2"[..]));
     // The same version may be rewritten (e.g. after a system cap change).
-    state
-        .put_key_states(&[write(1, 2, "v2b"), write(1, 3, "v3")])
-        .await
-        .unwrap();
-    assert_eq!(
-        state.get_key_state(&hash).await.unwrap().as_deref(),
-        Some(&b"v3"[..])
-    );
-    assert_eq!(
-        state
-            .get_key_state(&SecretHash([2; 32]))
-            .await
-            .unwrap()
-            .as_deref(),
-        Some(&b"other"[..])
-    );
+    state.put_key_states(&[write(1, 2, "v2b"), write(1, 3, "v3")]).await.unwrap();
+    assert_eq!(state.get_key_state(&hash).await.unwrap().as_deref(), Some(&b"v3"[..]));
+    assert_eq!(state.get_key_state(&SecretHash([2; 32])).await.unwrap().as_deref(), Some(&b"other"[..]));
     state.put_key_states(&[]).await.unwrap();
 }
 
@@ -105,28 +75,15 @@ async fn expired_entries_vanish(state: &dyn State) {
     let mut future = write(4, 1, "kept");
     future.expire_at = Some(now_micros() + 60_000_000);
     state.put_key_states(&[past, future]).await.unwrap();
-    assert_eq!(
-        state.get_key_state(&SecretHash([3; 32])).await.unwrap(),
-        None
-    );
-    assert_eq!(
-        state
-            .get_key_state(&SecretHash([4; 32]))
-            .await
-            .unwrap()
-            .as_deref(),
-        Some(&b"kept"[..])
-    );
+    assert_eq!(state.get_key_state(&SecretHash([3; 32])).await.unwrap(), None);
+    assert_eq!(state.get_key_state(&SecretHash([4; 32])).await.unwrap().as_deref(), Some(&b"kept"[..]));
 }
 
 async fn catalog_round_trips(state: &dyn State) {
     assert_eq!(state.get_catalog().await.unwrap(), None);
     state.put_catalog(b"catalog-1").await.unwrap();
     state.put_catalog(b"catalog-2").await.unwrap();
-    assert_eq!(
-        state.get_catalog().await.unwrap().as_deref(),
-        Some(&b"catalog-2"[..])
-    );
+    assert_eq!(state.get_catalog().await.unwrap().as_deref(), Some(&b"catalog-2"[..]));
 }
 
 async fn invalidations_reach_subscribers(state: &dyn State) {
@@ -159,11 +116,5 @@ async fn memory_state_is_shared_between_clones() {
     let state = MemoryState::new();
     let clone = state.clone();
     state.put_key_states(&[write(9, 1, "x")]).await.unwrap();
-    assert!(
-        clone
-            .get_key_state(&SecretHash([9; 32]))
-            .await
-            .unwrap()
-            .is_some()
-    );
+    assert!(clone.get_key_state(&SecretHash([9; 32])).await.unwrap().is_some());
 }

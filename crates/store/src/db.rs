@@ -34,12 +34,7 @@ pub struct DatabaseConfig {
 impl DatabaseConfig {
     /// A config with defaults for everything but the URL and schema.
     pub fn new(url: impl Into<String>, schema: &'static str) -> Self {
-        Self {
-            url: url.into(),
-            schema,
-            max_connections: 16,
-            acquire_timeout: Duration::from_secs(5),
-        }
+        Self { url: url.into(), schema, max_connections: 16, acquire_timeout: Duration::from_secs(5) }
     }
 }
 
@@ -55,25 +50,15 @@ impl Database {
     /// Connects (lazily verifying with one connection) and sets the schema search path.
     pub async fn connect(config: &DatabaseConfig) -> StoreResult<Self> {
         install_default_drivers();
-        let backend =
-            if config.url.starts_with("postgres://") || config.url.starts_with("postgresql://") {
-                Backend::Postgres
-            } else if config.url.starts_with("sqlite:") {
-                Backend::Sqlite
-            } else {
-                return Err(StoreError::Internal(
-                    "database URL must start with postgres:// or sqlite:".into(),
-                ));
-            };
-        if !config
-            .schema
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b == b'_')
-        {
-            return Err(StoreError::Internal(format!(
-                "invalid schema name {:?}",
-                config.schema
-            )));
+        let backend = if config.url.starts_with("postgres://") || config.url.starts_with("postgresql://") {
+            Backend::Postgres
+        } else if config.url.starts_with("sqlite:") {
+            Backend::Sqlite
+        } else {
+            return Err(StoreError::Internal("database URL must start with postgres:// or sqlite:".into()));
+        };
+        if !config.schema.bytes().all(|b| b.is_ascii_lowercase() || b == b'_') {
+            return Err(StoreError::Internal(format!("invalid schema name {:?}", config.schema)));
         }
         let schema = config.schema;
         let max_connections = match backend {
@@ -88,8 +73,7 @@ impl Database {
                     match backend {
                         Backend::Postgres => {
                             // `schema` was checked to be lower-case letters and underscores.
-                            conn.execute(AssertSqlSafe(format!("SET search_path TO {schema}")))
-                                .await?;
+                            conn.execute(AssertSqlSafe(format!("SET search_path TO {schema}"))).await?;
                         }
                         Backend::Sqlite => {
                             conn.execute("PRAGMA journal_mode = WAL").await?;
@@ -102,11 +86,7 @@ impl Database {
             })
             .connect(&sqlite_create_if_missing(&config.url))
             .await?;
-        Ok(Self {
-            pool,
-            backend,
-            schema,
-        })
+        Ok(Self { pool, backend, schema })
     }
 
     /// The backend behind the pool.
@@ -119,12 +99,9 @@ impl Database {
     pub async fn migrate(&self, postgres: &Migrator, sqlite: &Migrator) -> StoreResult<()> {
         let migrator = match self.backend {
             Backend::Postgres => {
-                sqlx::query(AssertSqlSafe(format!(
-                    "CREATE SCHEMA IF NOT EXISTS {}",
-                    self.schema
-                )))
-                .execute(&self.pool)
-                .await?;
+                sqlx::query(AssertSqlSafe(format!("CREATE SCHEMA IF NOT EXISTS {}", self.schema)))
+                    .execute(&self.pool)
+                    .await?;
                 postgres
             }
             Backend::Sqlite => sqlite,

@@ -35,17 +35,11 @@ impl From<sqlx::Error> for StoreError {
                 ErrorKind::UniqueViolation => StoreError::AlreadyExists,
                 ErrorKind::ForeignKeyViolation => StoreError::NotFound,
                 // Postgres: serialization failure, deadlock, too many connections, shutdown.
-                _ if matches!(
-                    db.code().as_deref(),
-                    Some("40001" | "40P01" | "53300" | "57P01" | "57P03")
-                ) =>
-                {
+                _ if matches!(db.code().as_deref(), Some("40001" | "40P01" | "53300" | "57P01" | "57P03")) => {
                     StoreError::Unavailable(error)
                 }
                 // SQLite: SQLITE_BUSY / SQLITE_LOCKED.
-                _ if matches!(db.code().as_deref(), Some("5" | "6" | "517" | "262")) => {
-                    StoreError::Unavailable(error)
-                }
+                _ if matches!(db.code().as_deref(), Some("5" | "6" | "517" | "262")) => StoreError::Unavailable(error),
                 _ => StoreError::Internal(error.to_string()),
             },
             sqlx::Error::Io(_)

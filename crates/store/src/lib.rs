@@ -30,18 +30,10 @@ pub struct Page<T> {
 
 impl<T> Page<T> {
     /// Trims one look-ahead row fetched beyond `limit` and derives the continuation.
-    pub(crate) fn from_lookahead(
-        mut items: Vec<T>,
-        limit: u32,
-        sort_key: impl Fn(&T) -> String,
-    ) -> Self {
+    pub(crate) fn from_lookahead(mut items: Vec<T>, limit: u32, sort_key: impl Fn(&T) -> String) -> Self {
         let more = items.len() > limit as usize;
         items.truncate(limit as usize);
-        let next_after = if more {
-            items.last().map(sort_key)
-        } else {
-            None
-        };
+        let next_after = if more { items.last().map(sort_key) } else { None };
         Self { items, next_after }
     }
 }

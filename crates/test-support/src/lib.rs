@@ -10,8 +10,7 @@ use sqlx::{AssertSqlSafe, Connection, PgConnection};
 
 /// Where the shared Postgres is; the tests create and drop their own databases on it.
 pub fn postgres_admin_url() -> String {
-    std::env::var("TOLLGATE_TEST_POSTGRES_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+    std::env::var("TOLLGATE_TEST_POSTGRES_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
 }
 
 /// Where the shared Redis is; the tests use their own key prefixes on it.
@@ -43,33 +42,24 @@ impl TestDatabase {
     /// Creates a fresh database, or returns `None` (skip) when Postgres is not reachable.
     pub async fn create() -> Option<Self> {
         let admin_url = postgres_admin_url();
-        let mut admin =
-            match tokio::time::timeout(Duration::from_secs(5), PgConnection::connect(&admin_url))
-                .await
-            {
-                Ok(Ok(conn)) => conn,
-                Ok(Err(e)) => {
-                    unavailable("Postgres", e);
-                    return None;
-                }
-                Err(_) => {
-                    unavailable("Postgres", "connect timed out");
-                    return None;
-                }
-            };
+        let mut admin = match tokio::time::timeout(Duration::from_secs(5), PgConnection::connect(&admin_url)).await {
+            Ok(Ok(conn)) => conn,
+            Ok(Err(e)) => {
+                unavailable("Postgres", e);
+                return None;
+            }
+            Err(_) => {
+                unavailable("Postgres", "connect timed out");
+                return None;
+            }
+        };
         let name = format!("tollgate_test_{}", tollgate_core::ids::new_id());
         sqlx::query(AssertSqlSafe(format!("CREATE DATABASE {name}")))
             .execute(&mut admin)
             .await
             .expect("create a test database");
-        let base = admin_url
-            .rsplit_once('/')
-            .map(|(base, _)| base)
-            .unwrap_or(&admin_url);
-        Some(Self {
-            url: format!("{base}/{name}"),
-            name,
-        })
+        let base = admin_url.rsplit_once('/').map(|(base, _)| base).unwrap_or(&admin_url);
+        Some(Self { url: format!("{base}/{name}"), name })
     }
 }
 
@@ -79,17 +69,13 @@ impl Drop for TestDatabase {
         // Drop runs outside any async context we may block; a short-lived runtime on its own
         // thread does the clean-up.
         let _ = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build();
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build();
             if let Ok(runtime) = runtime {
                 runtime.block_on(async move {
                     if let Ok(mut admin) = PgConnection::connect(&postgres_admin_url()).await {
-                        let _ = sqlx::query(AssertSqlSafe(format!(
-                            "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
-                        )))
-                        .execute(&mut admin)
-                        .await;
+                        let _ = sqlx::query(AssertSqlSafe(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")))
+                            .execute(&mut admin)
+                            .await;
                     }
                 });
             }
@@ -127,10 +113,7 @@ impl TestRedis {
                 return None;
             }
         }
-        Some(Self {
-            url,
-            prefix: format!("tgtest:{}", tollgate_core::ids::new_id()),
-        })
+        Some(Self { url, prefix: format!("tgtest:{}", tollgate_core::ids::new_id()) })
     }
 }
 
@@ -145,10 +128,7 @@ impl Drop for TestRedis {
             let Ok(mut conn) = client.get_connection() else {
                 return;
             };
-            let keys: Vec<String> = redis::cmd("KEYS")
-                .arg(&pattern)
-                .query(&mut conn)
-                .unwrap_or_default();
+            let keys: Vec<String> = redis::cmd("KEYS").arg(&pattern).query(&mut conn).unwrap_or_default();
             for chunk in keys.chunks(500) {
                 let _: redis::RedisResult<()> = redis::cmd("DEL").arg(chunk).query(&mut conn);
             }

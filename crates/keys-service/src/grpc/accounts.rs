@@ -48,10 +48,7 @@ impl pb::account_service_server::AccountService for KeysGrpc {
             (name, key_draft(&mut v, "initial_key.key", &key, None, now))
         });
         check(v)?;
-        let created = self
-            .service
-            .create_account(&actor, id, account, initial)
-            .await?;
+        let created = self.service.create_account(&actor, id, account, initial).await?;
         let (application, initial_key) = match created.initial {
             Some((application, mut keys)) => {
                 let (view, secret) = keys.keys.remove(0);
@@ -59,10 +56,7 @@ impl pb::account_service_server::AccountService for KeysGrpc {
                 let key = convert::key(&view.key, &view.group, caps, now);
                 (
                     Some(convert::application(&application)),
-                    Some(pb::CreatedKey {
-                        key: Some(key),
-                        secret: secret.expose().to_owned(),
-                    }),
+                    Some(pb::CreatedKey { key: Some(key), secret: secret.expose().to_owned() }),
                 )
             }
             None => (None, None),
@@ -82,9 +76,7 @@ impl pb::account_service_server::AccountService for KeysGrpc {
         let id = validate::account_name(&mut v, "name", &request.get_ref().name);
         check(v)?;
         let account = self.service.get_account(&id).await?;
-        Ok(Response::new(pb::GetAccountResponse {
-            account: Some(convert::account(&account)),
-        }))
+        Ok(Response::new(pb::GetAccountResponse { account: Some(convert::account(&account)) }))
     }
 
     async fn list_accounts(
@@ -116,30 +108,18 @@ impl pb::account_service_server::AccountService for KeysGrpc {
         for path in &paths {
             match path.as_str() {
                 "display_name" => {
-                    patch.display_name = Some(validate::display_name(
-                        &mut v,
-                        "account.display_name",
-                        &account.display_name,
-                    ))
+                    patch.display_name =
+                        Some(validate::display_name(&mut v, "account.display_name", &account.display_name))
                 }
                 "credit_limit" => {
-                    patch.credit_limit = Some(validate::credits(
-                        &mut v,
-                        "account.credit_limit",
-                        account.credit_limit,
-                    ))
+                    patch.credit_limit = Some(validate::credits(&mut v, "account.credit_limit", account.credit_limit))
                 }
                 "unlimited_credit" => patch.unlimited_credit = Some(account.unlimited_credit),
                 _ => {} // update_mask admits only the paths above
             }
         }
         check(v)?;
-        let account = self
-            .service
-            .update_account(&actor, &id, &patch, paths)
-            .await?;
-        Ok(Response::new(pb::UpdateAccountResponse {
-            account: Some(convert::account(&account)),
-        }))
+        let account = self.service.update_account(&actor, &id, &patch, paths).await?;
+        Ok(Response::new(pb::UpdateAccountResponse { account: Some(convert::account(&account)) }))
     }
 }

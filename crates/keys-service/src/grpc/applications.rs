@@ -28,28 +28,14 @@ impl pb::application_service_server::ApplicationService for KeysGrpc {
             id: String::new(),
             revision: 0,
             account_id: account_id.clone(),
-            display_name: validate::display_name(
-                &mut v,
-                "application.display_name",
-                &input.display_name,
-            ),
-            description: validate::text(
-                &mut v,
-                "application.description",
-                &input.description,
-                MAX_DESCRIPTION,
-            ),
+            display_name: validate::display_name(&mut v, "application.display_name", &input.display_name),
+            description: validate::text(&mut v, "application.description", &input.description, MAX_DESCRIPTION),
             create_time: 0,
             update_time: 0,
         };
         check(v)?;
-        let application = self
-            .service
-            .create_application(&actor, &account_id, id, application)
-            .await?;
-        Ok(Response::new(pb::CreateApplicationResponse {
-            application: Some(convert::application(&application)),
-        }))
+        let application = self.service.create_application(&actor, &account_id, id, application).await?;
+        Ok(Response::new(pb::CreateApplicationResponse { application: Some(convert::application(&application)) }))
     }
 
     async fn get_application(
@@ -57,13 +43,10 @@ impl pb::application_service_server::ApplicationService for KeysGrpc {
         request: Request<pb::GetApplicationRequest>,
     ) -> Result<Response<pb::GetApplicationResponse>, Status> {
         let mut v = Violations::new();
-        let (account_id, id) =
-            validate::child_name(&mut v, "name", &request.get_ref().name, "applications");
+        let (account_id, id) = validate::child_name(&mut v, "name", &request.get_ref().name, "applications");
         check(v)?;
         let application = self.service.get_application(&account_id, &id).await?;
-        Ok(Response::new(pb::GetApplicationResponse {
-            application: Some(convert::application(&application)),
-        }))
+        Ok(Response::new(pb::GetApplicationResponse { application: Some(convert::application(&application)) }))
     }
 
     async fn list_applications(
@@ -90,38 +73,25 @@ impl pb::application_service_server::ApplicationService for KeysGrpc {
         let req = request.into_inner();
         let input = req.application.unwrap_or_default();
         let mut v = Violations::new();
-        let (account_id, id) =
-            validate::child_name(&mut v, "application.name", &input.name, "applications");
+        let (account_id, id) = validate::child_name(&mut v, "application.name", &input.name, "applications");
         let paths = validate::update_mask(&mut v, req.update_mask.as_ref(), MASK);
         let mut patch = ApplicationPatch::default();
         for path in &paths {
             match path.as_str() {
                 "display_name" => {
-                    patch.display_name = Some(validate::display_name(
-                        &mut v,
-                        "application.display_name",
-                        &input.display_name,
-                    ))
+                    patch.display_name =
+                        Some(validate::display_name(&mut v, "application.display_name", &input.display_name))
                 }
                 "description" => {
-                    patch.description = Some(validate::text(
-                        &mut v,
-                        "application.description",
-                        &input.description,
-                        MAX_DESCRIPTION,
-                    ))
+                    patch.description =
+                        Some(validate::text(&mut v, "application.description", &input.description, MAX_DESCRIPTION))
                 }
                 _ => {} // update_mask admits only the paths above
             }
         }
         check(v)?;
-        let application = self
-            .service
-            .update_application(&actor, &account_id, &id, &patch, paths)
-            .await?;
-        Ok(Response::new(pb::UpdateApplicationResponse {
-            application: Some(convert::application(&application)),
-        }))
+        let application = self.service.update_application(&actor, &account_id, &id, &patch, paths).await?;
+        Ok(Response::new(pb::UpdateApplicationResponse { application: Some(convert::application(&application)) }))
     }
 
     async fn delete_application(
@@ -130,12 +100,9 @@ impl pb::application_service_server::ApplicationService for KeysGrpc {
     ) -> Result<Response<pb::DeleteApplicationResponse>, Status> {
         let actor = actor(request.metadata());
         let mut v = Violations::new();
-        let (account_id, id) =
-            validate::child_name(&mut v, "name", &request.get_ref().name, "applications");
+        let (account_id, id) = validate::child_name(&mut v, "name", &request.get_ref().name, "applications");
         check(v)?;
-        self.service
-            .delete_application(&actor, &account_id, &id)
-            .await?;
+        self.service.delete_application(&actor, &account_id, &id).await?;
         Ok(Response::new(pb::DeleteApplicationResponse {}))
     }
 }

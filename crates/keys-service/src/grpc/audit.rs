@@ -15,8 +15,7 @@ impl pb::audit_service_server::AuditService for KeysGrpc {
     ) -> Result<Response<pb::ListAuditEventsResponse>, Status> {
         let req = request.into_inner();
         let mut v = Violations::new();
-        let account_id =
-            (!req.parent.is_empty()).then(|| validate::account_name(&mut v, "parent", &req.parent));
+        let account_id = (!req.parent.is_empty()).then(|| validate::account_name(&mut v, "parent", &req.parent));
         let page = validate::page(&mut v, req.page_size, &req.page_token, "audit");
         let before_id = match page.after.as_deref().map(str::parse::<i64>) {
             None => None,
@@ -35,9 +34,7 @@ impl pb::audit_service_server::AuditService for KeysGrpc {
         };
         let events = self.service.list_audit_events(&filter).await?;
         let next_page_token = match events.last() {
-            Some(last) if events.len() == page.limit as usize => {
-                page_token::encode("audit", &last.id.to_string())
-            }
+            Some(last) if events.len() == page.limit as usize => page_token::encode("audit", &last.id.to_string()),
             _ => String::new(),
         };
         Ok(Response::new(pb::ListAuditEventsResponse {
@@ -48,12 +45,7 @@ impl pb::audit_service_server::AuditService for KeysGrpc {
                     actor: event.entry.actor,
                     action: event.entry.action,
                     resource: event.entry.resource,
-                    account: event
-                        .entry
-                        .account_id
-                        .as_deref()
-                        .map(names::account)
-                        .unwrap_or_default(),
+                    account: event.entry.account_id.as_deref().map(names::account).unwrap_or_default(),
                     changed_fields: event.entry.changed_fields,
                     time: Some(convert::timestamp(event.entry.time)),
                 })

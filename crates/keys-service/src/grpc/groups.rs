@@ -8,13 +8,7 @@ use crate::convert;
 use crate::service::GroupPatch;
 use crate::validate;
 
-const MASK: &[&str] = &[
-    "display_name",
-    "price_multiplier",
-    "allowed_models",
-    "default_rpm_limit",
-    "default_tpm_limit",
-];
+const MASK: &[&str] = &["display_name", "price_multiplier", "allowed_models", "default_rpm_limit", "default_tpm_limit"];
 
 #[tonic::async_trait]
 impl pb::group_service_server::GroupService for KeysGrpc {
@@ -30,26 +24,10 @@ impl pb::group_service_server::GroupService for KeysGrpc {
             id: validate::required_id(&mut v, "group_id", &req.group_id),
             revision: 0,
             display_name: validate::display_name(&mut v, "group.display_name", &input.display_name),
-            price_multiplier: validate::multiplier(
-                &mut v,
-                "group.price_multiplier",
-                &input.price_multiplier,
-            ),
-            allowed_models: validate::model_ids(
-                &mut v,
-                "group.allowed_models",
-                &input.allowed_models,
-            ),
-            default_rpm_limit: validate::optional_rate(
-                &mut v,
-                "group.default_rpm_limit",
-                input.default_rpm_limit,
-            ),
-            default_tpm_limit: validate::optional_rate(
-                &mut v,
-                "group.default_tpm_limit",
-                input.default_tpm_limit,
-            ),
+            price_multiplier: validate::multiplier(&mut v, "group.price_multiplier", &input.price_multiplier),
+            allowed_models: validate::model_ids(&mut v, "group.allowed_models", &input.allowed_models),
+            default_rpm_limit: validate::optional_rate(&mut v, "group.default_rpm_limit", input.default_rpm_limit),
+            default_tpm_limit: validate::optional_rate(&mut v, "group.default_tpm_limit", input.default_tpm_limit),
             create_time: 0,
             update_time: 0,
         };
@@ -61,17 +39,12 @@ impl pb::group_service_server::GroupService for KeysGrpc {
         }))
     }
 
-    async fn get_group(
-        &self,
-        request: Request<pb::GetGroupRequest>,
-    ) -> Result<Response<pb::GetGroupResponse>, Status> {
+    async fn get_group(&self, request: Request<pb::GetGroupRequest>) -> Result<Response<pb::GetGroupResponse>, Status> {
         let mut v = Violations::new();
         let id = validate::group_name(&mut v, "name", &request.get_ref().name);
         check(v)?;
         let group = self.service.get_group(&id).await?;
-        Ok(Response::new(pb::GetGroupResponse {
-            group: Some(convert::group(&group, &self.service.config().caps)),
-        }))
+        Ok(Response::new(pb::GetGroupResponse { group: Some(convert::group(&group, &self.service.config().caps)) }))
     }
 
     async fn list_groups(
@@ -104,51 +77,32 @@ impl pb::group_service_server::GroupService for KeysGrpc {
         for path in &paths {
             match path.as_str() {
                 "display_name" => {
-                    patch.display_name = Some(validate::display_name(
-                        &mut v,
-                        "group.display_name",
-                        &input.display_name,
-                    ))
+                    patch.display_name = Some(validate::display_name(&mut v, "group.display_name", &input.display_name))
                 }
                 "price_multiplier" => {
                     if input.price_multiplier.is_empty() {
                         v.add("group.price_multiplier", "is required when in update_mask");
                     }
-                    patch.price_multiplier = Some(validate::multiplier(
-                        &mut v,
-                        "group.price_multiplier",
-                        &input.price_multiplier,
-                    ))
+                    patch.price_multiplier =
+                        Some(validate::multiplier(&mut v, "group.price_multiplier", &input.price_multiplier))
                 }
                 "allowed_models" => {
-                    patch.allowed_models = Some(validate::model_ids(
-                        &mut v,
-                        "group.allowed_models",
-                        &input.allowed_models,
-                    ))
+                    patch.allowed_models =
+                        Some(validate::model_ids(&mut v, "group.allowed_models", &input.allowed_models))
                 }
                 "default_rpm_limit" => {
-                    patch.default_rpm_limit = Some(validate::optional_rate(
-                        &mut v,
-                        "group.default_rpm_limit",
-                        input.default_rpm_limit,
-                    ))
+                    patch.default_rpm_limit =
+                        Some(validate::optional_rate(&mut v, "group.default_rpm_limit", input.default_rpm_limit))
                 }
                 "default_tpm_limit" => {
-                    patch.default_tpm_limit = Some(validate::optional_rate(
-                        &mut v,
-                        "group.default_tpm_limit",
-                        input.default_tpm_limit,
-                    ))
+                    patch.default_tpm_limit =
+                        Some(validate::optional_rate(&mut v, "group.default_tpm_limit", input.default_tpm_limit))
                 }
                 _ => {} // update_mask admits only the paths above
             }
         }
         check(v)?;
-        let (group, clamps) = self
-            .service
-            .update_group(&actor, &id, &patch, paths)
-            .await?;
+        let (group, clamps) = self.service.update_group(&actor, &id, &patch, paths).await?;
         Ok(Response::new(pb::UpdateGroupResponse {
             group: Some(convert::group(&group, &self.service.config().caps)),
             clamped: convert::clamps(&clamps),

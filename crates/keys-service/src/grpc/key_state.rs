@@ -14,9 +14,7 @@ impl pb::key_state_service_server::KeyStateService for KeysGrpc {
         let hash = SecretHash::from_slice(&request.get_ref().secret_hash)
             .ok_or_else(|| KeysError::invalid("secret_hash", "must be 32 bytes"))?;
         let state = self.service.key_state(&hash).await?;
-        Ok(Response::new(pb::GetKeyStateResponse {
-            state: Some(state),
-        }))
+        Ok(Response::new(pb::GetKeyStateResponse { state: Some(state) }))
     }
 
     async fn get_model_catalog(

@@ -66,24 +66,16 @@ pub(super) fn key_draft(
         ip_allowlist: validate::ip_allowlist(v, &field("ip_allowlist"), &key.ip_allowlist),
         enabled: key.enabled.unwrap_or(true),
     };
-    KeyDraft {
-        application_id: String::new(),
-        settings,
-    }
+    KeyDraft { application_id: String::new(), settings }
 }
 
 /// The application id of `key.application`, which must belong to `account_id`.
-fn application_of(
-    v: &mut Violations,
-    key: &pb::Key,
-    account_id: &str,
-) -> Result<String, KeysError> {
+fn application_of(v: &mut Violations, key: &pb::Key, account_id: &str) -> Result<String, KeysError> {
     if key.application.is_empty() {
         v.add("key.application", "is required");
         return Ok(String::new());
     }
-    let (owner, application_id) =
-        validate::child_name(v, "key.application", &key.application, "applications");
+    let (owner, application_id) = validate::child_name(v, "key.application", &key.application, "applications");
     if !owner.is_empty() && owner != account_id {
         // Another account's application is as invisible as a missing one.
         return Err(KeysError::NotFound("application"));
@@ -121,13 +113,7 @@ impl KeysGrpc {
         &self,
         actor: crate::service::Actor,
         rpc: &str,
-        (parent, key, expire_after, quantity, request_id): (
-            &str,
-            pb::Key,
-            Option<prost_types::Duration>,
-            i32,
-            &str,
-        ),
+        (parent, key, expire_after, quantity, request_id): (&str, pb::Key, Option<prost_types::Duration>, i32, &str),
         fingerprint_of: String,
     ) -> Result<CreatedKeys, KeysError> {
         let mut v = Violations::new();
@@ -141,19 +127,8 @@ impl KeysGrpc {
         }
         let request_id = validate::request_id(&mut v, "request_id", request_id);
         check(v)?;
-        let idempotency = request_id
-            .as_deref()
-            .map(|id| (id, fingerprint_of.as_str()));
-        self.service
-            .create_keys(
-                &actor,
-                &account_id,
-                &draft,
-                quantity as usize,
-                idempotency,
-                rpc,
-            )
-            .await
+        let idempotency = request_id.as_deref().map(|id| (id, fingerprint_of.as_str()));
+        self.service.create_keys(&actor, &account_id, &draft, quantity as usize, idempotency, rpc).await
     }
 }
 
@@ -165,21 +140,10 @@ impl pb::key_service_server::KeyService for KeysGrpc {
     ) -> Result<Response<pb::CreateKeyResponse>, Status> {
         let actor = actor(request.metadata());
         let req = request.into_inner();
-        let fingerprint = fingerprint(
-            "CreateKey",
-            &pb::CreateKeyRequest {
-                request_id: String::new(),
-                ..req.clone()
-            },
-        );
+        let fingerprint = fingerprint("CreateKey", &pb::CreateKeyRequest { request_id: String::new(), ..req.clone() });
         let key = req.key.unwrap_or_default();
         let created = self
-            .create(
-                actor,
-                "CreateKey",
-                (&req.parent, key, req.expire_after, 1, &req.request_id),
-                fingerprint,
-            )
+            .create(actor, "CreateKey", (&req.parent, key, req.expire_after, 1, &req.request_id), fingerprint)
             .await?;
         let now = now_micros();
         Ok(Response::new(pb::CreateKeyResponse {
@@ -194,25 +158,14 @@ impl pb::key_service_server::KeyService for KeysGrpc {
     ) -> Result<Response<pb::BatchCreateKeysResponse>, Status> {
         let actor = actor(request.metadata());
         let req = request.into_inner();
-        let fingerprint = fingerprint(
-            "BatchCreateKeys",
-            &pb::BatchCreateKeysRequest {
-                request_id: String::new(),
-                ..req.clone()
-            },
-        );
+        let fingerprint =
+            fingerprint("BatchCreateKeys", &pb::BatchCreateKeysRequest { request_id: String::new(), ..req.clone() });
         let key = req.key.unwrap_or_default();
         let created = self
             .create(
                 actor,
                 "BatchCreateKeys",
-                (
-                    &req.parent,
-                    key,
-                    req.expire_after,
-                    req.quantity,
-                    &req.request_id,
-                ),
+                (&req.parent, key, req.expire_after, req.quantity, &req.request_id),
                 fingerprint,
             )
             .await?;
@@ -222,32 +175,22 @@ impl pb::key_service_server::KeyService for KeysGrpc {
         }))
     }
 
-    async fn get_key(
-        &self,
-        request: Request<pb::GetKeyRequest>,
-    ) -> Result<Response<pb::GetKeyResponse>, Status> {
+    async fn get_key(&self, request: Request<pb::GetKeyRequest>) -> Result<Response<pb::GetKeyResponse>, Status> {
         let mut v = Violations::new();
-        let (account_id, key_id) =
-            validate::child_name(&mut v, "name", &request.get_ref().name, "keys");
+        let (account_id, key_id) = validate::child_name(&mut v, "name", &request.get_ref().name, "keys");
         check(v)?;
         let view = self.service.get_key(&account_id, &key_id).await?;
-        Ok(Response::new(pb::GetKeyResponse {
-            key: Some(self.key_proto(&view, now_micros())),
-        }))
+        Ok(Response::new(pb::GetKeyResponse { key: Some(self.key_proto(&view, now_micros())) }))
     }
 
-    async fn list_keys(
-        &self,
-        request: Request<pb::ListKeysRequest>,
-    ) -> Result<Response<pb::ListKeysResponse>, Status> {
+    async fn list_keys(&self, request: Request<pb::ListKeysRequest>) -> Result<Response<pb::ListKeysResponse>, Status> {
         let req = request.into_inner();
         let mut v = Violations::new();
         let account_id = validate::account_name(&mut v, "parent", &req.parent);
         let page = validate::page(&mut v, req.page_size, &req.page_token, "keys");
         let mut filter = KeyFilter::default();
         if !req.application.is_empty() {
-            let (owner, application_id) =
-                validate::child_name(&mut v, "application", &req.application, "applications");
+            let (owner, application_id) = validate::child_name(&mut v, "application", &req.application, "applications");
             if !owner.is_empty() && !account_id.is_empty() && owner != account_id {
                 return Err(KeysError::NotFound("application").into());
             }
@@ -271,11 +214,7 @@ impl pb::key_service_server::KeyService for KeysGrpc {
         let page = self.service.list_keys(&account_id, &filter, &page).await?;
         let now = now_micros();
         Ok(Response::new(pb::ListKeysResponse {
-            keys: page
-                .items
-                .iter()
-                .map(|view| self.key_proto(view, now))
-                .collect(),
+            keys: page.items.iter().map(|view| self.key_proto(view, now)).collect(),
             next_page_token: next_token(&page, "keys"),
         }))
     }
@@ -298,15 +237,9 @@ impl pb::key_service_server::KeyService for KeysGrpc {
         for path in &paths {
             match path.as_str() {
                 "display_name" => {
-                    patch.display_name = Some(validate::display_name(
-                        &mut v,
-                        "key.display_name",
-                        &key.display_name,
-                    ))
+                    patch.display_name = Some(validate::display_name(&mut v, "key.display_name", &key.display_name))
                 }
-                "group" => {
-                    patch.group_id = Some(validate::group_name(&mut v, "key.group", &key.group))
-                }
+                "group" => patch.group_id = Some(validate::group_name(&mut v, "key.group", &key.group)),
                 "expire_time" => {
                     patch.expire_time = Some(validate::expiry(
                         &mut v,
@@ -315,73 +248,34 @@ impl pb::key_service_server::KeyService for KeysGrpc {
                         now,
                     ))
                 }
-                "quota" => {
-                    patch.quota = Some(validate::optional_credits(&mut v, "key.quota", key.quota))
-                }
+                "quota" => patch.quota = Some(validate::optional_credits(&mut v, "key.quota", key.quota)),
                 "daily_budget" => {
-                    patch.daily_budget = Some(validate::optional_credits(
-                        &mut v,
-                        "key.daily_budget",
-                        key.daily_budget,
-                    ))
+                    patch.daily_budget = Some(validate::optional_credits(&mut v, "key.daily_budget", key.daily_budget))
                 }
                 "monthly_budget" => {
-                    patch.monthly_budget = Some(validate::optional_credits(
-                        &mut v,
-                        "key.monthly_budget",
-                        key.monthly_budget,
-                    ))
+                    patch.monthly_budget =
+                        Some(validate::optional_credits(&mut v, "key.monthly_budget", key.monthly_budget))
                 }
-                "rpm_limit" => {
-                    patch.rpm_limit = Some(validate::optional_rate(
-                        &mut v,
-                        "key.rpm_limit",
-                        key.rpm_limit,
-                    ))
-                }
-                "tpm_limit" => {
-                    patch.tpm_limit = Some(validate::optional_rate(
-                        &mut v,
-                        "key.tpm_limit",
-                        key.tpm_limit,
-                    ))
-                }
+                "rpm_limit" => patch.rpm_limit = Some(validate::optional_rate(&mut v, "key.rpm_limit", key.rpm_limit)),
+                "tpm_limit" => patch.tpm_limit = Some(validate::optional_rate(&mut v, "key.tpm_limit", key.tpm_limit)),
                 "allowed_models" => {
-                    patch.allowed_models = Some(validate::model_ids(
-                        &mut v,
-                        "key.allowed_models",
-                        &key.allowed_models,
-                    ))
+                    patch.allowed_models = Some(validate::model_ids(&mut v, "key.allowed_models", &key.allowed_models))
                 }
                 "capabilities" => {
-                    patch.capabilities = Some(validate::capabilities(
-                        &mut v,
-                        "key.capabilities",
-                        &key.capabilities,
-                    ))
+                    patch.capabilities = Some(validate::capabilities(&mut v, "key.capabilities", &key.capabilities))
                 }
                 "ip_allowlist" => {
-                    patch.ip_allowlist = Some(validate::ip_allowlist(
-                        &mut v,
-                        "key.ip_allowlist",
-                        &key.ip_allowlist,
-                    ))
+                    patch.ip_allowlist = Some(validate::ip_allowlist(&mut v, "key.ip_allowlist", &key.ip_allowlist))
                 }
                 "enabled" => match key.enabled {
                     Some(enabled) => patch.enabled = Some(enabled),
-                    None => v.add(
-                        "key.enabled",
-                        "must be set when `enabled` is in update_mask",
-                    ),
+                    None => v.add("key.enabled", "must be set when `enabled` is in update_mask"),
                 },
                 _ => {} // update_mask admits only the paths above
             }
         }
         check(v)?;
-        let (view, clamps) = self
-            .service
-            .update_key(&actor, &account_id, &key_id, &patch, paths)
-            .await?;
+        let (view, clamps) = self.service.update_key(&actor, &account_id, &key_id, &patch, paths).await?;
         Ok(Response::new(pb::UpdateKeyResponse {
             key: Some(self.key_proto(&view, now_micros())),
             clamped: convert::clamps(&clamps),
@@ -394,12 +288,9 @@ impl pb::key_service_server::KeyService for KeysGrpc {
     ) -> Result<Response<pb::DeleteKeyResponse>, Status> {
         let actor = actor(request.metadata());
         let mut v = Violations::new();
-        let (account_id, key_id) =
-            validate::child_name(&mut v, "name", &request.get_ref().name, "keys");
+        let (account_id, key_id) = validate::child_name(&mut v, "name", &request.get_ref().name, "keys");
         check(v)?;
-        self.service
-            .delete_key(&actor, &account_id, &key_id)
-            .await?;
+        self.service.delete_key(&actor, &account_id, &key_id).await?;
         Ok(Response::new(pb::DeleteKeyResponse {}))
     }
 
@@ -413,19 +304,14 @@ impl pb::key_service_server::KeyService for KeysGrpc {
         let (account_id, key_id) = validate::child_name(&mut v, "name", &req.name, "keys");
         let grace = match req.grace_period.as_ref().map(convert::duration_micros) {
             None => None,
-            Some(Some(grace)) if (0..=crate::service::MAX_ROTATION_GRACE).contains(&grace) => {
-                Some(grace)
-            }
+            Some(Some(grace)) if (0..=crate::service::MAX_ROTATION_GRACE).contains(&grace) => Some(grace),
             Some(_) => {
                 v.add("grace_period", "must be between 0 and 30 days");
                 None
             }
         };
         check(v)?;
-        let (view, secret) = self
-            .service
-            .rotate_key(&actor, &account_id, &key_id, grace)
-            .await?;
+        let (view, secret) = self.service.rotate_key(&actor, &account_id, &key_id, grace).await?;
         Ok(Response::new(pb::RotateKeyResponse {
             created: Some(pb::CreatedKey {
                 key: Some(self.key_proto(&view, now_micros())),

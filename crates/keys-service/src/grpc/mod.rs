@@ -35,15 +35,9 @@ impl KeysGrpc {
 
 /// The actor named in metadata (at most 100 printable characters), else `admin`.
 fn actor(metadata: &MetadataMap) -> Actor {
-    let named = metadata
-        .get(ACTOR_HEADER)
-        .and_then(|value| value.to_str().ok())
-        .map(str::trim)
-        .filter(|name| {
-            !name.is_empty()
-                && name.len() <= 100
-                && name.bytes().all(|b| b.is_ascii_graphic() || b == b' ')
-        });
+    let named = metadata.get(ACTOR_HEADER).and_then(|value| value.to_str().ok()).map(str::trim).filter(|name| {
+        !name.is_empty() && name.len() <= 100 && name.bytes().all(|b| b.is_ascii_graphic() || b == b' ')
+    });
     Actor(named.unwrap_or("admin").to_owned())
 }
 
@@ -54,8 +48,5 @@ fn check(violations: Violations) -> Result<(), KeysError> {
 
 /// The `next_page_token` of a page.
 fn next_token<T>(page: &Page<T>, collection: &str) -> String {
-    page.next_after
-        .as_deref()
-        .map(|after| page_token::encode(collection, after))
-        .unwrap_or_default()
+    page.next_after.as_deref().map(|after| page_token::encode(collection, after)).unwrap_or_default()
 }

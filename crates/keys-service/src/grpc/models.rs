@@ -8,13 +8,7 @@ use crate::convert;
 use crate::service::ModelPatch;
 use crate::validate;
 
-const MASK: &[&str] = &[
-    "display_name",
-    "capability",
-    "input_price",
-    "output_price",
-    "cached_input_price",
-];
+const MASK: &[&str] = &["display_name", "capability", "input_price", "output_price", "cached_input_price"];
 /// Longest model display name.
 const MAX_DISPLAY_NAME: usize = 100;
 
@@ -37,12 +31,7 @@ impl pb::model_service_server::ModelService for KeysGrpc {
         let model = Model {
             id: validate::model_id(&mut v, "model_id", &req.model_id),
             revision: 0,
-            display_name: validate::text(
-                &mut v,
-                "model.display_name",
-                &input.display_name,
-                MAX_DISPLAY_NAME,
-            ),
+            display_name: validate::text(&mut v, "model.display_name", &input.display_name, MAX_DISPLAY_NAME),
             capability: validate::capability(&mut v, "model.capability", input.capability),
             input_price: validate::credits(&mut v, "model.input_price", input.input_price),
             output_price: validate::credits(&mut v, "model.output_price", input.output_price),
@@ -56,22 +45,15 @@ impl pb::model_service_server::ModelService for KeysGrpc {
         };
         check(v)?;
         let model = self.service.create_model(&actor, model).await?;
-        Ok(Response::new(pb::CreateModelResponse {
-            model: Some(self.model_proto(&model)),
-        }))
+        Ok(Response::new(pb::CreateModelResponse { model: Some(self.model_proto(&model)) }))
     }
 
-    async fn get_model(
-        &self,
-        request: Request<pb::GetModelRequest>,
-    ) -> Result<Response<pb::GetModelResponse>, Status> {
+    async fn get_model(&self, request: Request<pb::GetModelRequest>) -> Result<Response<pb::GetModelResponse>, Status> {
         let mut v = Violations::new();
         let id = validate::model_name(&mut v, "name", &request.get_ref().name);
         check(v)?;
         let model = self.service.get_model(&id).await?;
-        Ok(Response::new(pb::GetModelResponse {
-            model: Some(self.model_proto(&model)),
-        }))
+        Ok(Response::new(pb::GetModelResponse { model: Some(self.model_proto(&model)) }))
     }
 
     async fn list_models(
@@ -103,52 +85,28 @@ impl pb::model_service_server::ModelService for KeysGrpc {
         for path in &paths {
             match path.as_str() {
                 "display_name" => {
-                    patch.display_name = Some(validate::text(
-                        &mut v,
-                        "model.display_name",
-                        &input.display_name,
-                        MAX_DISPLAY_NAME,
-                    ))
+                    patch.display_name =
+                        Some(validate::text(&mut v, "model.display_name", &input.display_name, MAX_DISPLAY_NAME))
                 }
                 "capability" => {
-                    patch.capability = Some(validate::capability(
-                        &mut v,
-                        "model.capability",
-                        input.capability,
-                    ))
+                    patch.capability = Some(validate::capability(&mut v, "model.capability", input.capability))
                 }
                 "input_price" => {
-                    patch.input_price = Some(validate::credits(
-                        &mut v,
-                        "model.input_price",
-                        input.input_price,
-                    ))
+                    patch.input_price = Some(validate::credits(&mut v, "model.input_price", input.input_price))
                 }
                 "output_price" => {
-                    patch.output_price = Some(validate::credits(
-                        &mut v,
-                        "model.output_price",
-                        input.output_price,
-                    ))
+                    patch.output_price = Some(validate::credits(&mut v, "model.output_price", input.output_price))
                 }
                 "cached_input_price" => {
-                    patch.cached_input_price = Some(validate::optional_credits(
-                        &mut v,
-                        "model.cached_input_price",
-                        input.cached_input_price,
-                    ))
+                    patch.cached_input_price =
+                        Some(validate::optional_credits(&mut v, "model.cached_input_price", input.cached_input_price))
                 }
                 _ => {} // update_mask admits only the paths above
             }
         }
         check(v)?;
-        let model = self
-            .service
-            .update_model(&actor, &id, &patch, paths)
-            .await?;
-        Ok(Response::new(pb::UpdateModelResponse {
-            model: Some(self.model_proto(&model)),
-        }))
+        let model = self.service.update_model(&actor, &id, &patch, paths).await?;
+        Ok(Response::new(pb::UpdateModelResponse { model: Some(self.model_proto(&model)) }))
     }
 
     async fn delete_model(

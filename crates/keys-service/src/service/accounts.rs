@@ -45,11 +45,7 @@ impl KeysService {
             "CreateAccount",
             names::account(&account.id),
             Some(&account.id),
-            vec![
-                "display_name".into(),
-                "credit_limit".into(),
-                "unlimited_credit".into(),
-            ],
+            vec!["display_name".into(), "credit_limit".into(), "unlimited_credit".into()],
             now,
         )];
         let initial = match initial {
@@ -79,20 +75,13 @@ impl KeysService {
                 Some((application, new_keys, created))
             }
         };
-        let initial_refs: Option<(&Application, &NewKey)> = initial
-            .as_ref()
-            .map(|(application, new_keys, _)| (application, &new_keys[0]));
-        self.store
-            .create_account(&account, initial_refs, &audit)
-            .await
-            .map_err(KeysError::from_store("account"))?;
+        let initial_refs: Option<(&Application, &NewKey)> =
+            initial.as_ref().map(|(application, new_keys, _)| (application, &new_keys[0]));
+        self.store.create_account(&account, initial_refs, &audit).await.map_err(KeysError::from_store("account"))?;
         if initial.is_some() {
             self.sync.flush_after_commit().await;
         }
-        Ok(CreatedAccount {
-            account,
-            initial: initial.map(|(application, _, created)| (application, created)),
-        })
+        Ok(CreatedAccount { account, initial: initial.map(|(application, _, created)| (application, created)) })
     }
 
     pub async fn get_account(&self, id: &str) -> KeysResult<Account> {
@@ -104,10 +93,7 @@ impl KeysService {
     }
 
     pub async fn list_accounts(&self, page: &PageRequest) -> KeysResult<Page<Account>> {
-        self.store
-            .list_accounts(page)
-            .await
-            .map_err(KeysError::from_store("account"))
+        self.store.list_accounts(page).await.map_err(KeysError::from_store("account"))
     }
 
     pub async fn update_account(
@@ -130,18 +116,8 @@ impl KeysService {
                 account.unlimited_credit = unlimited;
             }
             account.update_time = now;
-            let audit = self.audit(
-                actor,
-                "UpdateAccount",
-                names::account(id),
-                Some(id),
-                paths.clone(),
-                now,
-            );
-            self.store
-                .update_account(&account, &audit)
-                .await
-                .map_err(KeysError::from_store("account"))?;
+            let audit = self.audit(actor, "UpdateAccount", names::account(id), Some(id), paths.clone(), now);
+            self.store.update_account(&account, &audit).await.map_err(KeysError::from_store("account"))?;
             account.revision += 1;
             Ok(account)
         })

@@ -38,10 +38,7 @@ impl KeysService {
             vec!["display_name".into(), "description".into()],
             now,
         );
-        self.store
-            .create_application(&application, &audit)
-            .await
-            .map_err(KeysError::from_store("application"))?;
+        self.store.create_application(&application, &audit).await.map_err(KeysError::from_store("application"))?;
         Ok(application)
     }
 
@@ -53,16 +50,9 @@ impl KeysService {
             .ok_or(KeysError::NotFound("application"))
     }
 
-    pub async fn list_applications(
-        &self,
-        account_id: &str,
-        page: &PageRequest,
-    ) -> KeysResult<Page<Application>> {
+    pub async fn list_applications(&self, account_id: &str, page: &PageRequest) -> KeysResult<Page<Application>> {
         self.get_account(account_id).await?;
-        self.store
-            .list_applications(account_id, page)
-            .await
-            .map_err(KeysError::from_store("application"))
+        self.store.list_applications(account_id, page).await.map_err(KeysError::from_store("application"))
     }
 
     pub async fn update_application(
@@ -84,30 +74,15 @@ impl KeysService {
             }
             application.update_time = now;
             let resource = names::application(account_id, id);
-            let audit = self.audit(
-                actor,
-                "UpdateApplication",
-                resource,
-                Some(account_id),
-                paths.clone(),
-                now,
-            );
-            self.store
-                .update_application(&application, &audit)
-                .await
-                .map_err(KeysError::from_store("application"))?;
+            let audit = self.audit(actor, "UpdateApplication", resource, Some(account_id), paths.clone(), now);
+            self.store.update_application(&application, &audit).await.map_err(KeysError::from_store("application"))?;
             application.revision += 1;
             Ok(application)
         })
         .await
     }
 
-    pub async fn delete_application(
-        &self,
-        actor: &Actor,
-        account_id: &str,
-        id: &str,
-    ) -> KeysResult<()> {
+    pub async fn delete_application(&self, actor: &Actor, account_id: &str, id: &str) -> KeysResult<()> {
         let audit = self.audit(
             actor,
             "DeleteApplication",
@@ -116,9 +91,6 @@ impl KeysService {
             Vec::new(),
             now(),
         );
-        self.store
-            .delete_application(account_id, id, &audit)
-            .await
-            .map_err(KeysError::from_store("application"))
+        self.store.delete_application(account_id, id, &audit).await.map_err(KeysError::from_store("application"))
     }
 }

@@ -11,9 +11,6 @@ impl KeysService {
         if let Some(account_id) = &filter.account_id {
             self.get_account(account_id).await?;
         }
-        self.store
-            .list_audit_events(filter)
-            .await
-            .map_err(KeysError::from_store("audit event"))
+        self.store.list_audit_events(filter).await.map_err(KeysError::from_store("audit event"))
     }
 }

@@ -44,48 +44,25 @@ impl KeysService {
     }
 
     /// Fails with the offending index for models not in the catalog.
-    pub(super) async fn check_models_exist(
-        &self,
-        field: &str,
-        models: &[String],
-    ) -> KeysResult<()> {
+    pub(super) async fn check_models_exist(&self, field: &str, models: &[String]) -> KeysResult<()> {
         if models.is_empty() {
             return Ok(());
         }
-        let known = self
-            .store
-            .existing_models(models)
-            .await
-            .map_err(KeysError::from_store("model"))?;
+        let known = self.store.existing_models(models).await.map_err(KeysError::from_store("model"))?;
         let mut violations = tollgate_core::Violations::new();
         for (i, model) in models.iter().enumerate() {
-            violations.check(
-                known.contains(model),
-                format!("{field}[{i}]"),
-                format!("unknown model `{model}`"),
-            );
+            violations.check(known.contains(model), format!("{field}[{i}]"), format!("unknown model `{model}`"));
         }
         violations.into_result().map_err(KeysError::InvalidArgument)
     }
 
-    pub async fn create_group(
-        &self,
-        actor: &Actor,
-        mut group: Group,
-    ) -> KeysResult<(Group, Vec<Clamp>)> {
-        self.check_models_exist("group.allowed_models", &group.allowed_models)
-            .await?;
+    pub async fn create_group(&self, actor: &Actor, mut group: Group) -> KeysResult<(Group, Vec<Clamp>)> {
+        self.check_models_exist("group.allowed_models", &group.allowed_models).await?;
         let now = now();
         group.revision = 1;
         group.create_time = now;
         group.update_time = now;
-        let fields = [
-            "display_name",
-            "price_multiplier",
-            "allowed_models",
-            "default_rpm_limit",
-            "default_tpm_limit",
-        ];
+        let fields = ["display_name", "price_multiplier", "allowed_models", "default_rpm_limit", "default_tpm_limit"];
         let audit = self.audit(
             actor,
             "CreateGroup",
@@ -94,27 +71,17 @@ impl KeysService {
             fields.iter().map(|f| f.to_string()).collect(),
             now,
         );
-        self.store
-            .create_group(&group, &audit)
-            .await
-            .map_err(KeysError::from_store("group"))?;
+        self.store.create_group(&group, &audit).await.map_err(KeysError::from_store("group"))?;
         let clamps = self.group_clamps(&group);
         Ok((group, clamps))
     }
 
     pub async fn get_group(&self, id: &str) -> KeysResult<Group> {
-        self.store
-            .get_group(id)
-            .await
-            .map_err(KeysError::from_store("group"))?
-            .ok_or(KeysError::NotFound("group"))
+        self.store.get_group(id).await.map_err(KeysError::from_store("group"))?.ok_or(KeysError::NotFound("group"))
     }
 
     pub async fn list_groups(&self, page: &PageRequest) -> KeysResult<Page<Group>> {
-        self.store
-            .list_groups(page)
-            .await
-            .map_err(KeysError::from_store("group"))
+        self.store.list_groups(page).await.map_err(KeysError::from_store("group"))
     }
 
     pub async fn update_group(
@@ -125,8 +92,7 @@ impl KeysService {
         paths: Vec<String>,
     ) -> KeysResult<(Group, Vec<Clamp>)> {
         if let Some(models) = &patch.allowed_models {
-            self.check_models_exist("group.allowed_models", models)
-                .await?;
+            self.check_models_exist("group.allowed_models", models).await?;
         }
         let group = Self::with_retries(|| async {
             let mut group = self.get_group(id).await?;
@@ -147,18 +113,8 @@ impl KeysService {
                 group.default_tpm_limit = tpm;
             }
             group.update_time = now;
-            let audit = self.audit(
-                actor,
-                "UpdateGroup",
-                names::group(id),
-                None,
-                paths.clone(),
-                now,
-            );
-            self.store
-                .update_group(&group, &audit)
-                .await
-                .map_err(KeysError::from_store("group"))?;
+            let audit = self.audit(actor, "UpdateGroup", names::group(id), None, paths.clone(), now);
+            self.store.update_group(&group, &audit).await.map_err(KeysError::from_store("group"))?;
             group.revision += 1;
             Ok(group)
         })
@@ -170,18 +126,8 @@ impl KeysService {
     }
 
     pub async fn delete_group(&self, actor: &Actor, id: &str) -> KeysResult<()> {
-        let audit = self.audit(
-            actor,
-            "DeleteGroup",
-            names::group(id),
-            None,
-            Vec::new(),
-            now(),
-        );
-        self.store
-            .delete_group(id, &audit)
-            .await
-            .map_err(KeysError::from_store("group"))
+        let audit = self.audit(actor, "DeleteGroup", names::group(id), None, Vec::new(), now());
+        self.store.delete_group(id, &audit).await.map_err(KeysError::from_store("group"))
     }
 
     pub async fn create_model(&self, actor: &Actor, mut model: Model) -> KeysResult<Model> {
@@ -192,13 +138,7 @@ impl KeysService {
         if model.display_name.is_empty() {
             model.display_name = model.id.clone();
         }
-        let fields = [
-            "display_name",
-            "capability",
-            "input_price",
-            "output_price",
-            "cached_input_price",
-        ];
+        let fields = ["display_name", "capability", "input_price", "output_price", "cached_input_price"];
         let audit = self.audit(
             actor,
             "CreateModel",
@@ -207,27 +147,17 @@ impl KeysService {
             fields.iter().map(|f| f.to_string()).collect(),
             now,
         );
-        self.store
-            .create_model(&model, &audit)
-            .await
-            .map_err(KeysError::from_store("model"))?;
+        self.store.create_model(&model, &audit).await.map_err(KeysError::from_store("model"))?;
         self.sync.flush_after_commit().await;
         Ok(model)
     }
 
     pub async fn get_model(&self, id: &str) -> KeysResult<Model> {
-        self.store
-            .get_model(id)
-            .await
-            .map_err(KeysError::from_store("model"))?
-            .ok_or(KeysError::NotFound("model"))
+        self.store.get_model(id).await.map_err(KeysError::from_store("model"))?.ok_or(KeysError::NotFound("model"))
     }
 
     pub async fn list_models(&self, page: &PageRequest) -> KeysResult<Page<Model>> {
-        self.store
-            .list_models(page)
-            .await
-            .map_err(KeysError::from_store("model"))
+        self.store.list_models(page).await.map_err(KeysError::from_store("model"))
     }
 
     pub async fn update_model(
@@ -241,11 +171,7 @@ impl KeysService {
             let mut model = self.get_model(id).await?;
             let now = now();
             if let Some(name) = &patch.display_name {
-                model.display_name = if name.is_empty() {
-                    model.id.clone()
-                } else {
-                    name.clone()
-                };
+                model.display_name = if name.is_empty() { model.id.clone() } else { name.clone() };
             }
             if let Some(capability) = patch.capability {
                 model.capability = capability;
@@ -260,18 +186,8 @@ impl KeysService {
                 model.cached_input_price = price;
             }
             model.update_time = now;
-            let audit = self.audit(
-                actor,
-                "UpdateModel",
-                names::model(id),
-                None,
-                paths.clone(),
-                now,
-            );
-            self.store
-                .update_model(&model, &audit)
-                .await
-                .map_err(KeysError::from_store("model"))?;
+            let audit = self.audit(actor, "UpdateModel", names::model(id), None, paths.clone(), now);
+            self.store.update_model(&model, &audit).await.map_err(KeysError::from_store("model"))?;
             model.revision += 1;
             Ok(model)
         })
@@ -281,18 +197,8 @@ impl KeysService {
     }
 
     pub async fn delete_model(&self, actor: &Actor, id: &str) -> KeysResult<()> {
-        let audit = self.audit(
-            actor,
-            "DeleteModel",
-            names::model(id),
-            None,
-            Vec::new(),
-            now(),
-        );
-        self.store
-            .delete_model(id, &audit)
-            .await
-            .map_err(KeysError::from_store("model"))?;
+        let audit = self.audit(actor, "DeleteModel", names::model(id), None, Vec::new(), now());
+        self.store.delete_model(id, &audit).await.map_err(KeysError::from_store("model"))?;
         self.sync.flush_after_commit().await;
         Ok(())
     }

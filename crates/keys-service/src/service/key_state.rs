@@ -15,11 +15,7 @@ impl KeysService {
     /// ones are. The answer is also written to the key-state cache, which repairs it after
     /// Redis lost its data.
     pub async fn key_state(&self, hash: &SecretHash) -> KeysResult<pb::KeyState> {
-        let key_id = self
-            .store
-            .key_id_for_secret(hash)
-            .await
-            .map_err(KeysError::from_store("key"))?;
+        let key_id = self.store.key_id_for_secret(hash).await.map_err(KeysError::from_store("key"))?;
         let key_id = key_id.ok_or(KeysError::NotFound("key"))?;
         let source = self
             .store
@@ -36,40 +32,20 @@ impl KeysService {
         if source.deleted {
             return Err(KeysError::NotFound("key"));
         }
-        let secret = source
-            .secrets
-            .iter()
-            .find(|s| s.hash == *hash)
-            .ok_or(KeysError::NotFound("key"))?;
-        Ok(snapshot::key_state(
-            &source,
-            secret.expire_time,
-            &self.config.caps,
-        ))
+        let secret = source.secrets.iter().find(|s| s.hash == *hash).ok_or(KeysError::NotFound("key"))?;
+        Ok(snapshot::key_state(&source, secret.expire_time, &self.config.caps))
     }
 
-    async fn cache_writes(
-        &self,
-        writes: &[KeyStateWrite],
-    ) -> Result<(), tollgate_state::StateError> {
+    async fn cache_writes(&self, writes: &[KeyStateWrite]) -> Result<(), tollgate_state::StateError> {
         self.sync.cache().put_key_states(writes).await
     }
 
     /// The whole catalog as authz prices it.
     pub async fn model_catalog(&self) -> KeysResult<pb::GetModelCatalogResponse> {
-        let models = self
-            .store
-            .all_models()
-            .await
-            .map_err(KeysError::from_store("model"))?;
+        let models = self.store.all_models().await.map_err(KeysError::from_store("model"))?;
         let update_time = models.iter().map(|m| m.update_time).max().unwrap_or(0);
         let catalog = snapshot::catalog(&models, update_time);
-        if let Err(error) = self
-            .sync
-            .cache()
-            .put_catalog(&catalog.encode_to_vec())
-            .await
-        {
+        if let Err(error) = self.sync.cache().put_catalog(&catalog.encode_to_vec()).await {
             tracing::debug!(%error, "catalog read repair skipped");
         }
         Ok(catalog)

@@ -94,46 +94,25 @@ fn set_fields(s: &KeySettings) -> Vec<String> {
         ("capabilities", !s.capabilities.is_empty()),
         ("ip_allowlist", !s.ip_allowlist.is_empty()),
     ];
-    fields.extend(
-        optional
-            .iter()
-            .filter(|(_, set)| *set)
-            .map(|(name, _)| *name),
-    );
+    fields.extend(optional.iter().filter(|(_, set)| *set).map(|(name, _)| *name));
     fields.into_iter().map(str::to_owned).collect()
 }
 
 impl KeysService {
     fn key_clamps(&self, settings: &KeySettings) -> Vec<Clamp> {
         let caps = &self.config.caps;
-        [
-            clamp("rpm_limit", settings.rpm_limit, caps.max_rpm).1,
-            clamp("tpm_limit", settings.tpm_limit, caps.max_tpm).1,
-        ]
-        .into_iter()
-        .flatten()
-        .collect()
+        [clamp("rpm_limit", settings.rpm_limit, caps.max_rpm).1, clamp("tpm_limit", settings.tpm_limit, caps.max_tpm).1]
+            .into_iter()
+            .flatten()
+            .collect()
     }
 
     /// Resolves a draft's group and checks its models are in the catalog; both are the
     /// caller's input, so failures are INVALID_ARGUMENT on `{prefix}.group` and friends.
-    pub(super) async fn check_key_references(
-        &self,
-        draft: &KeyDraft,
-        prefix: &str,
-    ) -> KeysResult<Group> {
-        let group = self
-            .store
-            .get_group(&draft.settings.group_id)
-            .await
-            .map_err(KeysError::from_store("group"))?;
-        let group =
-            group.ok_or_else(|| KeysError::invalid(format!("{prefix}.group"), "unknown group"))?;
-        self.check_models_exist(
-            &format!("{prefix}.allowed_models"),
-            &draft.settings.allowed_models,
-        )
-        .await?;
+    pub(super) async fn check_key_references(&self, draft: &KeyDraft, prefix: &str) -> KeysResult<Group> {
+        let group = self.store.get_group(&draft.settings.group_id).await.map_err(KeysError::from_store("group"))?;
+        let group = group.ok_or_else(|| KeysError::invalid(format!("{prefix}.group"), "unknown group"))?;
+        self.check_models_exist(&format!("{prefix}.allowed_models"), &draft.settings.allowed_models).await?;
         Ok(group)
     }
 
@@ -161,26 +140,11 @@ impl KeysService {
                 create_time: now,
                 update_time: now,
             };
-            new_keys.push(NewKey {
-                key: key.clone(),
-                secret_hash: self.config.pepper.hash(secret.expose()),
-            });
-            created.push((
-                KeyView {
-                    key,
-                    group: group.clone(),
-                },
-                secret,
-            ));
+            new_keys.push(NewKey { key: key.clone(), secret_hash: self.config.pepper.hash(secret.expose()) });
+            created.push((KeyView { key, group: group.clone() }, secret));
         }
         let clamps = self.key_clamps(&draft.settings);
-        (
-            new_keys,
-            CreatedKeys {
-                keys: created,
-                clamps,
-            },
-        )
+        (new_keys, CreatedKeys { keys: created, clamps })
     }
 
     pub(super) fn key_creation_audit(
@@ -194,14 +158,7 @@ impl KeysService {
             .map(|new| {
                 let key = &new.key;
                 let resource = names::key(&key.account_id, &key.id);
-                self.audit(
-                    actor,
-                    action,
-                    resource,
-                    Some(&key.account_id),
-                    set_fields(&key.settings),
-                    now,
-                )
+                self.audit(actor, action, resource, Some(&key.account_id), set_fields(&key.settings), now)
             })
             .collect()
     }
@@ -218,41 +175,28 @@ impl KeysService {
         action: &str,
     ) -> KeysResult<CreatedKeys> {
         self.get_account(account_id).await?;
-        self.get_application(account_id, &draft.application_id)
-            .await?;
+        self.get_application(account_id, &draft.application_id).await?;
         let now = now();
         if let Some((request_id, fingerprint)) = idempotency
-            && let Some(replayed) = self
-                .replay(account_id, request_id, fingerprint, now)
-                .await?
+            && let Some(replayed) = self.replay(account_id, request_id, fingerprint, now).await?
         {
             return Ok(replayed);
         }
         let group = self.check_key_references(draft, "key").await?;
         let (new_keys, created) = self.prepare_keys(account_id, draft, &group, quantity, now);
         let record = idempotency.map(|(request_id, fingerprint)| {
-            let secrets: Vec<&str> = created
-                .keys
-                .iter()
-                .map(|(_, secret)| secret.expose())
-                .collect();
+            let secrets: Vec<&str> = created.keys.iter().map(|(_, secret)| secret.expose()).collect();
             IdempotencyRecord {
                 account_id: account_id.to_owned(),
                 request_id: request_id.to_owned(),
                 fingerprint: fingerprint.to_owned(),
                 key_ids: new_keys.iter().map(|k| k.key.id.clone()).collect(),
-                sealed_secrets: self
-                    .sealer
-                    .seal(&seal_context(account_id, request_id), &secrets),
+                sealed_secrets: self.sealer.seal(&seal_context(account_id, request_id), &secrets),
                 create_time: now,
             }
         });
         let audit = self.key_creation_audit(actor, action, &new_keys, now);
-        match self
-            .store
-            .create_keys(&new_keys, record.as_ref(), &audit)
-            .await
-        {
+        match self.store.create_keys(&new_keys, record.as_ref(), &audit).await {
             Ok(()) => {}
             // A concurrent retry with the same request id committed first: answer as it did.
             Err(StoreError::AlreadyExists) if let Some((request_id, fingerprint)) = idempotency => {
@@ -283,47 +227,25 @@ impl KeysService {
             return Ok(None);
         };
         if record.fingerprint != fingerprint {
-            return Err(KeysError::invalid(
-                "request_id",
-                "was already used for a request with other settings",
-            ));
+            return Err(KeysError::invalid("request_id", "was already used for a request with other settings"));
         }
         let secrets = self
             .sealer
-            .open(
-                &seal_context(account_id, request_id),
-                &record.sealed_secrets,
-            )
-            .ok_or_else(|| {
-                KeysError::Internal(
-                    "sealed secrets do not open (was the key pepper changed?)".into(),
-                )
-            })?;
-        let keys = self
-            .store
-            .get_keys_by_id(account_id, &record.key_ids)
-            .await
-            .map_err(KeysError::from_store("key"))?;
+            .open(&seal_context(account_id, request_id), &record.sealed_secrets)
+            .ok_or_else(|| KeysError::Internal("sealed secrets do not open (was the key pepper changed?)".into()))?;
+        let keys =
+            self.store.get_keys_by_id(account_id, &record.key_ids).await.map_err(KeysError::from_store("key"))?;
         let mut views = self.views(keys).await?;
         if views.len() != secrets.len() {
-            return Err(KeysError::Internal(
-                "idempotency record does not match its keys".into(),
-            ));
+            return Err(KeysError::Internal("idempotency record does not match its keys".into()));
         }
         let mut created = Vec::with_capacity(views.len());
         for (view, secret) in views.drain(..).zip(secrets) {
-            let secret =
-                ApiKeySecret::parse(&secret).map_err(|e| KeysError::Internal(e.to_string()))?;
+            let secret = ApiKeySecret::parse(&secret).map_err(|e| KeysError::Internal(e.to_string()))?;
             created.push((view, secret));
         }
-        let clamps = created
-            .first()
-            .map(|(view, _)| self.key_clamps(&view.key.settings))
-            .unwrap_or_default();
-        Ok(Some(CreatedKeys {
-            keys: created,
-            clamps,
-        }))
+        let clamps = created.first().map(|(view, _)| self.key_clamps(&view.key.settings)).unwrap_or_default();
+        Ok(Some(CreatedKeys { keys: created, clamps }))
     }
 
     /// Pairs keys with their groups, loading each group once.
@@ -345,12 +267,7 @@ impl KeysService {
     }
 
     async fn group_of(&self, key: &Key) -> KeysResult<Group> {
-        match self
-            .store
-            .get_group(&key.settings.group_id)
-            .await
-            .map_err(KeysError::from_store("group"))?
-        {
+        match self.store.get_group(&key.settings.group_id).await.map_err(KeysError::from_store("group"))? {
             Some(group) => Ok(group),
             // Only a deleted key can name a deleted group; its state still needs one.
             None => self
@@ -365,11 +282,7 @@ impl KeysService {
     }
 
     pub async fn get_key(&self, account_id: &str, id: &str) -> KeysResult<KeyView> {
-        let key = self
-            .store
-            .get_key(account_id, id)
-            .await
-            .map_err(KeysError::from_store("key"))?;
+        let key = self.store.get_key(account_id, id).await.map_err(KeysError::from_store("key"))?;
         let key = key.ok_or(KeysError::NotFound("key"))?;
         let group = self.group_of(&key).await?;
         Ok(KeyView { key, group })
@@ -384,20 +297,10 @@ impl KeysService {
         self.get_account(account_id).await?;
         if filter.status == Some(KeyStatus::Exhausted) {
             // Spend is metering's; until it reports quota use, no key is exhausted.
-            return Ok(Page {
-                items: Vec::new(),
-                next_after: None,
-            });
+            return Ok(Page { items: Vec::new(), next_after: None });
         }
-        let page = self
-            .store
-            .list_keys(account_id, filter, page, now())
-            .await
-            .map_err(KeysError::from_store("key"))?;
-        Ok(Page {
-            items: self.views(page.items).await?,
-            next_after: page.next_after,
-        })
+        let page = self.store.list_keys(account_id, filter, page, now()).await.map_err(KeysError::from_store("key"))?;
+        Ok(Page { items: self.views(page.items).await?, next_after: page.next_after })
     }
 
     pub async fn update_key(
@@ -409,25 +312,16 @@ impl KeysService {
         paths: Vec<String>,
     ) -> KeysResult<(KeyView, Vec<Clamp>)> {
         if let Some(group_id) = &patch.group_id {
-            let group = self
-                .store
-                .get_group(group_id)
-                .await
-                .map_err(KeysError::from_store("group"))?;
+            let group = self.store.get_group(group_id).await.map_err(KeysError::from_store("group"))?;
             if group.is_none() {
                 return Err(KeysError::invalid("key.group", "unknown group"));
             }
         }
         if let Some(models) = &patch.allowed_models {
-            self.check_models_exist("key.allowed_models", models)
-                .await?;
+            self.check_models_exist("key.allowed_models", models).await?;
         }
         let key = Self::with_retries(|| async {
-            let mut key = self
-                .store
-                .get_key(account_id, id)
-                .await
-                .map_err(KeysError::from_store("key"))?;
+            let mut key = self.store.get_key(account_id, id).await.map_err(KeysError::from_store("key"))?;
             let key = key.as_mut().ok_or(KeysError::NotFound("key"))?;
             let now = now();
             patch.apply(&mut key.settings);
@@ -437,18 +331,9 @@ impl KeysService {
                 ));
             }
             key.update_time = now;
-            let audit = self.audit(
-                actor,
-                "UpdateKey",
-                names::key(account_id, id),
-                Some(account_id),
-                paths.clone(),
-                now,
-            );
-            self.store
-                .update_key(key, &audit)
-                .await
-                .map_err(KeysError::from_store("key"))?;
+            let audit =
+                self.audit(actor, "UpdateKey", names::key(account_id, id), Some(account_id), paths.clone(), now);
+            self.store.update_key(key, &audit).await.map_err(KeysError::from_store("key"))?;
             key.revision += 1;
             Ok(key.clone())
         })
@@ -461,18 +346,8 @@ impl KeysService {
 
     pub async fn delete_key(&self, actor: &Actor, account_id: &str, id: &str) -> KeysResult<()> {
         let now = now();
-        let audit = self.audit(
-            actor,
-            "DeleteKey",
-            names::key(account_id, id),
-            Some(account_id),
-            Vec::new(),
-            now,
-        );
-        self.store
-            .delete_key(account_id, id, now, &audit)
-            .await
-            .map_err(KeysError::from_store("key"))?;
+        let audit = self.audit(actor, "DeleteKey", names::key(account_id, id), Some(account_id), Vec::new(), now);
+        self.store.delete_key(account_id, id, now, &audit).await.map_err(KeysError::from_store("key"))?;
         self.sync.flush_after_commit().await;
         Ok(())
     }
@@ -489,14 +364,8 @@ impl KeysService {
         let grace = grace.unwrap_or(self.config.default_rotation_grace);
         let secret = ApiKeySecret::generate();
         let now = now();
-        let audit = self.audit(
-            actor,
-            "RotateKey",
-            names::key(account_id, id),
-            Some(account_id),
-            vec!["secret".into()],
-            now,
-        );
+        let audit =
+            self.audit(actor, "RotateKey", names::key(account_id, id), Some(account_id), vec!["secret".into()], now);
         let key = self
             .store
             .rotate_key(

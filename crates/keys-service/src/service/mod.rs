@@ -55,12 +55,7 @@ pub struct KeysService {
 impl KeysService {
     pub fn new(store: Arc<dyn KeysStore>, sync: Arc<StateSync>, config: KeysConfig) -> Self {
         let sealer = Sealer::new(&config.pepper);
-        Self {
-            store,
-            sync,
-            config,
-            sealer,
-        }
+        Self { store, sync, config, sealer }
     }
 
     pub fn config(&self) -> &KeysConfig {

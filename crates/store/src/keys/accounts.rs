@@ -40,14 +40,10 @@ impl AccountStore for SqlKeysStore {
     }
 
     async fn get_account(&self, id: &str) -> StoreResult<Option<Account>> {
-        let row = sqlx::query(concat!(
-            "SELECT ",
-            account_columns!(),
-            " FROM accounts WHERE id = $1"
-        ))
-        .bind(id)
-        .fetch_optional(&self.db.pool)
-        .await?;
+        let row = sqlx::query(concat!("SELECT ", account_columns!(), " FROM accounts WHERE id = $1"))
+            .bind(id)
+            .fetch_optional(&self.db.pool)
+            .await?;
         row.as_ref().map(rows::account).transpose()
     }
 
@@ -61,10 +57,7 @@ impl AccountStore for SqlKeysStore {
         .bind(i64::from(page.limit) + 1)
         .fetch_all(&self.db.pool)
         .await?;
-        let items = rows
-            .iter()
-            .map(rows::account)
-            .collect::<StoreResult<Vec<_>>>()?;
+        let items = rows.iter().map(rows::account).collect::<StoreResult<Vec<_>>>()?;
         Ok(Page::from_lookahead(items, page.limit, |a| a.id.clone()))
     }
 

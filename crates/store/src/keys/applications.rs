@@ -29,11 +29,7 @@ pub(super) async fn insert(conn: &mut AnyConnection, application: &Application) 
 
 #[async_trait]
 impl ApplicationStore for SqlKeysStore {
-    async fn create_application(
-        &self,
-        application: &Application,
-        audit: &AuditEntry,
-    ) -> StoreResult<()> {
+    async fn create_application(&self, application: &Application, audit: &AuditEntry) -> StoreResult<()> {
         let mut tx = self.db.pool.begin().await?;
         insert(&mut tx, application).await?;
         rows::insert_audit(&mut tx, std::slice::from_ref(audit)).await?;
@@ -41,11 +37,7 @@ impl ApplicationStore for SqlKeysStore {
         Ok(())
     }
 
-    async fn get_application(
-        &self,
-        account_id: &str,
-        id: &str,
-    ) -> StoreResult<Option<Application>> {
+    async fn get_application(&self, account_id: &str, id: &str) -> StoreResult<Option<Application>> {
         let row = sqlx::query(concat!(
             "SELECT ",
             application_columns!(),
@@ -59,30 +51,23 @@ impl ApplicationStore for SqlKeysStore {
         row.as_ref().map(rows::application).transpose()
     }
 
-    async fn list_applications(
-        &self,
-        account_id: &str,
-        page: &PageRequest,
-    ) -> StoreResult<Page<Application>> {
-        let rows = sqlx::query(concat!("SELECT ", application_columns!(), " FROM applications \
-             WHERE account_id = $1 AND delete_time IS NULL AND ($2 IS NULL OR id > $2) ORDER BY id LIMIT $3"))
+    async fn list_applications(&self, account_id: &str, page: &PageRequest) -> StoreResult<Page<Application>> {
+        let rows = sqlx::query(concat!(
+            "SELECT ",
+            application_columns!(),
+            " FROM applications \
+             WHERE account_id = $1 AND delete_time IS NULL AND ($2 IS NULL OR id > $2) ORDER BY id LIMIT $3"
+        ))
         .bind(account_id)
         .bind(page.after.as_deref())
         .bind(i64::from(page.limit) + 1)
         .fetch_all(&self.db.pool)
         .await?;
-        let items = rows
-            .iter()
-            .map(rows::application)
-            .collect::<StoreResult<Vec<_>>>()?;
+        let items = rows.iter().map(rows::application).collect::<StoreResult<Vec<_>>>()?;
         Ok(Page::from_lookahead(items, page.limit, |a| a.id.clone()))
     }
 
-    async fn update_application(
-        &self,
-        application: &Application,
-        audit: &AuditEntry,
-    ) -> StoreResult<()> {
+    async fn update_application(&self, application: &Application, audit: &AuditEntry) -> StoreResult<()> {
         let mut tx = self.db.pool.begin().await?;
         let updated = sqlx::query(
             "UPDATE applications SET display_name = $1, description = $2, revision = revision + 1, update_time = $3 \
@@ -109,12 +94,7 @@ impl ApplicationStore for SqlKeysStore {
         Ok(())
     }
 
-    async fn delete_application(
-        &self,
-        account_id: &str,
-        id: &str,
-        audit: &AuditEntry,
-    ) -> StoreResult<()> {
+    async fn delete_application(&self, account_id: &str, id: &str, audit: &AuditEntry) -> StoreResult<()> {
         let mut tx = self.db.pool.begin().await?;
         let live_key = sqlx::query(
             "SELECT id FROM api_keys WHERE account_id = $1 AND application_id = $2 AND delete_time IS NULL LIMIT 1",
@@ -137,9 +117,7 @@ impl ApplicationStore for SqlKeysStore {
             return Err(StoreError::NotFound);
         }
         if live_key.is_some() {
-            return Err(StoreError::FailedPrecondition(
-                "the application still has keys; delete them first".into(),
-            ));
+            return Err(StoreError::FailedPrecondition("the application still has keys; delete them first".into()));
         }
         rows::insert_audit(&mut tx, std::slice::from_ref(audit)).await?;
         tx.commit().await?;

@@ -45,14 +45,11 @@ impl CatalogStore for SqlKeysStore {
     }
 
     async fn get_group(&self, id: &str) -> StoreResult<Option<Group>> {
-        let row = sqlx::query(concat!(
-            "SELECT ",
-            group_columns!(),
-            " FROM key_groups WHERE id = $1 AND delete_time IS NULL"
-        ))
-        .bind(id)
-        .fetch_optional(&self.db.pool)
-        .await?;
+        let row =
+            sqlx::query(concat!("SELECT ", group_columns!(), " FROM key_groups WHERE id = $1 AND delete_time IS NULL"))
+                .bind(id)
+                .fetch_optional(&self.db.pool)
+                .await?;
         row.as_ref().map(rows::group).transpose()
     }
 
@@ -67,10 +64,7 @@ impl CatalogStore for SqlKeysStore {
         .bind(i64::from(page.limit) + 1)
         .fetch_all(&self.db.pool)
         .await?;
-        let items = rows
-            .iter()
-            .map(rows::group)
-            .collect::<StoreResult<Vec<_>>>()?;
+        let items = rows.iter().map(rows::group).collect::<StoreResult<Vec<_>>>()?;
         Ok(Page::from_lookahead(items, page.limit, |g| g.id.clone()))
     }
 
@@ -93,9 +87,7 @@ impl CatalogStore for SqlKeysStore {
         .await?
         .rows_affected();
         if updated == 0 {
-            let exists =
-                sqlx::query("SELECT id FROM key_groups WHERE id = $1 AND delete_time IS NULL")
-                    .bind(&group.id);
+            let exists = sqlx::query("SELECT id FROM key_groups WHERE id = $1 AND delete_time IS NULL").bind(&group.id);
             return Err(rows::conflict_or_not_found(&mut tx, exists).await);
         }
         // Multiplier, models and default limits are part of every member key's state.
@@ -117,12 +109,10 @@ impl CatalogStore for SqlKeysStore {
 
     async fn delete_group(&self, id: &str, audit: &AuditEntry) -> StoreResult<()> {
         let mut tx = self.db.pool.begin().await?;
-        let live_key = sqlx::query(
-            "SELECT id FROM api_keys WHERE group_id = $1 AND delete_time IS NULL LIMIT 1",
-        )
-        .bind(id)
-        .fetch_optional(&mut *tx)
-        .await?;
+        let live_key = sqlx::query("SELECT id FROM api_keys WHERE group_id = $1 AND delete_time IS NULL LIMIT 1")
+            .bind(id)
+            .fetch_optional(&mut *tx)
+            .await?;
         let deleted = sqlx::query(
             "UPDATE key_groups SET delete_time = $1, revision = revision + 1 WHERE id = $2 AND delete_time IS NULL",
         )
@@ -135,9 +125,7 @@ impl CatalogStore for SqlKeysStore {
             return Err(StoreError::NotFound);
         }
         if live_key.is_some() {
-            return Err(StoreError::FailedPrecondition(
-                "keys still use the group; move or delete them first".into(),
-            ));
+            return Err(StoreError::FailedPrecondition("keys still use the group; move or delete them first".into()));
         }
         rows::insert_audit(&mut tx, std::slice::from_ref(audit)).await?;
         tx.commit().await?;
@@ -168,14 +156,10 @@ impl CatalogStore for SqlKeysStore {
     }
 
     async fn get_model(&self, id: &str) -> StoreResult<Option<Model>> {
-        let row = sqlx::query(concat!(
-            "SELECT ",
-            model_columns!(),
-            " FROM models WHERE id = $1"
-        ))
-        .bind(id)
-        .fetch_optional(&self.db.pool)
-        .await?;
+        let row = sqlx::query(concat!("SELECT ", model_columns!(), " FROM models WHERE id = $1"))
+            .bind(id)
+            .fetch_optional(&self.db.pool)
+            .await?;
         row.as_ref().map(rows::model).transpose()
     }
 
@@ -189,10 +173,7 @@ impl CatalogStore for SqlKeysStore {
         .bind(i64::from(page.limit) + 1)
         .fetch_all(&self.db.pool)
         .await?;
-        let items = rows
-            .iter()
-            .map(rows::model)
-            .collect::<StoreResult<Vec<_>>>()?;
+        let items = rows.iter().map(rows::model).collect::<StoreResult<Vec<_>>>()?;
         Ok(Page::from_lookahead(items, page.limit, |m| m.id.clone()))
     }
 
@@ -225,11 +206,7 @@ impl CatalogStore for SqlKeysStore {
 
     async fn delete_model(&self, id: &str, audit: &AuditEntry) -> StoreResult<()> {
         let mut tx = self.db.pool.begin().await?;
-        let deleted = sqlx::query("DELETE FROM models WHERE id = $1")
-            .bind(id)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
+        let deleted = sqlx::query("DELETE FROM models WHERE id = $1").bind(id).execute(&mut *tx).await?.rows_affected();
         if deleted == 0 {
             return Err(StoreError::NotFound);
         }
@@ -251,21 +228,13 @@ impl CatalogStore for SqlKeysStore {
             .iter()
             .map(|row| row.try_get::<String, _>("id"))
             .collect::<Result<_, _>>()?;
-        Ok(ids
-            .iter()
-            .filter(|id| known.contains(*id))
-            .cloned()
-            .collect())
+        Ok(ids.iter().filter(|id| known.contains(*id)).cloned().collect())
     }
 
     async fn all_models(&self) -> StoreResult<Vec<Model>> {
-        let rows = sqlx::query(concat!(
-            "SELECT ",
-            model_columns!(),
-            " FROM models ORDER BY id"
-        ))
-        .fetch_all(&self.db.pool)
-        .await?;
+        let rows = sqlx::query(concat!("SELECT ", model_columns!(), " FROM models ORDER BY id"))
+            .fetch_all(&self.db.pool)
+            .await?;
         rows.iter().map(rows::model).collect()
     }
 }

@@ -47,12 +47,7 @@ pub(super) async fn insert(conn: &mut AnyConnection, new: &NewKey) -> StoreResul
     rows::enqueue_key(conn, &key.id).await
 }
 
-async fn insert_secret(
-    conn: &mut AnyConnection,
-    key_id: &str,
-    hash: &SecretHash,
-    now: Micros,
-) -> StoreResult<()> {
+async fn insert_secret(conn: &mut AnyConnection, key_id: &str, hash: &SecretHash, now: Micros) -> StoreResult<()> {
     sqlx::query("INSERT INTO key_secrets (secret_hash, key_id, expire_time, create_time) VALUES ($1, $2, NULL, $3)")
         .bind(hash.to_hex())
         .bind(key_id)
@@ -62,11 +57,7 @@ async fn insert_secret(
     Ok(())
 }
 
-async fn select_live_key(
-    conn: &mut AnyConnection,
-    account_id: &str,
-    id: &str,
-) -> StoreResult<Option<Key>> {
+async fn select_live_key(conn: &mut AnyConnection, account_id: &str, id: &str) -> StoreResult<Option<Key>> {
     let row = sqlx::query(concat!(
         "SELECT ",
         key_columns!(),
@@ -149,15 +140,12 @@ impl KeyStore for SqlKeysStore {
     async fn get_keys_by_id(&self, account_id: &str, ids: &[String]) -> StoreResult<Vec<Key>> {
         let mut keys = Vec::with_capacity(ids.len());
         for id in ids {
-            let row = sqlx::query(concat!(
-                "SELECT ",
-                key_columns!(),
-                " FROM api_keys WHERE account_id = $1 AND id = $2"
-            ))
-            .bind(account_id)
-            .bind(id)
-            .fetch_optional(&self.db.pool)
-            .await?;
+            let row =
+                sqlx::query(concat!("SELECT ", key_columns!(), " FROM api_keys WHERE account_id = $1 AND id = $2"))
+                    .bind(account_id)
+                    .bind(id)
+                    .fetch_optional(&self.db.pool)
+                    .await?;
             if let Some(row) = row {
                 keys.push(rows::key(&row)?);
             }
@@ -195,10 +183,7 @@ impl KeyStore for SqlKeysStore {
         .bind(i64::from(page.limit) + 1)
         .fetch_all(&self.db.pool)
         .await?;
-        let items = rows
-            .iter()
-            .map(rows::key)
-            .collect::<StoreResult<Vec<_>>>()?;
+        let items = rows.iter().map(rows::key).collect::<StoreResult<Vec<_>>>()?;
         Ok(Page::from_lookahead(items, page.limit, |k| k.id.clone()))
     }
 
@@ -231,11 +216,10 @@ impl KeyStore for SqlKeysStore {
         .await?
         .rows_affected();
         if updated == 0 {
-            let exists = sqlx::query(
-                "SELECT id FROM api_keys WHERE account_id = $1 AND id = $2 AND delete_time IS NULL",
-            )
-            .bind(&key.account_id)
-            .bind(&key.id);
+            let exists =
+                sqlx::query("SELECT id FROM api_keys WHERE account_id = $1 AND id = $2 AND delete_time IS NULL")
+                    .bind(&key.account_id)
+                    .bind(&key.id);
             return Err(rows::conflict_or_not_found(&mut tx, exists).await);
         }
         rows::enqueue_key(&mut tx, &key.id).await?;
@@ -244,13 +228,7 @@ impl KeyStore for SqlKeysStore {
         Ok(())
     }
 
-    async fn delete_key(
-        &self,
-        account_id: &str,
-        id: &str,
-        now: Micros,
-        audit: &AuditEntry,
-    ) -> StoreResult<()> {
+    async fn delete_key(&self, account_id: &str, id: &str, now: Micros, audit: &AuditEntry) -> StoreResult<()> {
         let mut tx = self.db.pool.begin().await?;
         let deleted = sqlx::query(
             "UPDATE api_keys SET delete_time = $1, update_time = $1, revision = revision + 1 \
@@ -308,9 +286,7 @@ impl KeyStore for SqlKeysStore {
         .await?;
         rows::enqueue_key(&mut tx, id).await?;
         rows::insert_audit(&mut tx, std::slice::from_ref(audit)).await?;
-        let key = select_live_key(&mut tx, account_id, id)
-            .await?
-            .ok_or(StoreError::NotFound)?;
+        let key = select_live_key(&mut tx, account_id, id).await?.ok_or(StoreError::NotFound)?;
         tx.commit().await?;
         Ok(key)
     }

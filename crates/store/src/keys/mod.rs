@@ -132,30 +132,12 @@ pub trait AccountStore: Send + Sync {
 /// Applications of an account.
 #[async_trait]
 pub trait ApplicationStore: Send + Sync {
-    async fn create_application(
-        &self,
-        application: &Application,
-        audit: &AuditEntry,
-    ) -> StoreResult<()>;
-    async fn get_application(&self, account_id: &str, id: &str)
-    -> StoreResult<Option<Application>>;
-    async fn list_applications(
-        &self,
-        account_id: &str,
-        page: &PageRequest,
-    ) -> StoreResult<Page<Application>>;
-    async fn update_application(
-        &self,
-        application: &Application,
-        audit: &AuditEntry,
-    ) -> StoreResult<()>;
+    async fn create_application(&self, application: &Application, audit: &AuditEntry) -> StoreResult<()>;
+    async fn get_application(&self, account_id: &str, id: &str) -> StoreResult<Option<Application>>;
+    async fn list_applications(&self, account_id: &str, page: &PageRequest) -> StoreResult<Page<Application>>;
+    async fn update_application(&self, application: &Application, audit: &AuditEntry) -> StoreResult<()>;
     /// Deletes an application without live keys; `FailedPrecondition` otherwise.
-    async fn delete_application(
-        &self,
-        account_id: &str,
-        id: &str,
-        audit: &AuditEntry,
-    ) -> StoreResult<()>;
+    async fn delete_application(&self, account_id: &str, id: &str, audit: &AuditEntry) -> StoreResult<()>;
 }
 
 /// Groups and the model catalog.
@@ -212,13 +194,7 @@ pub trait KeyStore: Send + Sync {
     /// Writes `key` if unchanged since read (`key.revision`), bumps it and queues a state push.
     async fn update_key(&self, key: &Key, audit: &AuditEntry) -> StoreResult<()>;
     /// Marks a key deleted; its secrets stop working at once. `NotFound` if already gone.
-    async fn delete_key(
-        &self,
-        account_id: &str,
-        id: &str,
-        now: Micros,
-        audit: &AuditEntry,
-    ) -> StoreResult<()>;
+    async fn delete_key(&self, account_id: &str, id: &str, now: Micros, audit: &AuditEntry) -> StoreResult<()>;
     /// Adds a new current secret; secrets that were current stop at `old_secret_expire_time`.
     /// Returns the key as it now is.
     async fn rotate_key(
@@ -259,15 +235,9 @@ pub trait AuditLog: Send + Sync {
 }
 
 /// Everything the keys service stores.
-pub trait KeysStore:
-    AccountStore + ApplicationStore + CatalogStore + KeyStore + StateOutbox + AuditLog
-{
-}
+pub trait KeysStore: AccountStore + ApplicationStore + CatalogStore + KeyStore + StateOutbox + AuditLog {}
 
-impl<T> KeysStore for T where
-    T: AccountStore + ApplicationStore + CatalogStore + KeyStore + StateOutbox + AuditLog
-{
-}
+impl<T> KeysStore for T where T: AccountStore + ApplicationStore + CatalogStore + KeyStore + StateOutbox + AuditLog {}
 
 /// The keys store over a Postgres or SQLite database.
 #[derive(Debug, Clone)]
@@ -283,9 +253,7 @@ impl SqlKeysStore {
 
     /// Applies the keys migrations.
     pub async fn migrate(&self) -> StoreResult<()> {
-        self.db
-            .migrate(&POSTGRES_MIGRATIONS, &SQLITE_MIGRATIONS)
-            .await
+        self.db.migrate(&POSTGRES_MIGRATIONS, &SQLITE_MIGRATIONS).await
     }
 
     /// The database behind the store.

@@ -112,8 +112,7 @@ pub(super) fn key(row: &AnyRow) -> StoreResult<Key> {
     let capabilities = strings(row, "capabilities")?
         .iter()
         .map(|name| {
-            Capability::from_name(name)
-                .ok_or_else(|| StoreError::Internal(format!("stored capability {name:?}")))
+            Capability::from_name(name).ok_or_else(|| StoreError::Internal(format!("stored capability {name:?}")))
         })
         .collect::<StoreResult<Vec<_>>>()?;
     Ok(Key {
@@ -168,10 +167,7 @@ pub(super) fn capability_names(capabilities: &[Capability]) -> String {
 }
 
 /// Appends audit entries inside the caller's transaction.
-pub(super) async fn insert_audit(
-    conn: &mut AnyConnection,
-    entries: &[AuditEntry],
-) -> StoreResult<()> {
+pub(super) async fn insert_audit(conn: &mut AnyConnection, entries: &[AuditEntry]) -> StoreResult<()> {
     for entry in entries {
         sqlx::query(
             "INSERT INTO audit_events (actor, action, resource, account_id, changed_fields, time) \
@@ -191,18 +187,13 @@ pub(super) async fn insert_audit(
 
 /// Queues one key for a state push inside the caller's transaction.
 pub(super) async fn enqueue_key(conn: &mut AnyConnection, key_id: &str) -> StoreResult<()> {
-    sqlx::query("INSERT INTO state_outbox (kind, ref_id) VALUES ('key', $1)")
-        .bind(key_id)
-        .execute(&mut *conn)
-        .await?;
+    sqlx::query("INSERT INTO state_outbox (kind, ref_id) VALUES ('key', $1)").bind(key_id).execute(&mut *conn).await?;
     Ok(())
 }
 
 /// Queues a catalog push inside the caller's transaction.
 pub(super) async fn enqueue_catalog(conn: &mut AnyConnection) -> StoreResult<()> {
-    sqlx::query("INSERT INTO state_outbox (kind, ref_id) VALUES ('catalog', '')")
-        .execute(&mut *conn)
-        .await?;
+    sqlx::query("INSERT INTO state_outbox (kind, ref_id) VALUES ('catalog', '')").execute(&mut *conn).await?;
     Ok(())
 }
 

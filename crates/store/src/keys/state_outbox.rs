@@ -14,10 +14,7 @@ use crate::error::{StoreError, StoreResult};
 /// `$1, $2, …, $n` for an IN list; callers bound `n` by their batch size. Only these numbered
 /// placeholders are ever spliced into SQL, which is why the statements are `AssertSqlSafe`.
 fn placeholders(n: usize) -> String {
-    (1..=n)
-        .map(|i| format!("${i}"))
-        .collect::<Vec<_>>()
-        .join(", ")
+    (1..=n).map(|i| format!("${i}")).collect::<Vec<_>>().join(", ")
 }
 
 #[async_trait]
@@ -34,25 +31,17 @@ impl StateOutbox for SqlKeysStore {
                     "key" => StateChange::Key(row.try_get("ref_id")?),
                     "catalog" => StateChange::Catalog,
                     other => {
-                        return Err(StoreError::Internal(format!(
-                            "unknown outbox kind {other:?}"
-                        )));
+                        return Err(StoreError::Internal(format!("unknown outbox kind {other:?}")));
                     }
                 };
-                Ok(OutboxEntry {
-                    id: row.try_get("id")?,
-                    change,
-                })
+                Ok(OutboxEntry { id: row.try_get("id")?, change })
             })
             .collect()
     }
 
     async fn ack_state_changes(&self, ids: &[i64]) -> StoreResult<()> {
         for chunk in ids.chunks(500) {
-            let sql = format!(
-                "DELETE FROM state_outbox WHERE id IN ({})",
-                placeholders(chunk.len())
-            );
+            let sql = format!("DELETE FROM state_outbox WHERE id IN ({})", placeholders(chunk.len()));
             let mut query = sqlx::query(AssertSqlSafe(sql));
             for id in chunk {
                 query = query.bind(*id);
@@ -78,14 +67,8 @@ impl StateOutbox for SqlKeysStore {
         let mut credit_limits: HashMap<String, Option<i64>> = HashMap::new();
         for chunk in key_ids.chunks(500) {
             let list = placeholders(chunk.len());
-            let key_sql = format!(
-                concat!(
-                    "SELECT ",
-                    key_columns!(),
-                    ", delete_time FROM api_keys WHERE id IN ({})"
-                ),
-                list
-            );
+            let key_sql =
+                format!(concat!("SELECT ", key_columns!(), ", delete_time FROM api_keys WHERE id IN ({})"), list);
             let mut key_query = sqlx::query(AssertSqlSafe(key_sql));
             let secret_sql = format!(
                 "SELECT key_id, secret_hash, expire_time FROM key_secrets WHERE key_id IN ({list}) ORDER BY create_time"
@@ -99,41 +82,28 @@ impl StateOutbox for SqlKeysStore {
             let mut secrets: HashMap<String, Vec<SecretRecord>> = HashMap::new();
             for row in secret_query.fetch_all(&self.db.pool).await? {
                 let hash: String = row.try_get("secret_hash")?;
-                secrets
-                    .entry(row.try_get("key_id")?)
-                    .or_default()
-                    .push(SecretRecord {
-                        hash: SecretHash::from_hex(&hash).ok_or_else(|| {
-                            StoreError::Internal(format!(
-                                "stored secret hash of length {}",
-                                hash.len()
-                            ))
-                        })?,
-                        expire_time: row.try_get("expire_time")?,
-                    });
+                secrets.entry(row.try_get("key_id")?).or_default().push(SecretRecord {
+                    hash: SecretHash::from_hex(&hash)
+                        .ok_or_else(|| StoreError::Internal(format!("stored secret hash of length {}", hash.len())))?,
+                    expire_time: row.try_get("expire_time")?,
+                });
             }
             for row in &key_rows {
                 let key = rows::key(row)?;
                 let deleted = row.try_get::<Option<i64>, _>("delete_time")?.is_some();
                 if !groups.contains_key(&key.settings.group_id) {
                     // Deleted groups included: a deleted key may still name one.
-                    let group_row = sqlx::query(concat!(
-                        "SELECT ",
-                        group_columns!(),
-                        " FROM key_groups WHERE id = $1"
-                    ))
-                    .bind(&key.settings.group_id)
-                    .fetch_one(&self.db.pool)
-                    .await?;
+                    let group_row = sqlx::query(concat!("SELECT ", group_columns!(), " FROM key_groups WHERE id = $1"))
+                        .bind(&key.settings.group_id)
+                        .fetch_one(&self.db.pool)
+                        .await?;
                     groups.insert(key.settings.group_id.clone(), rows::group(&group_row)?);
                 }
                 if !credit_limits.contains_key(&key.account_id) {
-                    let account_row = sqlx::query(
-                        "SELECT credit_limit, unlimited_credit FROM accounts WHERE id = $1",
-                    )
-                    .bind(&key.account_id)
-                    .fetch_one(&self.db.pool)
-                    .await?;
+                    let account_row = sqlx::query("SELECT credit_limit, unlimited_credit FROM accounts WHERE id = $1")
+                        .bind(&key.account_id)
+                        .fetch_one(&self.db.pool)
+                        .await?;
                     let unlimited = rows::boolean(&account_row, "unlimited_credit")?;
                     let limit: i64 = account_row.try_get("credit_limit")?;
                     credit_limits.insert(key.account_id.clone(), (!unlimited).then_some(limit));
@@ -151,10 +121,8 @@ impl StateOutbox for SqlKeysStore {
     }
 
     async fn get_setting(&self, name: &str) -> StoreResult<Option<String>> {
-        let row = sqlx::query("SELECT value FROM settings WHERE name = $1")
-            .bind(name)
-            .fetch_optional(&self.db.pool)
-            .await?;
+        let row =
+            sqlx::query("SELECT value FROM settings WHERE name = $1").bind(name).fetch_optional(&self.db.pool).await?;
         Ok(row.map(|r| r.try_get("value")).transpose()?)
     }
 

@@ -1,0 +1,121 @@
+//! Command-line flags. Every flag has a `TOLLGATE_…` environment variable; `--help` shows both.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::telemetry::LogFormat;
+
+/// Tollgate: the API-key control plane of an LLM API platform.
+#[derive(Debug, Parser)]
+#[command(name = "tollgate", version, about, long_about = None)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+
+    /// Log line format. Filter with RUST_LOG (default: info).
+    #[arg(long, global = true, env = "TOLLGATE_LOG_FORMAT", value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Runs every service on one port over an embedded SQLite file and in-process state.
+    Dev(DevArgs),
+    /// Runs one service against Postgres and Redis, as in production.
+    Serve(ServeArgs),
+    /// Applies database migrations (run it as a Kubernetes Job before rolling out).
+    Migrate(MigrateArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct DevArgs {
+    /// Address to listen on.
+    #[arg(long, env = "TOLLGATE_LISTEN", default_value = "127.0.0.1:50051")]
+    pub listen: SocketAddr,
+    /// Directory of the SQLite file and of the generated admin token and key pepper.
+    #[arg(long, env = "TOLLGATE_DATA_DIR", default_value = ".tollgate")]
+    pub data_dir: PathBuf,
+    #[command(flatten)]
+    pub secrets: SecretArgs,
+    #[command(flatten)]
+    pub keys: KeysArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// The service to run.
+    #[arg(value_enum)]
+    pub service: ServiceKind,
+    /// Address to listen on.
+    #[arg(long, env = "TOLLGATE_LISTEN", default_value = "0.0.0.0:50051")]
+    pub listen: SocketAddr,
+    /// Postgres URL, e.g. postgres://tollgate@db:5432/tollgate.
+    #[arg(long, env = "TOLLGATE_DATABASE_URL")]
+    pub database_url: String,
+    /// Most Postgres connections this process opens.
+    #[arg(long, env = "TOLLGATE_DB_MAX_CONNECTIONS", default_value_t = 16)]
+    pub db_max_connections: u32,
+    /// Apply migrations at start-up (otherwise run `tollgate migrate` first).
+    #[arg(long, env = "TOLLGATE_MIGRATE_ON_START")]
+    pub migrate_on_start: bool,
+    /// Redis URL, e.g. redis://redis:6379.
+    #[arg(long, env = "TOLLGATE_REDIS_URL")]
+    pub redis_url: String,
+    /// Prefix of every Redis key and channel.
+    #[arg(long, env = "TOLLGATE_REDIS_PREFIX", default_value = "tollgate")]
+    pub redis_prefix: String,
+    /// Upper bound of each Redis call.
+    #[arg(long, env = "TOLLGATE_REDIS_TIMEOUT", default_value = "1s", value_parser = humantime::parse_duration)]
+    pub redis_timeout: Duration,
+    /// How long health reports NOT_SERVING before the server stops on SIGTERM.
+    #[arg(long, env = "TOLLGATE_SHUTDOWN_DRAIN", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub shutdown_drain: Duration,
+    #[command(flatten)]
+    pub secrets: SecretArgs,
+    #[command(flatten)]
+    pub keys: KeysArgs,
+}
+
+/// The services `tollgate serve` can run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ServiceKind {
+    /// Accounts, applications, groups, models, keys, audit log.
+    Keys,
+}
+
+#[derive(Debug, Args)]
+pub struct MigrateArgs {
+    /// Postgres URL.
+    #[arg(long, env = "TOLLGATE_DATABASE_URL")]
+    pub database_url: String,
+}
+
+#[derive(Debug, Args)]
+pub struct SecretArgs {
+    /// Bearer token of every management RPC. `dev` generates one if unset.
+    #[arg(long, env = "TOLLGATE_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
+    /// Secret (at least 32 bytes) that keys every stored key hash. Changing it invalidates
+    /// every key. `dev` generates one if unset.
+    #[arg(long, env = "TOLLGATE_KEY_PEPPER", hide_env_values = true)]
+    pub key_pepper: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct KeysArgs {
+    /// System cap on any key's requests per minute; higher settings are clamped.
+    #[arg(long, env = "TOLLGATE_MAX_RPM")]
+    pub max_rpm: Option<i64>,
+    /// System cap on any key's tokens per minute; higher settings are clamped.
+    #[arg(long, env = "TOLLGATE_MAX_TPM")]
+    pub max_tpm: Option<i64>,
+    /// Credits per US dollar.
+    #[arg(long, env = "TOLLGATE_CREDITS_PER_USD", default_value_t = tollgate_core::money::DEFAULT_CREDITS_PER_USD)]
+    pub credits_per_usd: i64,
+    /// How long a rotated-out secret keeps working when RotateKey gives no grace period.
+    #[arg(long, env = "TOLLGATE_ROTATION_GRACE", default_value = "24h", value_parser = humantime::parse_duration)]
+    pub rotation_grace: Duration,
+}

@@ -1,0 +1,90 @@
+//! Serving a set of gRPC services on one listener, with health, reflection and a graceful
+//! shutdown: on the signal every service reports NOT_SERVING, the server keeps answering for
+//! the drain period (so load balancers and Kubernetes stop sending traffic), then stops
+//! accepting and lets in-flight calls finish.
+
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
+use tonic::service::RoutesBuilder;
+use tonic::transport::Server;
+use tonic_health::ServingStatus;
+
+/// Upper bound of any one call.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// What one process serves.
+pub struct Services {
+    pub routes: RoutesBuilder,
+    /// Fully-qualified names reported by the health service.
+    pub names: Vec<&'static str>,
+}
+
+/// Serves until `shutdown` is cancelled, then drains for `drain` and stops.
+pub async fn serve(
+    listener: TcpListener,
+    mut services: Services,
+    drain: Duration,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let (health, health_service) = tonic_health::server::health_reporter();
+    for name in services.names.iter().copied().chain([""]) {
+        health.set_service_status(name, ServingStatus::Serving).await;
+    }
+    // v1 for current grpcurl and Postman, v1alpha for older clients such as evans.
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(tollgate_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    services
+        .routes
+        .add_service(health_service)
+        .add_service(reflection().build_v1()?)
+        .add_service(reflection().build_v1alpha()?);
+
+    let names = services.names.clone();
+    let signal = async move {
+        shutdown.cancelled().await;
+        for name in names.iter().copied().chain([""]) {
+            health.set_service_status(name, ServingStatus::NotServing).await;
+        }
+        if !drain.is_zero() {
+            tracing::info!(?drain, "draining: health reports NOT_SERVING");
+            tokio::time::sleep(drain).await;
+        }
+        tracing::info!("stopping: finishing in-flight calls");
+    };
+    Server::builder()
+        .timeout(REQUEST_TIMEOUT)
+        .trace_fn(|request| tracing::debug_span!("grpc", method = %request.uri().path()))
+        .add_routes(services.routes.routes())
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), signal)
+        .await?;
+    Ok(())
+}
+
+/// Cancels `token` on SIGTERM or Ctrl-C.
+pub fn cancel_on_signal(token: CancellationToken) {
+    tokio::spawn(async move {
+        let ctrl_c = tokio::signal::ctrl_c();
+        #[cfg(unix)]
+        let term = async {
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(mut signal) => {
+                    signal.recv().await;
+                }
+                Err(_) => std::future::pending::<()>().await,
+            }
+        };
+        #[cfg(not(unix))]
+        let term = std::future::pending::<()>();
+        tokio::select! {
+            _ = ctrl_c => tracing::info!("interrupted"),
+            _ = term => tracing::info!("SIGTERM received"),
+        }
+        token.cancel();
+    });
+}
