@@ -136,3 +136,68 @@ impl Drop for TestRedis {
         .join();
     }
 }
+
+/// A `redis-server` of the test's own on a free loopback port, for fault tests that stop and
+/// restart it. Killed on drop.
+#[derive(Debug)]
+pub struct PrivateRedis {
+    pub port: u16,
+    child: Option<std::process::Child>,
+}
+
+impl PrivateRedis {
+    /// Starts one, or returns `None` (skip) when `redis-server` is not installed.
+    pub async fn start() -> Option<Self> {
+        let port = {
+            let probe = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a probe socket");
+            probe.local_addr().expect("probe address").port()
+        };
+        let mut redis = Self { port, child: None };
+        if let Err(error) = redis.restart().await {
+            unavailable("redis-server", error);
+            return None;
+        }
+        Some(redis)
+    }
+
+    /// `redis://127.0.0.1:<port>`.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Kills the server (as a crash would).
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts the server again on the same port, empty, and waits until it answers.
+    pub async fn restart(&mut self) -> Result<(), String> {
+        self.kill();
+        let child = std::process::Command::new("redis-server")
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .map_err(|e| format!("cannot run redis-server: {e}"))?;
+        self.child = Some(child);
+        let client = redis::Client::open(self.url()).map_err(|e| e.to_string())?;
+        for _ in 0..200 {
+            if let Ok(mut conn) = client.get_multiplexed_async_connection().await
+                && redis::cmd("PING").query_async::<String>(&mut conn).await.is_ok()
+            {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        Err("redis-server did not answer".into())
+    }
+}
+
+impl Drop for PrivateRedis {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}

@@ -38,6 +38,9 @@ pub struct DevArgs {
     /// Directory of the SQLite file and of the generated admin token and key pepper.
     #[arg(long, env = "TOLLGATE_DATA_DIR", default_value = ".tollgate")]
     pub data_dir: PathBuf,
+    /// How long health reports NOT_SERVING before the server stops on SIGTERM.
+    #[arg(long, env = "TOLLGATE_SHUTDOWN_DRAIN", default_value = "0s", value_parser = humantime::parse_duration)]
+    pub shutdown_drain: Duration,
     #[command(flatten)]
     pub secrets: SecretArgs,
     #[command(flatten)]

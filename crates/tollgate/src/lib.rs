@@ -64,6 +64,7 @@ pub struct KeysServeConfig {
 pub struct DevConfig {
     pub data_dir: std::path::PathBuf,
     pub keys: KeysSettings,
+    pub drain: Duration,
 }
 
 /// Builds the keys service over its adapters and adds it to `routes`.
@@ -96,7 +97,7 @@ pub async fn run_dev(listener: TcpListener, config: DevConfig, shutdown: Cancell
     let mut routes = RoutesBuilder::default();
     let mut names = Vec::new();
     add_keys(&mut routes, &mut names, Arc::new(store), state.clone(), state, &config.keys, &shutdown).await?;
-    server::serve(listener, Services { routes, names }, Duration::ZERO, shutdown).await
+    server::serve(listener, Services { routes, names }, config.drain, shutdown).await
 }
 
 /// Runs `tollgate serve keys` on `listener` until `shutdown` is cancelled.

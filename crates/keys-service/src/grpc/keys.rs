@@ -76,7 +76,7 @@ fn application_of(v: &mut Violations, key: &pb::Key, account_id: &str) -> Result
         return Ok(String::new());
     }
     let (owner, application_id) = validate::child_name(v, "key.application", &key.application, "applications");
-    if !owner.is_empty() && owner != account_id {
+    if !owner.is_empty() && !account_id.is_empty() && owner != account_id {
         // Another account's application is as invisible as a missing one.
         return Err(KeysError::NotFound("application"));
     }

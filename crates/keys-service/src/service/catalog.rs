@@ -51,7 +51,7 @@ impl KeysService {
         let known = self.store.existing_models(models).await.map_err(KeysError::from_store("model"))?;
         let mut violations = tollgate_core::Violations::new();
         for (i, model) in models.iter().enumerate() {
-            violations.check(known.contains(model), format!("{field}[{i}]"), format!("unknown model `{model}`"));
+            violations.check(known.contains(model), format!("{field}[{i}]"), "is not in the model catalog");
         }
         violations.into_result().map_err(KeysError::InvalidArgument)
     }

@@ -1,0 +1,104 @@
+//! Building blocks for tests: an account with an application, a group and a model.
+
+use tollgate_proto::keys::v1 as pb;
+
+use crate::Harness;
+
+/// An account and what a key needs, all made fresh for one test.
+#[derive(Debug, Clone)]
+pub struct World {
+    pub account_id: String,
+    /// `accounts/{account}`.
+    pub account: String,
+    /// `accounts/{account}/applications/web`.
+    pub application: String,
+    /// `groups/g-{account}`.
+    pub group: String,
+    /// A catalog model id, `m-{account}`.
+    pub model: String,
+}
+
+/// Makes an account `account_id` with application `web`, group `g-{account_id}` (multiplier
+/// 1.5, default RPM 60) and text model `m-{account_id}`.
+pub async fn world(h: &Harness, account_id: &str) -> World {
+    h.accounts()
+        .create_account(pb::CreateAccountRequest {
+            account_id: account_id.into(),
+            account: Some(pb::Account { display_name: format!("Account {account_id}"), ..Default::default() }),
+            initial_key: None,
+        })
+        .await
+        .expect("create account");
+    let application = h
+        .applications()
+        .create_application(pb::CreateApplicationRequest {
+            parent: format!("accounts/{account_id}"),
+            application_id: "web".into(),
+            application: Some(pb::Application { display_name: "Web app".into(), ..Default::default() }),
+        })
+        .await
+        .expect("create application")
+        .into_inner()
+        .application
+        .expect("application");
+    let model = format!("m-{account_id}");
+    h.models()
+        .create_model(pb::CreateModelRequest {
+            model_id: model.clone(),
+            model: Some(pb::Model {
+                capability: pb::Capability::Text as i32,
+                input_price: 1_000_000,
+                output_price: 2_000_000,
+                ..Default::default()
+            }),
+        })
+        .await
+        .expect("create model");
+    let group = h
+        .groups()
+        .create_group(pb::CreateGroupRequest {
+            group_id: format!("g-{account_id}"),
+            group: Some(pb::Group {
+                display_name: "Test group".into(),
+                price_multiplier: "1.5".into(),
+                default_rpm_limit: Some(60),
+                ..Default::default()
+            }),
+        })
+        .await
+        .expect("create group")
+        .into_inner()
+        .group
+        .expect("group");
+    World {
+        account_id: account_id.into(),
+        account: format!("accounts/{account_id}"),
+        application: application.name,
+        group: group.name,
+        model,
+    }
+}
+
+impl World {
+    /// Settings of a plain key of this world.
+    pub fn key(&self, display_name: &str) -> pb::Key {
+        pb::Key {
+            application: self.application.clone(),
+            display_name: display_name.into(),
+            group: self.group.clone(),
+            ..Default::default()
+        }
+    }
+
+    /// A CreateKey request for `key` under this world's account.
+    pub fn create(&self, key: pb::Key) -> pb::CreateKeyRequest {
+        pb::CreateKeyRequest { parent: self.account.clone(), key: Some(key), ..Default::default() }
+    }
+}
+
+/// Creates a key and returns it with its secret.
+pub async fn create_key(h: &Harness, world: &World, key: pb::Key) -> (pb::Key, String) {
+    let created = h.keys().create_key(world.create(key)).await.expect("create key").into_inner();
+    let created = created.created.expect("created");
+    (created.key.expect("key"), created.secret)
+}
