@@ -7,7 +7,7 @@ use tollgate_core::money::PriceMultiplier;
 use tollgate_core::resources::{Account, Application, Group, Key, KeySettings, KeyStatus, Model};
 use tollgate_store::keys::{
     AccountStore, ApplicationStore, AuditEntry, AuditFilter, AuditLog, CatalogStore, IdempotencyRecord, KeyFilter,
-    KeyStore, NewKey, SqlKeysStore, StateChange, StateOutbox,
+    KeyStore, NewKey, Rotation, SqlKeysStore, StateChange, StateOutbox,
 };
 use tollgate_store::{Database, DatabaseConfig, PageRequest, StoreError};
 use tollgate_test_support::TestDatabase;
@@ -169,6 +169,10 @@ fn new_key(account_id: &str, application_id: &str, group_id: &str, id: &str) -> 
         },
         secret_hash: pepper.hash(&format!("secret-of-{id}")),
     }
+}
+
+fn rotation(new_secret: tollgate_core::SecretHash, hint: &str, deadline: i64, now: i64) -> Rotation {
+    Rotation { new_secret, new_hint: hint.into(), old_secret_expire_time: deadline, now }
 }
 
 /// An account `acme` with application `web`, group `pro` and model `gpt-4o`.
@@ -386,14 +390,19 @@ async fn update_delete_and_rotate_keys(store: SqlKeysStore) {
     let pepper = KeyPepper::new(vec![3u8; 32]).unwrap();
     let second = pepper.hash("second");
     let rotated = store
-        .rotate_key("acme", "k1", second, "sk-Newh…int1", NOW + 100, NOW + 10, &audit("RotateKey", "x", None))
+        .rotate_key(
+            "acme",
+            "k1",
+            &rotation(second, "sk-Newh…int1", NOW + 100, NOW + 10),
+            &audit("RotateKey", "x", None),
+        )
         .await
         .unwrap();
     assert_eq!(rotated.hint, "sk-Newh…int1");
     assert_eq!(rotated.previous_secret_expire_time, Some(NOW + 100));
     let third = pepper.hash("third");
     store
-        .rotate_key("acme", "k1", third, "sk-Thrd…int2", NOW + 200, NOW + 20, &audit("RotateKey", "x", None))
+        .rotate_key("acme", "k1", &rotation(third, "sk-Thrd…int2", NOW + 200, NOW + 20), &audit("RotateKey", "x", None))
         .await
         .unwrap();
     let secrets = &store.load_key_states(&["k1".into()]).await.unwrap()[0].secrets;
@@ -405,7 +414,7 @@ async fn update_delete_and_rotate_keys(store: SqlKeysStore) {
     // Rotation with no grace ends the old secrets at once.
     let fourth = pepper.hash("fourth");
     let key = store
-        .rotate_key("acme", "k1", fourth, "sk-Four…int3", NOW + 30, NOW + 30, &audit("RotateKey", "x", None))
+        .rotate_key("acme", "k1", &rotation(fourth, "sk-Four…int3", NOW + 30, NOW + 30), &audit("RotateKey", "x", None))
         .await
         .unwrap();
     assert_eq!(key.previous_secret_expire_time, None);
@@ -417,7 +426,9 @@ async fn update_delete_and_rotate_keys(store: SqlKeysStore) {
         Err(StoreError::NotFound)
     ));
     assert!(matches!(
-        store.rotate_key("acme", "k1", pepper.hash("fifth"), "h", NOW, NOW, &audit("RotateKey", "x", None)).await,
+        store
+            .rotate_key("acme", "k1", &rotation(pepper.hash("fifth"), "h", NOW, NOW), &audit("RotateKey", "x", None))
+            .await,
         Err(StoreError::NotFound)
     ));
     assert!(

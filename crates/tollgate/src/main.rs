@@ -27,8 +27,11 @@ async fn main() -> anyhow::Result<()> {
             println!("Tollgate dev: every service on {address} (SQLite in {})", args.data_dir.display());
             println!("admin token: {admin_token}");
             println!("try: grpcurl -plaintext -H 'authorization: Bearer {admin_token}' {address} list");
-            let config =
-                DevConfig { data_dir: args.data_dir, keys: keys_settings(&args.keys, admin_token, key_pepper) };
+            let config = DevConfig {
+                data_dir: args.data_dir,
+                keys: keys_settings(&args.keys, admin_token, key_pepper),
+                drain: args.shutdown_drain,
+            };
             tollgate::run_dev(listener, config, shutdown).await
         }
         Command::Serve(args) => {

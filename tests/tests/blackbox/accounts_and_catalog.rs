@@ -130,7 +130,7 @@ async fn applications_crud(h: &Harness) {
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(listed.applications, [updated.clone()]);
+    assert_eq!(listed.applications, std::slice::from_ref(&updated));
     let (key, _) = create_key(h, &w, w.key("Blocks delete")).await;
     let refused = apps.delete_application(pb::DeleteApplicationRequest { name: w.application.clone() }).await;
     assert_code(refused, Code::FailedPrecondition);
@@ -167,7 +167,7 @@ async fn groups_crud(h: &Harness) {
         .group
         .unwrap();
     assert_eq!(updated.price_multiplier, "0.75");
-    assert_eq!(updated.allowed_models, [w.model.clone()]);
+    assert_eq!(updated.allowed_models, std::slice::from_ref(&w.model));
     assert_eq!((updated.default_rpm_limit, updated.default_tpm_limit), (None, Some(9_000)));
     let listed = groups.list_groups(pb::ListGroupsRequest::default()).await.unwrap().into_inner().groups;
     assert!(listed.contains(&updated));

@@ -42,7 +42,7 @@ async fn create_returns_the_secret_once_and_lists_show_the_hint(h: &Harness) {
     assert_eq!(got, key);
     let listed = h.keys().list_keys(pb::ListKeysRequest { parent: w.account.clone(), ..Default::default() }).await;
     let listed = listed.unwrap().into_inner();
-    assert_eq!(listed.keys, [key.clone()]);
+    assert_eq!(listed.keys, std::slice::from_ref(&key));
     let everything = format!("{got:?}{listed:?}");
     assert!(!everything.contains(&secret[3..]), "reads never show the secret");
 }
@@ -264,7 +264,7 @@ async fn update_changes_every_editable_setting(h: &Harness) {
     assert_eq!((updated.daily_budget, updated.monthly_budget), (Some(500), Some(9_000)));
     assert_eq!((updated.rpm_limit, updated.tpm_limit), (Some(30), Some(40_000)));
     assert_eq!((updated.effective_rpm_limit, updated.effective_tpm_limit), (Some(30), Some(40_000)));
-    assert_eq!(updated.allowed_models, [w.model.clone()]);
+    assert_eq!(updated.allowed_models, std::slice::from_ref(&w.model));
     assert_eq!(updated.capabilities, [pb::Capability::Text as i32, pb::Capability::Embeddings as i32]);
     assert_eq!(updated.ip_allowlist, ["203.0.113.7/32", "10.1.0.0/16", "2001:db8::/32"]);
     assert_eq!((updated.enabled, updated.status), (Some(false), pb::KeyStatus::Disabled as i32));

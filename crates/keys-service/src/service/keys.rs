@@ -9,7 +9,7 @@ use tollgate_core::limits::{Clamp, clamp};
 use tollgate_core::names;
 use tollgate_core::resources::{Group, Key, KeySettings, KeyStatus};
 use tollgate_core::time::Micros;
-use tollgate_store::keys::{AuditEntry, IdempotencyRecord, KeyFilter, NewKey};
+use tollgate_store::keys::{AuditEntry, IdempotencyRecord, KeyFilter, NewKey, Rotation};
 use tollgate_store::{Page, PageRequest, StoreError};
 
 use super::{Actor, KeysService, now};
@@ -366,19 +366,14 @@ impl KeysService {
         let now = now();
         let audit =
             self.audit(actor, "RotateKey", names::key(account_id, id), Some(account_id), vec!["secret".into()], now);
-        let key = self
-            .store
-            .rotate_key(
-                account_id,
-                id,
-                self.config.pepper.hash(secret.expose()),
-                &secret.hint(),
-                now + grace,
-                now,
-                &audit,
-            )
-            .await
-            .map_err(KeysError::from_store("key"))?;
+        let rotation = Rotation {
+            new_secret: self.config.pepper.hash(secret.expose()),
+            new_hint: secret.hint(),
+            old_secret_expire_time: now + grace,
+            now,
+        };
+        let key =
+            self.store.rotate_key(account_id, id, &rotation, &audit).await.map_err(KeysError::from_store("key"))?;
         self.sync.flush_after_commit().await;
         let group = self.group_of(&key).await?;
         Ok((KeyView { key, group }, secret))

@@ -32,7 +32,7 @@ impl AccountStore for SqlKeysStore {
         .await?;
         if let Some((application, key)) = initial {
             super::applications::insert(&mut tx, application).await?;
-            super::keys::insert(&mut tx, key).await?;
+            super::api_keys::insert(&mut tx, key).await?;
         }
         rows::insert_audit(&mut tx, audit).await?;
         tx.commit().await?;

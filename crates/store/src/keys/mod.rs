@@ -3,10 +3,10 @@
 //! outbox. Postgres schema `keys`; SQLite file `keys.db`.
 
 mod accounts;
+mod api_keys;
 mod applications;
 mod audit;
 mod catalog;
-mod keys;
 mod rows;
 mod state_outbox;
 
@@ -56,6 +56,16 @@ pub struct AuditFilter {
 pub struct NewKey {
     pub key: Key,
     pub secret_hash: SecretHash,
+}
+
+/// A new secret for a key.
+#[derive(Debug, Clone)]
+pub struct Rotation {
+    pub new_secret: SecretHash,
+    pub new_hint: String,
+    /// When the secrets that were current stop working (`now` for no grace).
+    pub old_secret_expire_time: Micros,
+    pub now: Micros,
 }
 
 /// What a create-keys request stored so that a retry can get the same answer.
@@ -195,18 +205,10 @@ pub trait KeyStore: Send + Sync {
     async fn update_key(&self, key: &Key, audit: &AuditEntry) -> StoreResult<()>;
     /// Marks a key deleted; its secrets stop working at once. `NotFound` if already gone.
     async fn delete_key(&self, account_id: &str, id: &str, now: Micros, audit: &AuditEntry) -> StoreResult<()>;
-    /// Adds a new current secret; secrets that were current stop at `old_secret_expire_time`.
+    /// Adds a new current secret; secrets that were current stop at the rotation's deadline.
     /// Returns the key as it now is.
-    async fn rotate_key(
-        &self,
-        account_id: &str,
-        id: &str,
-        new_secret: SecretHash,
-        new_hint: &str,
-        old_secret_expire_time: Micros,
-        now: Micros,
-        audit: &AuditEntry,
-    ) -> StoreResult<Key>;
+    async fn rotate_key(&self, account_id: &str, id: &str, rotation: &Rotation, audit: &AuditEntry)
+    -> StoreResult<Key>;
     /// The id of the key a secret belongs to, deleted keys included.
     async fn key_id_for_secret(&self, hash: &SecretHash) -> StoreResult<Option<String>>;
 }

@@ -7,7 +7,7 @@ use tollgate_core::resources::{Key, KeyStatus};
 use tollgate_core::time::Micros;
 
 use super::rows::{self, key_columns};
-use super::{AuditEntry, IdempotencyRecord, KeyFilter, KeyStore, NewKey, SqlKeysStore};
+use super::{AuditEntry, IdempotencyRecord, KeyFilter, KeyStore, NewKey, Rotation, SqlKeysStore};
 use crate::error::{StoreError, StoreResult};
 use crate::{Page, PageRequest};
 
@@ -253,12 +253,11 @@ impl KeyStore for SqlKeysStore {
         &self,
         account_id: &str,
         id: &str,
-        new_secret: SecretHash,
-        new_hint: &str,
-        old_secret_expire_time: Micros,
-        now: Micros,
+        rotation: &Rotation,
         audit: &AuditEntry,
     ) -> StoreResult<Key> {
+        let Rotation { new_secret, new_hint, old_secret_expire_time, now } = rotation;
+        let (old_secret_expire_time, now) = (*old_secret_expire_time, *now);
         let mut tx = self.db.pool.begin().await?;
         if select_live_key(&mut tx, account_id, id).await?.is_none() {
             return Err(StoreError::NotFound);
@@ -271,7 +270,7 @@ impl KeyStore for SqlKeysStore {
         .bind(id)
         .execute(&mut *tx)
         .await?;
-        insert_secret(&mut tx, id, &new_secret, now).await?;
+        insert_secret(&mut tx, id, new_secret, now).await?;
         let previous = (old_secret_expire_time > now).then_some(old_secret_expire_time);
         sqlx::query(
             "UPDATE api_keys SET hint = $1, previous_secret_expire_time = $2, revision = revision + 1, update_time = $3 \

@@ -1,0 +1,75 @@
+//! No secret reaches a log line: with every Tollgate log at TRACE and every dependency at
+//! DEBUG, a full key lifecycle, failing calls included, writes neither a key secret, nor the
+//! admin token, nor the key pepper. Its own test binary, because it installs the global
+//! subscriber.
+
+use std::io::Write;
+use std::sync::{Arc, Mutex};
+
+use prost_types::FieldMask;
+use tollgate_proto::keys::v1 as pb;
+use tollgate_tests::fixtures::{create_key, world};
+use tollgate_tests::{Harness, Options};
+use tracing_subscriber::EnvFilter;
+
+#[derive(Clone, Default)]
+struct Captured(Arc<Mutex<Vec<u8>>>);
+
+impl Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_secret_reaches_the_logs() {
+    let captured = Captured::default();
+    let writer = captured.clone();
+    tracing_subscriber::fmt()
+        .with_env_filter(EnvFilter::new("debug,tollgate=trace,tollgate_keys_service=trace,tollgate_store=trace"))
+        .with_writer(move || writer.clone())
+        .with_ansi(false)
+        .init();
+
+    let mut secrets = Vec::new();
+    let mut harnesses = vec![Harness::embedded(Options::default()).await];
+    if let Some(production) = Harness::production(Options::default()).await {
+        harnesses.push(production);
+    }
+    for h in harnesses {
+        let w = world(&h, "logged").await;
+        let (key, secret) = create_key(&h, &w, w.key("Logged")).await;
+        secrets.push(secret.clone());
+        let rotated = h.keys().rotate_key(pb::RotateKeyRequest { name: key.name.clone(), grace_period: None }).await;
+        secrets.push(rotated.unwrap().into_inner().created.unwrap().secret);
+        let update = pb::UpdateKeyRequest {
+            key: Some(pb::Key { name: key.name.clone(), enabled: Some(false), ..Default::default() }),
+            update_mask: Some(FieldMask { paths: vec!["enabled".into()] }),
+            expire_after: None,
+        };
+        h.keys().update_key(update).await.unwrap();
+        h.key_state().get_key_state(pb::GetKeyStateRequest { secret_hash: h.secret_hash(&secret) }).await.unwrap();
+        // Failing calls carrying the secret where it does not belong.
+        let _ = h.keys().create_key(w.create(pb::Key { ip_allowlist: vec![secret.clone()], ..w.key("Bad") })).await;
+        let _ = h.keys().get_key(pb::GetKeyRequest { name: secret.clone() }).await;
+        let unauthenticated = pb::account_service_client::AccountServiceClient::new(h.channel.clone());
+        let _ = unauthenticated.clone().list_accounts(pb::ListAccountsRequest::default()).await;
+        let admin_token = h.admin_token.clone();
+        let pepper = h.key_pepper.clone();
+        h.stop().await;
+        secrets.push(admin_token);
+        secrets.push(pepper);
+    }
+
+    let logs = String::from_utf8_lossy(&captured.0.lock().unwrap()).into_owned();
+    assert!(logs.contains("CreateKey"), "the capture is real: it holds the request log");
+    for secret in &secrets {
+        let needle = secret.strip_prefix("sk-").unwrap_or(secret);
+        assert!(!logs.contains(needle), "a secret reached the logs");
+    }
+}
