@@ -49,33 +49,45 @@ def main():
     suffix = uuid.uuid4().hex[:8]
     account = f"acme-{suffix}"
 
+    # The README's bodies, with ids made unique so the script can run against any server.
     t.call("tollgate.keys.v1.AccountService/CreateAccount",
-           {"accountId": account, "account": {"displayName": "Acme Inc"}})
+           {"account_id": account, "account": {"display_name": "Acme Inc"}})
     app = t.call("tollgate.keys.v1.ApplicationService/CreateApplication",
-                 {"parent": f"accounts/{account}", "applicationId": "chatbot",
-                  "application": {"displayName": "Chatbot"}})["application"]
+                 {"parent": f"accounts/{account}", "application_id": "chatbot",
+                  "application": {"display_name": "Chatbot"}})["application"]
     t.call("tollgate.keys.v1.GroupService/CreateGroup",
-           {"groupId": f"pro-{suffix}", "group": {"displayName": "Pro", "priceMultiplier": "0.8",
-                                                  "defaultRpmLimit": "600"}})
+           {"group_id": f"pro-{suffix}",
+            "group": {"display_name": "Pro", "price_multiplier": "0.8", "default_rpm_limit": 600}})
+    model = f"gpt-4o-mini-{suffix}"
     t.call("tollgate.keys.v1.ModelService/CreateModel",
-           {"modelId": f"gpt-4o-mini-{suffix}",
-            "model": {"capability": "CAPABILITY_TEXT", "inputPrice": "75000", "outputPrice": "300000"}})
-    created = t.call("tollgate.keys.v1.KeyService/CreateKey",
-                     {"parent": f"accounts/{account}",
-                      "key": {"application": app["name"], "displayName": "Production",
-                              "group": f"groups/pro-{suffix}", "quota": "5000000",
-                              "ipAllowlist": ["203.0.113.0/24"]},
-                      "expireAfter": "2592000s", "requestId": f"req-{suffix}"})["created"]
+           {"model_id": model,
+            "model": {"capability": "CAPABILITY_TEXT", "input_price": 75000, "output_price": 300000}})
+    created = t.call("tollgate.keys.v1.KeyService/CreateKey", {
+        "parent": f"accounts/{account}",
+        "key": {
+            "application": app["name"],
+            "display_name": "Production",
+            "group": f"groups/pro-{suffix}",
+            "quota": 5000000,
+            "daily_budget": 500000,
+            "allowed_models": [model],
+            "capabilities": ["CAPABILITY_TEXT"],
+            "ip_allowlist": ["203.0.113.0/24", "2001:db8::/32"],
+        },
+        "expire_after": "2592000s",
+        "request_id": f"create-production-key-{suffix}",
+    })["created"]
     secret, key = created["secret"], created["key"]
     assert secret.startswith("sk-") and len(secret) == 45, secret
-    listed = t.call("tollgate.keys.v1.KeyService/ListKeys", {"parent": f"accounts/{account}"})
+    listed = t.call("tollgate.keys.v1.KeyService/ListKeys",
+                    {"parent": f"accounts/{account}", "status": "KEY_STATUS_ENABLED"})
     assert [k["name"] for k in listed["keys"]] == [key["name"]]
     assert secret not in json.dumps(listed)
     disabled = t.call("tollgate.keys.v1.KeyService/UpdateKey",
-                      {"key": {"name": key["name"], "enabled": False}, "updateMask": "enabled"})["key"]
+                      {"key": {"name": key["name"], "enabled": False}, "update_mask": "enabled"})["key"]
     assert disabled["status"] == "KEY_STATUS_DISABLED", disabled
     rotated = t.call("tollgate.keys.v1.KeyService/RotateKey",
-                     {"name": key["name"], "gracePeriod": "3600s"})["created"]
+                     {"name": key["name"], "grace_period": "3600s"})["created"]
     assert rotated["secret"] != secret and "previousSecretExpireTime" in rotated["key"]
     t.call("tollgate.keys.v1.KeyService/DeleteKey", {"name": key["name"]})
     events = t.call("tollgate.keys.v1.AuditService/ListAuditEvents", {"resource": key["name"]})["events"]

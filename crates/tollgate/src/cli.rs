@@ -10,7 +10,7 @@ use crate::telemetry::LogFormat;
 
 /// Tollgate: the API-key control plane of an LLM API platform.
 #[derive(Debug, Parser)]
-#[command(name = "tollgate", version, about, long_about = None)]
+#[command(name = "tollgate", version)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -110,13 +110,18 @@ pub struct SecretArgs {
 #[derive(Debug, Args)]
 pub struct KeysArgs {
     /// System cap on any key's requests per minute; higher settings are clamped.
-    #[arg(long, env = "TOLLGATE_MAX_RPM")]
+    #[arg(long, env = "TOLLGATE_MAX_RPM", value_parser = clap::value_parser!(i64).range(1..))]
     pub max_rpm: Option<i64>,
     /// System cap on any key's tokens per minute; higher settings are clamped.
-    #[arg(long, env = "TOLLGATE_MAX_TPM")]
+    #[arg(long, env = "TOLLGATE_MAX_TPM", value_parser = clap::value_parser!(i64).range(1..))]
     pub max_tpm: Option<i64>,
     /// Credits per US dollar.
-    #[arg(long, env = "TOLLGATE_CREDITS_PER_USD", default_value_t = tollgate_core::money::DEFAULT_CREDITS_PER_USD)]
+    #[arg(
+        long,
+        env = "TOLLGATE_CREDITS_PER_USD",
+        default_value_t = tollgate_core::money::DEFAULT_CREDITS_PER_USD,
+        value_parser = clap::value_parser!(i64).range(1..)
+    )]
     pub credits_per_usd: i64,
     /// How long a rotated-out secret keeps working when RotateKey gives no grace period.
     #[arg(long, env = "TOLLGATE_ROTATION_GRACE", default_value = "24h", value_parser = humantime::parse_duration)]
