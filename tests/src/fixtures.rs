@@ -1,5 +1,6 @@
 //! Building blocks for tests: an account with an application, a group and a model.
 
+use prost_types::FieldMask;
 use tollgate_proto::keys::v1 as pb;
 
 use crate::Harness;
@@ -101,4 +102,9 @@ pub async fn create_key(h: &Harness, world: &World, key: pb::Key) -> (pb::Key, S
     let created = h.keys().create_key(world.create(key)).await.expect("create key").into_inner();
     let created = created.created.expect("created");
     (created.key.expect("key"), created.secret)
+}
+
+/// An update mask of these paths.
+pub fn mask(paths: &[&str]) -> Option<FieldMask> {
+    Some(FieldMask { paths: paths.iter().map(|p| p.to_string()).collect() })
 }

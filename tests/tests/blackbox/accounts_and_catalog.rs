@@ -1,18 +1,13 @@
 //! Accounts, applications, groups and models through their RPCs.
 
-use prost_types::FieldMask;
 use tollgate_proto::keys::v1 as pb;
-use tollgate_tests::fixtures::{create_key, world};
+use tollgate_tests::fixtures::{create_key, mask, world};
 use tollgate_tests::{Harness, on_both_backends};
 use tonic::Code;
 
 use crate::assert_code;
 
 on_both_backends!(accounts_crud_and_pages, applications_crud, groups_crud, models_crud, audit_lists_by_account);
-
-fn mask(paths: &[&str]) -> Option<FieldMask> {
-    Some(FieldMask { paths: paths.iter().map(|p| p.to_string()).collect() })
-}
 
 async fn accounts_crud_and_pages(h: &Harness) {
     let mut accounts = h.accounts();

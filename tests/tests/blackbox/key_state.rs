@@ -4,18 +4,13 @@
 use std::time::Duration;
 
 use prost::Message;
-use prost_types::FieldMask;
 use redis::AsyncCommands;
 use tokio_stream::StreamExt;
 use tollgate_proto::keys::v1 as pb;
-use tollgate_tests::fixtures::{create_key, world};
+use tollgate_tests::fixtures::{create_key, mask, world};
 use tollgate_tests::{Harness, on_both_backends};
 
 on_both_backends!(snapshots_follow_key_group_and_account_changes);
-
-fn mask(paths: &[&str]) -> Option<FieldMask> {
-    Some(FieldMask { paths: paths.iter().map(|p| p.to_string()).collect() })
-}
 
 async fn state_of(h: &Harness, secret: &str) -> pb::KeyState {
     let response = h.key_state().get_key_state(pb::GetKeyStateRequest { secret_hash: h.secret_hash(secret) }).await;

@@ -2,10 +2,10 @@
 
 use std::collections::HashSet;
 
-use prost_types::{Duration, FieldMask, Timestamp};
+use prost_types::{Duration, Timestamp};
 use tollgate_core::key_format;
 use tollgate_proto::keys::v1 as pb;
-use tollgate_tests::fixtures::{create_key, world};
+use tollgate_tests::fixtures::{create_key, mask, world};
 use tollgate_tests::{Harness, on_both_backends};
 use tonic::Code;
 
@@ -22,10 +22,6 @@ on_both_backends!(
     delete_is_immediate_and_final,
     initial_key_comes_with_the_account,
 );
-
-fn mask(paths: &[&str]) -> Option<FieldMask> {
-    Some(FieldMask { paths: paths.iter().map(|p| p.to_string()).collect() })
-}
 
 async fn create_returns_the_secret_once_and_lists_show_the_hint(h: &Harness) {
     let w = world(h, "acme").await;

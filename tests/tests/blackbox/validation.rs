@@ -1,9 +1,9 @@
 //! The table of validation rules: each bad input is INVALID_ARGUMENT with a BadRequest field
 //! violation naming the offending field, and never a panic or INTERNAL.
 
-use prost_types::{Duration, FieldMask, Timestamp};
+use prost_types::{Duration, Timestamp};
 use tollgate_proto::keys::v1 as pb;
-use tollgate_tests::fixtures::{World, create_key, world};
+use tollgate_tests::fixtures::{World, create_key, mask, world};
 use tollgate_tests::{Harness, on_both_backends};
 use tonic::{Code, Status};
 
@@ -48,10 +48,6 @@ async fn run(h: &Harness, call: Call) -> Result<(), Status> {
         Call::GetKeyState(r) => h.key_state().get_key_state(r).await.map(drop),
         Call::ListAuditEvents(r) => h.audit().list_audit_events(r).await.map(drop),
     }
-}
-
-fn mask(paths: &[&str]) -> Option<FieldMask> {
-    Some(FieldMask { paths: paths.iter().map(|p| p.to_string()).collect() })
 }
 
 fn past() -> Timestamp {

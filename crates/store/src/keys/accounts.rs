@@ -34,9 +34,7 @@ impl AccountStore for SqlKeysStore {
             super::applications::insert(&mut tx, application).await?;
             super::api_keys::insert(&mut tx, key).await?;
         }
-        rows::insert_audit(&mut tx, audit).await?;
-        tx.commit().await?;
-        Ok(())
+        rows::commit_audited(tx, audit).await
     }
 
     async fn get_account(&self, id: &str) -> StoreResult<Option<Account>> {
@@ -92,8 +90,6 @@ impl AccountStore for SqlKeysStore {
         .bind(&account.id)
         .execute(&mut *tx)
         .await?;
-        rows::insert_audit(&mut tx, std::slice::from_ref(audit)).await?;
-        tx.commit().await?;
-        Ok(())
+        rows::commit_audited(tx, std::slice::from_ref(audit)).await
     }
 }

@@ -101,9 +101,7 @@ impl KeyStore for SqlKeysStore {
         for key in keys {
             insert(&mut tx, key).await?;
         }
-        rows::insert_audit(&mut tx, audit).await?;
-        tx.commit().await?;
-        Ok(())
+        rows::commit_audited(tx, audit).await
     }
 
     async fn find_idempotency_record(
@@ -223,9 +221,7 @@ impl KeyStore for SqlKeysStore {
             return Err(rows::conflict_or_not_found(&mut tx, exists).await);
         }
         rows::enqueue_key(&mut tx, &key.id).await?;
-        rows::insert_audit(&mut tx, std::slice::from_ref(audit)).await?;
-        tx.commit().await?;
-        Ok(())
+        rows::commit_audited(tx, std::slice::from_ref(audit)).await
     }
 
     async fn delete_key(&self, account_id: &str, id: &str, now: Micros, audit: &AuditEntry) -> StoreResult<()> {
@@ -244,9 +240,7 @@ impl KeyStore for SqlKeysStore {
             return Err(StoreError::NotFound);
         }
         rows::enqueue_key(&mut tx, id).await?;
-        rows::insert_audit(&mut tx, std::slice::from_ref(audit)).await?;
-        tx.commit().await?;
-        Ok(())
+        rows::commit_audited(tx, std::slice::from_ref(audit)).await
     }
 
     async fn rotate_key(

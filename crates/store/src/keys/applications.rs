@@ -32,9 +32,7 @@ impl ApplicationStore for SqlKeysStore {
     async fn create_application(&self, application: &Application, audit: &AuditEntry) -> StoreResult<()> {
         let mut tx = self.db.pool.begin().await?;
         insert(&mut tx, application).await?;
-        rows::insert_audit(&mut tx, std::slice::from_ref(audit)).await?;
-        tx.commit().await?;
-        Ok(())
+        rows::commit_audited(tx, std::slice::from_ref(audit)).await
     }
 
     async fn get_application(&self, account_id: &str, id: &str) -> StoreResult<Option<Application>> {
@@ -89,9 +87,7 @@ impl ApplicationStore for SqlKeysStore {
                     .bind(&application.id);
             return Err(rows::conflict_or_not_found(&mut tx, exists).await);
         }
-        rows::insert_audit(&mut tx, std::slice::from_ref(audit)).await?;
-        tx.commit().await?;
-        Ok(())
+        rows::commit_audited(tx, std::slice::from_ref(audit)).await
     }
 
     async fn delete_application(&self, account_id: &str, id: &str, audit: &AuditEntry) -> StoreResult<()> {
@@ -119,8 +115,6 @@ impl ApplicationStore for SqlKeysStore {
         if live_key.is_some() {
             return Err(StoreError::FailedPrecondition("the application still has keys; delete them first".into()));
         }
-        rows::insert_audit(&mut tx, std::slice::from_ref(audit)).await?;
-        tx.commit().await?;
-        Ok(())
+        rows::commit_audited(tx, std::slice::from_ref(audit)).await
     }
 }

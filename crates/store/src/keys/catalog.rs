@@ -39,9 +39,7 @@ impl CatalogStore for SqlKeysStore {
         if inserted == 0 {
             return Err(StoreError::AlreadyExists);
         }
-        rows::insert_audit(&mut tx, std::slice::from_ref(audit)).await?;
-        tx.commit().await?;
-        Ok(())
+        rows::commit_audited(tx, std::slice::from_ref(audit)).await
     }
 
     async fn get_group(&self, id: &str) -> StoreResult<Option<Group>> {
@@ -102,9 +100,7 @@ impl CatalogStore for SqlKeysStore {
         .bind(&group.id)
         .execute(&mut *tx)
         .await?;
-        rows::insert_audit(&mut tx, std::slice::from_ref(audit)).await?;
-        tx.commit().await?;
-        Ok(())
+        rows::commit_audited(tx, std::slice::from_ref(audit)).await
     }
 
     async fn delete_group(&self, id: &str, audit: &AuditEntry) -> StoreResult<()> {
@@ -127,9 +123,7 @@ impl CatalogStore for SqlKeysStore {
         if live_key.is_some() {
             return Err(StoreError::FailedPrecondition("keys still use the group; move or delete them first".into()));
         }
-        rows::insert_audit(&mut tx, std::slice::from_ref(audit)).await?;
-        tx.commit().await?;
-        Ok(())
+        rows::commit_audited(tx, std::slice::from_ref(audit)).await
     }
 
     async fn create_model(&self, model: &Model, audit: &AuditEntry) -> StoreResult<()> {
@@ -150,9 +144,7 @@ impl CatalogStore for SqlKeysStore {
         .execute(&mut *tx)
         .await?;
         rows::enqueue_catalog(&mut tx).await?;
-        rows::insert_audit(&mut tx, std::slice::from_ref(audit)).await?;
-        tx.commit().await?;
-        Ok(())
+        rows::commit_audited(tx, std::slice::from_ref(audit)).await
     }
 
     async fn get_model(&self, id: &str) -> StoreResult<Option<Model>> {
@@ -199,9 +191,7 @@ impl CatalogStore for SqlKeysStore {
             return Err(rows::conflict_or_not_found(&mut tx, exists).await);
         }
         rows::enqueue_catalog(&mut tx).await?;
-        rows::insert_audit(&mut tx, std::slice::from_ref(audit)).await?;
-        tx.commit().await?;
-        Ok(())
+        rows::commit_audited(tx, std::slice::from_ref(audit)).await
     }
 
     async fn delete_model(&self, id: &str, audit: &AuditEntry) -> StoreResult<()> {
@@ -211,9 +201,7 @@ impl CatalogStore for SqlKeysStore {
             return Err(StoreError::NotFound);
         }
         rows::enqueue_catalog(&mut tx).await?;
-        rows::insert_audit(&mut tx, std::slice::from_ref(audit)).await?;
-        tx.commit().await?;
-        Ok(())
+        rows::commit_audited(tx, std::slice::from_ref(audit)).await
     }
 
     async fn existing_models(&self, ids: &[String]) -> StoreResult<Vec<String>> {

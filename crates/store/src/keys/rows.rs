@@ -1,7 +1,7 @@
 //! Decoding rows into domain types, and the writes every change shares (audit, outbox).
 
 use sqlx::any::AnyRow;
-use sqlx::{AnyConnection, Row};
+use sqlx::{Any, AnyConnection, Row, Transaction};
 use tollgate_core::Capability;
 use tollgate_core::money::PriceMultiplier;
 use tollgate_core::resources::{Account, Application, Group, Key, KeySettings, Model};
@@ -164,6 +164,14 @@ pub(super) fn json<T: AsRef<str>>(items: &[T]) -> String {
 /// Capabilities by their storage names.
 pub(super) fn capability_names(capabilities: &[Capability]) -> String {
     json(&capabilities.iter().map(|c| c.as_str()).collect::<Vec<_>>())
+}
+
+/// Records the change's audit entries and commits it: a change and its audit trail are one
+/// transaction.
+pub(super) async fn commit_audited(mut tx: Transaction<'_, Any>, entries: &[AuditEntry]) -> StoreResult<()> {
+    insert_audit(&mut tx, entries).await?;
+    tx.commit().await?;
+    Ok(())
 }
 
 /// Appends audit entries inside the caller's transaction.
