@@ -5,6 +5,8 @@
 //! and metering services agree on them by construction.
 
 pub mod capability;
+pub mod clock;
+pub mod counters;
 pub mod ids;
 pub mod ip_allowlist;
 pub mod key_format;
@@ -16,6 +18,7 @@ pub mod resources;
 pub mod secret_hash;
 pub mod time;
 pub mod validation;
+pub mod windows;
 
 pub use capability::Capability;
 pub use secret_hash::{KeyPepper, SecretHash};

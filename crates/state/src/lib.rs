@@ -7,8 +7,11 @@
 //! Two adapters implement both: [`redis::RedisState`] for production and
 //! [`memory::MemoryState`] for `tollgate dev`, where every service runs in one process.
 
+pub mod counters;
 pub mod memory;
+pub mod memory_counters;
 pub mod redis;
+pub mod redis_counters;
 
 use async_trait::async_trait;
 use tokio::sync::broadcast;

@@ -1,0 +1,126 @@
+//! Counters: what Authorize checks and takes, and what metering settles.
+//!
+//! One call = one atomic step ([`Counters::authorize`]): on Redis a single EVALSHA of
+//! `lua/authorize.lua`, in process a lock around [`tollgate_core::counters::evaluate`].
+//!
+//! Redis layout under prefix `P`, all keys of an account sharing the hash tag `{account}`:
+//!
+//! | key | type | meaning |
+//! |---|---|---|
+//! | `P:{A}:k:K:used` | int | key K's lifetime spend |
+//! | `P:{A}:k:K:d:YYYYMMDD` | int | K's spend that day |
+//! | `P:{A}:k:K:m:YYYYMM` | int | K's spend that month |
+//! | `P:{A}:held` | hash | credits held per key id, `*` for the account |
+//! | `P:{A}:holds` | hash | request id → `key id|credits` |
+//! | `P:{A}:holdexp` | zset | request id by hold expiry (ms) |
+//! | `P:{A}:bal` | int | the account's balance |
+//! | `P:{A}:k:K:rpm`, `…:tpm` | string | GCRA arrival times (ms) |
+
+use async_trait::async_trait;
+use tollgate_core::counters::{CounterOutcome, CounterRequest};
+use tollgate_core::windows::Windows;
+
+use crate::StateError;
+
+/// One Authorize's counter step.
+#[derive(Debug, Clone)]
+pub struct CounterCall<'a> {
+    pub account_id: &'a str,
+    pub key_id: &'a str,
+    pub request_id: &'a str,
+    pub request: CounterRequest,
+    pub windows: &'a Windows,
+    /// How long a hold lasts if no usage report settles it.
+    pub hold_ttl_ms: i64,
+}
+
+/// A charged call to settle: its hold released, its cost added to spend.
+#[derive(Debug, Clone)]
+pub struct Settlement<'a> {
+    pub account_id: &'a str,
+    pub key_id: &'a str,
+    pub request_id: &'a str,
+    /// Credits charged (0 releases the hold only).
+    pub cost: i64,
+    /// The windows of the call (by its end time).
+    pub windows: &'a Windows,
+}
+
+/// How long a settlement is remembered, so a repeated one is ignored.
+pub const SETTLED_MEMORY_MS: i64 = 7 * 24 * 3600 * 1000;
+
+/// The counters behind Authorize.
+#[async_trait]
+pub trait Counters: Send + Sync {
+    /// Checks every limit and, if all pass, takes the call's rate units and holds its
+    /// estimated cost: one atomic step. A denied call takes nothing.
+    async fn authorize(&self, call: &CounterCall<'_>) -> Result<CounterOutcome, StateError>;
+    /// Evaluates every limit without taking anything.
+    async fn peek(&self, call: &CounterCall<'_>) -> Result<CounterOutcome, StateError>;
+    /// Releases a call's hold and adds its cost to spend; a second settlement of the same
+    /// request id changes nothing. Returns whether this one applied.
+    async fn settle(&self, settlement: &Settlement<'_>) -> Result<bool, StateError>;
+    /// Adds credits to (or, negative, takes them from) an account's balance.
+    async fn adjust_balance(&self, account_id: &str, credits: i64) -> Result<(), StateError>;
+}
+
+/// Redis key names of the counters.
+#[derive(Debug, Clone)]
+pub struct CounterKeys {
+    prefix: String,
+}
+
+impl CounterKeys {
+    pub fn new(prefix: &str) -> Self {
+        Self { prefix: prefix.to_owned() }
+    }
+
+    fn account(&self, account_id: &str, suffix: &str) -> String {
+        format!("{}:{{{account_id}}}:{suffix}", self.prefix)
+    }
+
+    fn key(&self, account_id: &str, key_id: &str, suffix: &str) -> String {
+        format!("{}:{{{account_id}}}:k:{key_id}:{suffix}", self.prefix)
+    }
+
+    /// The account balance.
+    pub fn balance(&self, account_id: &str) -> String {
+        self.account(account_id, "bal")
+    }
+
+    /// The keys `settle.lua` takes, in its order.
+    pub fn for_settlement(&self, settlement: &Settlement<'_>) -> [String; 8] {
+        let [used, day, month, held, holds, holdexp, balance, _, _] =
+            self.for_call(settlement.account_id, settlement.key_id, settlement.windows);
+        let marker = self.account(settlement.account_id, &format!("settled:{}", settlement.request_id));
+        [used, day, month, held, holds, holdexp, balance, marker]
+    }
+
+    /// The keys `authorize.lua` takes, in its order.
+    pub fn for_call(&self, account_id: &str, key_id: &str, windows: &Windows) -> [String; 9] {
+        [
+            self.key(account_id, key_id, "used"),
+            self.key(account_id, key_id, &format!("d:{}", windows.day)),
+            self.key(account_id, key_id, &format!("m:{}", windows.month)),
+            self.account(account_id, "held"),
+            self.account(account_id, "holds"),
+            self.account(account_id, "holdexp"),
+            self.account(account_id, "bal"),
+            self.key(account_id, key_id, "rpm"),
+            self.key(account_id, key_id, "tpm"),
+        ]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_key_of_a_call_shares_the_account_hash_tag() {
+        let windows = Windows { day: "20261122".into(), day_end: 0, month: "202611".into(), month_end: 0 };
+        for key in CounterKeys::new("tg").for_call("acme", "k1", &windows) {
+            assert!(key.starts_with("tg:{acme}:"), "{key}");
+        }
+    }
+}

@@ -1,0 +1,120 @@
+-- Authorize's counter step: checks quota, account balance, daily and monthly budgets, RPM and
+-- TPM in that order and, when all pass and ARGV[4] is '1', takes the call's rate units and
+-- holds its estimated cost. A Lua port of tollgate_core::counters::evaluate; keep them equal
+-- (the conformance suite runs the same cases on this script and on the Rust function).
+--
+-- Every key shares the account's hash tag, so the script runs on Redis Cluster.
+-- KEYS[1] key's lifetime spend      KEYS[2] key's spend today      KEYS[3] key's spend this month
+-- KEYS[4] held credits (hash: key id -> held, '*' -> account total)
+-- KEYS[5] holds (hash: request id -> "key id|credits")             KEYS[6] hold expiries (zset)
+-- KEYS[7] account balance           KEYS[8] RPM arrival time       KEYS[9] TPM arrival time
+-- ARGV[1] now (Unix ms)  ARGV[2] key id  ARGV[3] request id  ARGV[4] '1' take, '0' only look
+-- ARGV[5] quota  ARGV[6] account floor  ARGV[7] daily  ARGV[8] monthly  ARGV[9] rpm  ARGV[10] tpm
+--         ('' where no such limit)
+-- ARGV[11] estimated tokens  ARGV[12] estimated cost  ARGV[13] hold lifetime (ms)
+-- Returns {failures, quota left, account left, day left, month left, hold,
+--          rpm remaining, rpm reset ms, rpm retry ms, tpm remaining, tpm reset ms, tpm retry ms}
+-- where failures is a string of check codes in order and '' marks an absent value.
+local PERIOD, EPSILON = 60000, 0.01
+local now = tonumber(ARGV[1])
+local key_id, request_id, take = ARGV[2], ARGV[3], ARGV[4] == '1'
+
+local function limit(i)
+  if ARGV[i] == '' then return nil end
+  return tonumber(ARGV[i])
+end
+
+local function release(rid)
+  local hold = redis.call('HGET', KEYS[5], rid)
+  if hold then
+    local sep = string.find(hold, '|', 1, true)
+    local amount = tonumber(string.sub(hold, sep + 1))
+    redis.call('HINCRBY', KEYS[4], string.sub(hold, 1, sep - 1), -amount)
+    redis.call('HINCRBY', KEYS[4], '*', -amount)
+    redis.call('HDEL', KEYS[5], rid)
+  end
+  redis.call('ZREM', KEYS[6], rid)
+end
+
+-- Holds whose usage never arrived; a few per call keeps every call's cost bounded.
+for _, rid in ipairs(redis.call('ZRANGEBYSCORE', KEYS[6], '-inf', now, 'LIMIT', 0, 16)) do
+  release(rid)
+end
+-- A retried call replaces its own hold rather than adding a second.
+if take then release(request_id) end
+
+local function number(key)
+  return tonumber(redis.call('GET', key) or '0')
+end
+
+local quota, floor, daily, monthly = limit(5), limit(6), limit(7), limit(8)
+local rpm, tpm = limit(9), limit(10)
+local tokens, cost = tonumber(ARGV[11]), tonumber(ARGV[12])
+local failures = ''
+local money_floor = nil
+local key_held = 0
+if quota or daily or monthly then
+  key_held = tonumber(redis.call('HGET', KEYS[4], key_id) or '0')
+end
+
+local function money(code, remaining)
+  if remaining == nil then return nil end
+  if remaining <= 0 then failures = failures .. code end
+  if money_floor == nil or remaining < money_floor then money_floor = remaining end
+  return remaining
+end
+
+local quota_left = quota and money('1', quota - number(KEYS[1]) - key_held)
+local account_left = floor and money('2', number(KEYS[7]) + floor - tonumber(redis.call('HGET', KEYS[4], '*') or '0'))
+local day_left = daily and money('3', daily - number(KEYS[2]) - key_held)
+local month_left = monthly and money('4', monthly - number(KEYS[3]) - key_held)
+
+-- GCRA over PERIOD ms; returns passed, remaining, reset at, retry after (or nil), new arrival time.
+local function gcra(code, key, lim, units)
+  local interval = PERIOD / lim
+  local tat = tonumber(redis.call('GET', key) or now)
+  if tat < now then tat = now end
+  local new_tat = tat + units * interval
+  local allow_at = new_tat - PERIOD
+  if units > lim or allow_at > now + EPSILON then
+    failures = failures .. code
+    local remaining = math.max(0, math.floor((now + PERIOD - tat) / interval + 1e-9))
+    local retry = nil
+    if units <= lim then retry = allow_at - now end
+    return false, remaining, tat, retry, tat
+  end
+  return true, math.floor((now - allow_at) / interval + 1e-9), new_tat, nil, new_tat
+end
+
+local rpm_ok, rpm_left, rpm_reset, rpm_retry, rpm_tat
+if rpm then rpm_ok, rpm_left, rpm_reset, rpm_retry, rpm_tat = gcra('5', KEYS[8], rpm, 1) end
+local tpm_ok, tpm_left, tpm_reset, tpm_retry, tpm_tat
+if tpm then tpm_ok, tpm_left, tpm_reset, tpm_retry, tpm_tat = gcra('6', KEYS[9], tpm, tokens) end
+
+local hold = 0
+if money_floor ~= nil then hold = math.max(0, math.min(math.max(cost, 0), money_floor)) end
+
+if take and failures == '' then
+  if hold > 0 then
+    redis.call('HSET', KEYS[5], request_id, key_id .. '|' .. string.format('%d', hold))
+    redis.call('ZADD', KEYS[6], now + tonumber(ARGV[13]), request_id)
+    redis.call('HINCRBY', KEYS[4], key_id, hold)
+    redis.call('HINCRBY', KEYS[4], '*', hold)
+  end
+  -- An arrival time is only worth keeping until the limit is whole again.
+  if rpm then redis.call('SET', KEYS[8], string.format('%.4f', rpm_tat), 'PX', math.ceil(rpm_tat - now) + 1000) end
+  if tpm and tpm_tat > now then
+    redis.call('SET', KEYS[9], string.format('%.4f', tpm_tat), 'PX', math.ceil(tpm_tat - now) + 1000)
+  end
+end
+
+local function opt(x)
+  if x == nil then return '' end
+  return string.format('%d', x)
+end
+local function ms(x)
+  if x == nil then return '' end
+  return string.format('%d', math.ceil(x))
+end
+return {failures, opt(quota_left), opt(account_left), opt(day_left), opt(month_left), opt(hold),
+        opt(rpm_left), ms(rpm_reset), ms(rpm_retry), opt(tpm_left), ms(tpm_reset), ms(tpm_retry)}

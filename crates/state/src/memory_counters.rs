@@ -1,0 +1,152 @@
+//! Counters in process memory for `tollgate dev`: the same decision function as the Redis
+//! script, under one lock, so a check and its take are one step.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use async_trait::async_trait;
+use tollgate_core::counters::{CounterOutcome, CounterState, evaluate};
+
+use crate::StateError;
+use crate::counters::{CounterCall, Counters, Settlement};
+
+#[derive(Debug, Default)]
+struct KeyCounters {
+    used: i64,
+    /// Spend per day id and month id; only the current ones matter, older ones are dropped.
+    day: (String, i64),
+    month: (String, i64),
+    rpm_tat: Option<f64>,
+    tpm_tat: Option<f64>,
+}
+
+#[derive(Debug, Default)]
+struct AccountCounters {
+    balance: i64,
+    held_total: i64,
+    held_by_key: HashMap<String, i64>,
+    /// request id → (key id, credits, expires at ms)
+    holds: HashMap<String, (String, i64, f64)>,
+    settled: std::collections::HashSet<String>,
+    keys: HashMap<String, KeyCounters>,
+}
+
+impl AccountCounters {
+    fn release(&mut self, request_id: &str) {
+        if let Some((key_id, amount, _)) = self.holds.remove(request_id) {
+            *self.held_by_key.entry(key_id).or_default() -= amount;
+            self.held_total -= amount;
+        }
+    }
+
+    fn release_expired(&mut self, now_ms: f64) {
+        let expired: Vec<String> =
+            self.holds.iter().filter(|(_, (_, _, at))| *at <= now_ms).map(|(rid, _)| rid.clone()).collect();
+        for rid in expired {
+            self.release(&rid);
+        }
+    }
+}
+
+/// Counters of every account, in memory.
+#[derive(Debug, Default)]
+pub struct MemoryCounters {
+    accounts: Mutex<HashMap<String, AccountCounters>>,
+}
+
+impl MemoryCounters {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn step(&self, call: &CounterCall<'_>, take: bool) -> CounterOutcome {
+        let mut accounts = self.accounts.lock().expect("counter lock poisoned");
+        let account = accounts.entry(call.account_id.to_owned()).or_default();
+        let now = call.request.now_ms;
+        account.release_expired(now);
+        if take {
+            account.release(call.request_id);
+        }
+        let key_held = account.held_by_key.get(call.key_id).copied().unwrap_or(0);
+        let (balance, held_total) = (account.balance, account.held_total);
+        let key = account.keys.entry(call.key_id.to_owned()).or_default();
+        if key.day.0 != call.windows.day {
+            key.day = (call.windows.day.clone(), 0);
+        }
+        if key.month.0 != call.windows.month {
+            key.month = (call.windows.month.clone(), 0);
+        }
+        let state = CounterState {
+            used: key.used,
+            day_spent: key.day.1,
+            month_spent: key.month.1,
+            key_held,
+            balance,
+            account_held: held_total,
+            rpm_tat: key.rpm_tat.filter(|t| *t > now),
+            tpm_tat: key.tpm_tat.filter(|t| *t > now),
+        };
+        let mut outcome = evaluate(&state, &call.request);
+        if take && outcome.allowed() {
+            if call.request.limits.rpm.is_some() {
+                key.rpm_tat = outcome.rpm.as_ref().map(|r| r.new_tat);
+            }
+            if call.request.limits.tpm.is_some() {
+                key.tpm_tat = outcome.tpm.as_ref().map(|t| t.new_tat);
+            }
+            if outcome.hold > 0 {
+                let hold = outcome.hold;
+                let expires = now + call.hold_ttl_ms as f64;
+                account.holds.insert(call.request_id.to_owned(), (call.key_id.to_owned(), hold, expires));
+                *account.held_by_key.entry(call.key_id.to_owned()).or_default() += hold;
+                account.held_total += hold;
+            }
+        }
+        // Whole milliseconds, as the Redis script reports them.
+        for rate in [outcome.rpm.as_mut(), outcome.tpm.as_mut()].into_iter().flatten() {
+            rate.reset_at_ms = rate.reset_at_ms.ceil();
+            rate.retry_after_ms = rate.retry_after_ms.map(f64::ceil);
+        }
+        outcome
+    }
+}
+
+#[async_trait]
+impl Counters for MemoryCounters {
+    async fn authorize(&self, call: &CounterCall<'_>) -> Result<CounterOutcome, StateError> {
+        Ok(self.step(call, true))
+    }
+
+    async fn peek(&self, call: &CounterCall<'_>) -> Result<CounterOutcome, StateError> {
+        Ok(self.step(call, false))
+    }
+
+    async fn settle(&self, settlement: &Settlement<'_>) -> Result<bool, StateError> {
+        let mut accounts = self.accounts.lock().expect("counter lock poisoned");
+        let account = accounts.entry(settlement.account_id.to_owned()).or_default();
+        if !account.settled.insert(settlement.request_id.to_owned()) {
+            return Ok(false);
+        }
+        account.release(settlement.request_id);
+        let cost = settlement.cost;
+        account.balance -= cost;
+        let key = account.keys.entry(settlement.key_id.to_owned()).or_default();
+        key.used += cost;
+        let windows = settlement.windows;
+        if key.day.0 != windows.day {
+            key.day = (windows.day.clone(), 0);
+        }
+        if key.month.0 != windows.month {
+            key.month = (windows.month.clone(), 0);
+        }
+        key.day.1 += cost;
+        key.month.1 += cost;
+        Ok(true)
+    }
+
+    async fn adjust_balance(&self, account_id: &str, credits: i64) -> Result<(), StateError> {
+        let mut accounts = self.accounts.lock().expect("counter lock poisoned");
+        accounts.entry(account_id.to_owned()).or_default().balance += credits;
+        Ok(())
+    }
+}

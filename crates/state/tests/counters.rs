@@ -1,0 +1,316 @@
+//! The counter conformance suite: the same cases on the in-process counters and on the Redis
+//! script (a private key prefix on the shared Redis; skipped without one unless `CI=true`).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tollgate_core::counters::{CounterCheck, CounterLimits, CounterRequest};
+use tollgate_core::windows::{Calendar, Windows};
+use tollgate_state::counters::{CounterCall, Counters, Settlement};
+use tollgate_state::memory_counters::MemoryCounters;
+use tollgate_state::redis::{RedisConfig, RedisState};
+use tollgate_state::redis_counters::RedisCounters;
+use tollgate_test_support::TestRedis;
+
+async fn redis_counters() -> Option<(Arc<dyn Counters>, TestRedis)> {
+    let redis = TestRedis::create().await?;
+    let config =
+        RedisConfig { url: redis.url.clone(), prefix: redis.prefix.clone(), op_timeout: Duration::from_secs(2) };
+    let state = RedisState::connect(&config).await.unwrap();
+    Some((Arc::new(RedisCounters::new(&state, Duration::from_secs(2))), redis))
+}
+
+macro_rules! conformance {
+    ($($check:ident),* $(,)?) => {
+        mod memory {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $check() {
+                    super::$check(std::sync::Arc::new(tollgate_state::memory_counters::MemoryCounters::new())).await;
+                }
+            )*
+        }
+        mod redis {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $check() {
+                    if let Some((counters, _guard)) = super::redis_counters().await {
+                        super::$check(counters).await;
+                    }
+                }
+            )*
+        }
+    };
+}
+
+conformance!(
+    rpm_allows_its_burst_then_one_per_interval,
+    concurrent_calls_get_exactly_the_rpm,
+    tpm_counts_estimated_tokens,
+    a_denied_call_takes_nothing,
+    concurrent_holds_never_exceed_the_budget,
+    holds_expire_when_no_usage_arrives,
+    a_retried_request_replaces_its_hold,
+    account_balance_bounds_keys_without_quota,
+    settlement_moves_holds_to_spend_once,
+    budgets_start_over_in_a_new_window,
+    peek_takes_nothing,
+);
+
+/// Real time (Redis expires spend windows by wall clock), rounded to a whole second.
+fn now() -> f64 {
+    let ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as f64;
+    (ms / 1000.0).floor() * 1000.0
+}
+
+fn windows(at_ms: f64) -> Windows {
+    Calendar::utc().windows((at_ms * 1000.0) as i64)
+}
+
+struct Call {
+    account: &'static str,
+    key: &'static str,
+    request_id: String,
+    limits: CounterLimits,
+    now: f64,
+    tokens: i64,
+    cost: i64,
+    windows: Windows,
+}
+
+fn call(limits: CounterLimits) -> Call {
+    let t = now();
+    Call {
+        account: "acme",
+        key: "k1",
+        request_id: "r".into(),
+        limits,
+        now: t,
+        tokens: 10,
+        cost: 0,
+        windows: windows(t),
+    }
+}
+
+impl Call {
+    fn as_call(&self) -> CounterCall<'_> {
+        CounterCall {
+            account_id: self.account,
+            key_id: self.key,
+            request_id: &self.request_id,
+            request: CounterRequest {
+                limits: self.limits.clone(),
+                now_ms: self.now,
+                tokens: self.tokens,
+                cost: self.cost,
+            },
+            windows: &self.windows,
+            hold_ttl_ms: 1_000,
+        }
+    }
+}
+
+fn rpm(limit: i64) -> CounterLimits {
+    CounterLimits { rpm: Some(limit), ..Default::default() }
+}
+
+async fn rpm_allows_its_burst_then_one_per_interval(counters: Arc<dyn Counters>) {
+    let mut c = call(rpm(50));
+    let t0 = c.now;
+    for i in 0..50 {
+        c.request_id = format!("r{i}");
+        let out = counters.authorize(&c.as_call()).await.unwrap();
+        assert!(out.allowed(), "call {i}");
+        assert_eq!(out.rpm.as_ref().unwrap().remaining, 49 - i);
+    }
+    let denied = counters.authorize(&c.as_call()).await.unwrap();
+    assert_eq!(denied.first_failure(), Some(CounterCheck::Rpm));
+    let rate = denied.rpm.unwrap();
+    assert_eq!((rate.remaining, rate.retry_after_ms), (0, Some(1200.0)));
+    assert_eq!(rate.reset_at_ms, t0 + 60_000.0, "whole again a period after the burst");
+    c.now = t0 + 1_199.0;
+    assert!(!counters.authorize(&c.as_call()).await.unwrap().allowed());
+    c.now = t0 + 1_200.0;
+    assert!(counters.authorize(&c.as_call()).await.unwrap().allowed(), "one interval later, one more");
+    assert!(!counters.authorize(&c.as_call()).await.unwrap().allowed());
+    c.now = t0 + 61_200.0;
+    let refilled = counters.authorize(&c.as_call()).await.unwrap();
+    assert_eq!(refilled.rpm.unwrap().remaining, 49, "a full period later the burst is back");
+}
+
+async fn concurrent_calls_get_exactly_the_rpm(counters: Arc<dyn Counters>) {
+    let tasks: Vec<_> = (0..200)
+        .map(|i| {
+            let counters = counters.clone();
+            tokio::spawn(async move {
+                let mut c = call(rpm(50));
+                c.request_id = format!("r{i}");
+                counters.authorize(&c.as_call()).await.unwrap().allowed()
+            })
+        })
+        .collect();
+    let mut allowed = 0;
+    for task in tasks {
+        allowed += usize::from(task.await.unwrap());
+    }
+    assert_eq!(allowed, 50);
+}
+
+async fn tpm_counts_estimated_tokens(counters: Arc<dyn Counters>) {
+    let mut c = call(CounterLimits { tpm: Some(1_000), ..Default::default() });
+    c.tokens = 600;
+    let first = counters.authorize(&c.as_call()).await.unwrap();
+    assert!(first.allowed());
+    assert_eq!(first.tpm.unwrap().remaining, 400);
+    let second = counters.authorize(&c.as_call()).await.unwrap();
+    assert_eq!(second.first_failure(), Some(CounterCheck::Tpm));
+    assert_eq!(second.tpm.unwrap().retry_after_ms, Some(12_000.0), "200 tokens at 1000 per minute");
+    c.tokens = 2_000;
+    let never = counters.authorize(&c.as_call()).await.unwrap();
+    assert_eq!(never.first_failure(), Some(CounterCheck::Tpm));
+    assert_eq!(never.tpm.unwrap().retry_after_ms, None, "more tokens than the limit never fit");
+}
+
+async fn a_denied_call_takes_nothing(counters: Arc<dyn Counters>) {
+    let limits = CounterLimits { quota: Some(100), rpm: Some(10), tpm: Some(1_000), ..Default::default() };
+    let mut c = call(limits);
+    c.cost = 100;
+    assert_eq!(counters.authorize(&c.as_call()).await.unwrap().hold, 100);
+    // The quota is held in full: the next call fails the quota check and takes no RPM or TPM.
+    c.request_id = "r2".into();
+    for _ in 0..5 {
+        let denied = counters.authorize(&c.as_call()).await.unwrap();
+        assert_eq!(denied.failures, [CounterCheck::Quota]);
+    }
+    let after = counters.peek(&c.as_call()).await.unwrap();
+    // A peek reports what would be left if it were taken: 10 − the allowed call − this one.
+    assert_eq!(after.rpm.unwrap().remaining, 8, "only the allowed call took a request");
+    assert_eq!(after.tpm.unwrap().remaining, 980);
+}
+
+async fn concurrent_holds_never_exceed_the_budget(counters: Arc<dyn Counters>) {
+    let tasks: Vec<_> = (0..100)
+        .map(|i| {
+            let counters = counters.clone();
+            tokio::spawn(async move {
+                let mut c = call(CounterLimits { daily: Some(1_000), ..Default::default() });
+                c.request_id = format!("r{i}");
+                c.cost = 30;
+                let out = counters.authorize(&c.as_call()).await.unwrap();
+                if out.allowed() { out.hold } else { 0 }
+            })
+        })
+        .collect();
+    let mut held = 0;
+    let mut allowed = 0;
+    for task in tasks {
+        let hold = task.await.unwrap();
+        held += hold;
+        allowed += usize::from(hold > 0);
+    }
+    assert_eq!(held, 1_000, "holds fill the budget exactly, never more");
+    assert_eq!(allowed, 34, "33 calls of 30 and one of the last 10");
+}
+
+async fn holds_expire_when_no_usage_arrives(counters: Arc<dyn Counters>) {
+    let mut c = call(CounterLimits { quota: Some(100), ..Default::default() });
+    let t0 = c.now;
+    c.cost = 100;
+    assert!(counters.authorize(&c.as_call()).await.unwrap().allowed());
+    c.request_id = "r2".into();
+    assert!(!counters.authorize(&c.as_call()).await.unwrap().allowed());
+    c.now = t0 + 1_000.0; // the hold lifetime
+    let after = counters.authorize(&c.as_call()).await.unwrap();
+    assert!(after.allowed(), "the expired hold was released");
+    assert_eq!(after.after_hold().quota_remaining, Some(0));
+}
+
+async fn a_retried_request_replaces_its_hold(counters: Arc<dyn Counters>) {
+    let mut c = call(CounterLimits { quota: Some(1_000), ..Default::default() });
+    c.cost = 300;
+    for _ in 0..3 {
+        assert_eq!(counters.authorize(&c.as_call()).await.unwrap().after_hold().quota_remaining, Some(700));
+    }
+}
+
+async fn account_balance_bounds_keys_without_quota(counters: Arc<dyn Counters>) {
+    let mut c = call(CounterLimits { account_floor: Some(0), ..Default::default() });
+    c.cost = 40;
+    assert_eq!(counters.authorize(&c.as_call()).await.unwrap().failures, [CounterCheck::AccountBalance]);
+    counters.adjust_balance("acme", 100).await.unwrap();
+    assert_eq!(counters.authorize(&c.as_call()).await.unwrap().hold, 40);
+    // Another key of the same account shares the balance and sees the first key's hold.
+    c.key = "k2";
+    c.request_id = "r2".into();
+    c.cost = 80;
+    let second = counters.authorize(&c.as_call()).await.unwrap();
+    assert_eq!((second.hold, second.after_hold().account_remaining), (60, Some(0)));
+    c.request_id = "r3".into();
+    assert_eq!(counters.authorize(&c.as_call()).await.unwrap().failures, [CounterCheck::AccountBalance]);
+    // Another account is untouched.
+    c.account = "other";
+    counters.adjust_balance("other", 10).await.unwrap();
+    assert!(counters.authorize(&c.as_call()).await.unwrap().allowed());
+}
+
+async fn settlement_moves_holds_to_spend_once(counters: Arc<dyn Counters>) {
+    let limits = CounterLimits { quota: Some(1_000), daily: Some(500), account_floor: None, ..Default::default() };
+    let mut c = call(limits);
+    c.cost = 200;
+    assert_eq!(counters.authorize(&c.as_call()).await.unwrap().hold, 200);
+    let settlement = Settlement { account_id: "acme", key_id: "k1", request_id: "r", cost: 120, windows: &c.windows };
+    assert!(counters.settle(&settlement).await.unwrap());
+    assert!(!counters.settle(&settlement).await.unwrap(), "a repeated settlement is ignored");
+    let after = counters.peek(&c.as_call()).await.unwrap();
+    assert_eq!(
+        (after.quota_remaining, after.daily_remaining),
+        (Some(880), Some(380)),
+        "hold released, spend added once"
+    );
+    counters.adjust_balance("acme", 1_000).await.unwrap();
+    let floor = CounterLimits { account_floor: Some(0), ..Default::default() };
+    let balance = counters.peek(&Call { limits: floor, ..call(CounterLimits::default()) }.as_call()).await.unwrap();
+    assert_eq!(balance.account_remaining, Some(880), "the cost left the balance");
+}
+
+async fn budgets_start_over_in_a_new_window(counters: Arc<dyn Counters>) {
+    let limits = CounterLimits { daily: Some(100), monthly: Some(150), ..Default::default() };
+    let mut c = call(limits);
+    let day_end = c.windows.day_end as f64 / 1000.0;
+    c.now = day_end - 1.0;
+    c.windows = windows(c.now);
+    c.cost = 100;
+    assert!(counters.authorize(&c.as_call()).await.unwrap().allowed());
+    let settlement = Settlement { account_id: "acme", key_id: "k1", request_id: "r", cost: 100, windows: &c.windows };
+    counters.settle(&settlement).await.unwrap();
+    c.request_id = "r2".into();
+    assert_eq!(counters.authorize(&c.as_call()).await.unwrap().failures, [CounterCheck::DailyBudget]);
+    // A millisecond later it is another day: the daily budget is whole, the month is not.
+    c.now = day_end;
+    c.windows = windows(c.now);
+    let next_day = counters.authorize(&c.as_call()).await.unwrap();
+    assert!(next_day.allowed());
+    assert_eq!(next_day.daily_remaining, Some(100));
+    let same_month = c.windows.month == windows(day_end - 1.0).month;
+    assert_eq!(next_day.monthly_remaining, Some(if same_month { 50 } else { 150 }));
+}
+
+async fn peek_takes_nothing(counters: Arc<dyn Counters>) {
+    let limits = CounterLimits { quota: Some(100), rpm: Some(2), tpm: Some(100), ..Default::default() };
+    let mut c = call(limits);
+    c.cost = 60;
+    for _ in 0..5 {
+        let out = counters.peek(&c.as_call()).await.unwrap();
+        assert!(out.allowed());
+        assert_eq!(out.hold, 60);
+    }
+    let taken = counters.authorize(&c.as_call()).await.unwrap().after_hold();
+    assert_eq!((taken.quota_remaining, taken.rpm.unwrap().remaining), (Some(40), 1));
+}
+
+#[tokio::test]
+async fn memory_counters_start_empty() {
+    let counters = MemoryCounters::new();
+    let out = counters.peek(&call(CounterLimits { quota: Some(5), ..Default::default() }).as_call()).await.unwrap();
+    assert_eq!(out.quota_remaining, Some(5));
+}
