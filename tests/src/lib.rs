@@ -3,12 +3,15 @@
 //! database and Redis prefix), and hands out authenticated generated clients.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use tollgate::{DevConfig, KeysServeConfig, KeysSettings};
+use tollgate::{AuthzServeConfig, AuthzSettings, DevConfig, KeysServeConfig, KeysSettings, Secrets};
+use tollgate_core::clock::{Clock, ManualClock, SystemClock};
+use tollgate_proto::authz::v1 as pb_authz;
 use tollgate_proto::keys::v1 as pb;
 use tollgate_state::redis::RedisConfig;
 use tollgate_test_support::{TestDatabase, TestRedis};
@@ -53,116 +56,25 @@ enum Resources {
     Production(TestDatabase, TestRedis),
 }
 
-/// A running server and how to talk to it.
-pub struct Harness {
-    pub backend: Backend,
+/// One running server process (in this test process).
+pub struct Server {
     pub address: SocketAddr,
     pub channel: Channel,
-    pub admin_token: String,
-    pub key_pepper: String,
-    /// SQLite file (embedded) or Postgres URL (production) of the keys store.
-    pub database: String,
-    /// Redis URL and key prefix (production only).
-    pub redis: Option<(String, String)>,
     shutdown: CancellationToken,
     task: JoinHandle<anyhow::Result<()>>,
-    _resources: Resources,
 }
 
-/// Options a test may change from the defaults.
-#[derive(Debug, Clone, Default)]
-pub struct Options {
-    pub max_rpm: Option<i64>,
-    pub max_tpm: Option<i64>,
-    pub drain: Duration,
-    /// Production only: a Redis of the test's own instead of a prefix on the shared one.
-    pub redis_url: Option<String>,
-}
-
-fn settings(options: &Options) -> KeysSettings {
-    KeysSettings {
-        admin_token: format!("admin-{}", tollgate_core::ids::new_id()),
-        key_pepper: format!("pepper-{}-{}", tollgate_core::ids::new_id(), tollgate_core::ids::new_id()),
-        max_rpm: options.max_rpm,
-        max_tpm: options.max_tpm,
-        credits_per_usd: 500_000,
-        rotation_grace: Duration::from_secs(24 * 3600),
-    }
-}
-
-/// Logs of the server under test go to the test's output, filtered by `RUST_LOG`.
-fn init_logs() {
-    let _ = tracing_subscriber::fmt()
-        .with_test_writer()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
-        .try_init();
-}
-
-impl Harness {
-    /// A server on the embedded backend.
-    pub async fn embedded(options: Options) -> Harness {
-        init_logs();
-        let dir = tempfile::tempdir().expect("temp dir");
-        let keys = settings(&options);
-        let config = DevConfig { data_dir: dir.path().to_path_buf(), keys: keys.clone(), drain: options.drain };
-        let database = dir.path().join("keys.db").display().to_string();
+impl Server {
+    /// Starts `run` on an ephemeral port and waits until its health says SERVING.
+    async fn start<F, Fut>(run: F) -> Server
+    where
+        F: FnOnce(TcpListener, CancellationToken) -> Fut,
+        Fut: Future<Output = anyhow::Result<()>> + Send + 'static,
+    {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let address = listener.local_addr().expect("local addr");
         let shutdown = CancellationToken::new();
-        let task = tokio::spawn(tollgate::run_dev(listener, config, shutdown.clone()));
-        Self::ready(Backend::Embedded, address, keys, database, None, shutdown, task, Resources::Embedded(dir)).await
-    }
-
-    /// A server on Postgres and Redis, or `None` (skip) when they are not reachable.
-    pub async fn production(options: Options) -> Option<Harness> {
-        init_logs();
-        let db = TestDatabase::create().await?;
-        let redis = TestRedis::create().await?;
-        let keys = settings(&options);
-        let config = KeysServeConfig {
-            database_url: db.url.clone(),
-            db_max_connections: 8,
-            migrate_on_start: true,
-            redis: RedisConfig {
-                url: options.redis_url.clone().unwrap_or_else(|| redis.url.clone()),
-                prefix: redis.prefix.clone(),
-                op_timeout: Duration::from_secs(2),
-            },
-            keys: keys.clone(),
-            drain: options.drain,
-        };
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let address = listener.local_addr().expect("local addr");
-        let shutdown = CancellationToken::new();
-        let task = tokio::spawn(tollgate::run_keys(listener, config, shutdown.clone()));
-        let database = db.url.clone();
-        let redis_info = Some((options.redis_url.clone().unwrap_or_else(|| redis.url.clone()), redis.prefix.clone()));
-        Some(
-            Self::ready(
-                Backend::Production,
-                address,
-                keys,
-                database,
-                redis_info,
-                shutdown,
-                task,
-                Resources::Production(db, redis),
-            )
-            .await,
-        )
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    async fn ready(
-        backend: Backend,
-        address: SocketAddr,
-        keys: KeysSettings,
-        database: String,
-        redis: Option<(String, String)>,
-        shutdown: CancellationToken,
-        task: JoinHandle<anyhow::Result<()>>,
-        resources: Resources,
-    ) -> Harness {
+        let task = tokio::spawn(run(listener, shutdown.clone()));
         let channel = Channel::from_shared(format!("http://{address}")).expect("uri").connect_lazy();
         let mut health = tonic_health::pb::health_client::HealthClient::new(channel.clone());
         let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
@@ -178,18 +90,166 @@ impl Harness {
             assert!(tokio::time::Instant::now() < deadline, "the server did not become ready");
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        Harness {
-            backend,
-            address,
-            channel,
-            admin_token: keys.admin_token,
-            key_pepper: keys.key_pepper,
-            database,
-            redis,
-            shutdown,
-            task,
-            _resources: resources,
+        Server { address, channel, shutdown, task }
+    }
+
+    /// Shuts down and waits for the server to stop.
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        match tokio::time::timeout(Duration::from_secs(30), self.task).await {
+            Ok(Ok(Ok(()))) => {}
+            other => panic!("the server did not stop cleanly: {other:?}"),
         }
+    }
+}
+
+/// A running deployment and how to talk to it.
+pub struct Harness {
+    pub backend: Backend,
+    /// The keys service (embedded: every service).
+    pub server: Server,
+    /// Production: authz servers in front of the same Redis and keys service.
+    pub authz_servers: Vec<Server>,
+    /// The keys service's channel (embedded: every service's).
+    pub channel: Channel,
+    pub admin_token: String,
+    pub key_pepper: String,
+    /// SQLite file (embedded) or Postgres URL (production) of the keys store.
+    pub database: String,
+    /// Redis URL and key prefix (production only).
+    pub redis: Option<(String, String)>,
+    options: Options,
+    secrets: Secrets,
+    _resources: Resources,
+}
+
+/// Options a test may change from the defaults.
+#[derive(Clone, Default)]
+pub struct Options {
+    pub keys: KeysSettings,
+    pub authz: AuthzSettings,
+    pub drain: Duration,
+    /// Production only: a Redis of the test's own instead of a prefix on the shared one.
+    pub redis_url: Option<String>,
+    /// A clock the test moves; the system clock otherwise.
+    pub clock: Option<ManualClock>,
+}
+
+impl Options {
+    fn clock(&self) -> Arc<dyn Clock> {
+        match &self.clock {
+            Some(clock) => Arc::new(clock.clone()),
+            None => Arc::new(SystemClock),
+        }
+    }
+}
+
+fn secrets() -> Secrets {
+    Secrets {
+        admin_token: format!("admin-{}", tollgate_core::ids::new_id()),
+        key_pepper: format!("pepper-{}-{}", tollgate_core::ids::new_id(), tollgate_core::ids::new_id()),
+    }
+}
+
+/// Logs of the server under test go to the test's output, filtered by `RUST_LOG`.
+fn init_logs() {
+    let _ = tracing_subscriber::fmt()
+        .with_test_writer()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
+        .try_init();
+}
+
+impl Harness {
+    /// `tollgate dev` on an ephemeral port.
+    pub async fn embedded(options: Options) -> Harness {
+        init_logs();
+        let dir = tempfile::tempdir().expect("temp dir");
+        let secrets = secrets();
+        let config = DevConfig {
+            data_dir: dir.path().to_path_buf(),
+            secrets: secrets.clone(),
+            keys: options.keys.clone(),
+            authz: options.authz.clone(),
+            drain: options.drain,
+            clock: options.clock(),
+        };
+        let database = dir.path().join("keys.db").display().to_string();
+        let server = Server::start(|listener, shutdown| tollgate::run_dev(listener, config, shutdown)).await;
+        Harness {
+            backend: Backend::Embedded,
+            channel: server.channel.clone(),
+            server,
+            authz_servers: Vec::new(),
+            admin_token: secrets.admin_token.clone(),
+            key_pepper: secrets.key_pepper.clone(),
+            database,
+            redis: None,
+            options,
+            secrets,
+            _resources: Resources::Embedded(dir),
+        }
+    }
+
+    /// The keys service and one authz service on Postgres and Redis, or `None` (skip) when
+    /// they are not reachable.
+    pub async fn production(options: Options) -> Option<Harness> {
+        init_logs();
+        let db = TestDatabase::create().await?;
+        let redis = TestRedis::create().await?;
+        let secrets = secrets();
+        let redis_url = options.redis_url.clone().unwrap_or_else(|| redis.url.clone());
+        let config = KeysServeConfig {
+            database_url: db.url.clone(),
+            db_max_connections: 8,
+            migrate_on_start: true,
+            redis: RedisConfig {
+                url: redis_url.clone(),
+                prefix: redis.prefix.clone(),
+                op_timeout: Duration::from_secs(2),
+            },
+            secrets: secrets.clone(),
+            keys: options.keys.clone(),
+            drain: options.drain,
+        };
+        let server = Server::start(|listener, shutdown| tollgate::run_keys(listener, config, shutdown)).await;
+        let mut harness = Harness {
+            backend: Backend::Production,
+            channel: server.channel.clone(),
+            server,
+            authz_servers: Vec::new(),
+            admin_token: secrets.admin_token.clone(),
+            key_pepper: secrets.key_pepper.clone(),
+            database: db.url.clone(),
+            redis: Some((redis_url, redis.prefix.clone())),
+            options,
+            secrets,
+            _resources: Resources::Production(db, redis),
+        };
+        harness.start_authz_replica().await;
+        Some(harness)
+    }
+
+    /// Production only: starts another authz server on the same Redis and keys service and
+    /// returns its channel.
+    pub async fn start_authz_replica(&mut self) -> Channel {
+        let (url, prefix) = self.redis.clone().expect("authz replicas run on the production backend");
+        let config = AuthzServeConfig {
+            redis: RedisConfig { url, prefix, op_timeout: Duration::from_millis(200) },
+            keys_url: format!("http://{}", self.server.address),
+            secrets: self.secrets.clone(),
+            authz: self.options.authz.clone(),
+            drain: self.options.drain,
+            clock: self.options.clock(),
+        };
+        let server = Server::start(|listener, shutdown| tollgate::run_authz(listener, config, shutdown)).await;
+        let channel = server.channel.clone();
+        self.authz_servers.push(server);
+        channel
+    }
+
+    /// Where Authorize is served: the first authz server, or the dev server.
+    pub fn authz_channel(&self) -> Channel {
+        self.authz_servers.first().map_or_else(|| self.channel.clone(), |s| s.channel.clone())
     }
 
     fn bearer(&self) -> Bearer {
@@ -229,24 +289,30 @@ impl Harness {
         tollgate_core::KeyPepper::new(self.key_pepper.as_bytes().to_vec()).expect("pepper").hash(secret).0.to_vec()
     }
 
-    /// Starts the graceful shutdown.
-    pub fn begin_shutdown(&self) {
-        self.shutdown.cancel();
+    /// Authorize and ExplainAuthorize, with the admin token (ExplainAuthorize needs it).
+    pub fn authz(&self) -> pb_authz::authz_service_client::AuthzServiceClient<Authed> {
+        pb_authz::authz_service_client::AuthzServiceClient::with_interceptor(self.authz_channel(), self.bearer())
     }
 
-    /// Shuts down and waits for the server to stop.
-    pub async fn stop(self) {
-        self.shutdown.cancel();
-        let outcome = tokio::time::timeout(Duration::from_secs(30), self.task).await;
-        match outcome {
-            Ok(Ok(Ok(()))) => {}
-            other => panic!("the server did not stop cleanly: {other:?}"),
+    /// Starts the graceful shutdown of every server.
+    pub fn begin_shutdown(&self) {
+        self.server.shutdown.cancel();
+        for authz in &self.authz_servers {
+            authz.shutdown.cancel();
         }
     }
 
-    /// Whether the server task has ended.
+    /// Whether the keys (or dev) server has stopped.
     pub fn stopped(&self) -> bool {
-        self.task.is_finished()
+        self.server.task.is_finished()
+    }
+
+    /// Shuts every server down and waits for them to stop.
+    pub async fn stop(self) {
+        for authz in self.authz_servers {
+            authz.stop().await;
+        }
+        self.server.stop().await;
     }
 }
 

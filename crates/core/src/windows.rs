@@ -15,6 +15,8 @@ use crate::time::Micros;
 pub struct Windows {
     /// `YYYYMMDD`.
     pub day: String,
+    /// When the day starts, in microseconds.
+    pub day_start: Micros,
     /// When the day ends (exclusive), in microseconds.
     pub day_end: Micros,
     /// `YYYYMM`.
@@ -46,6 +48,11 @@ impl Calendar {
         Self { zone: TimeZone::UTC }
     }
 
+    /// Whether `windows` still contain `at` (so a cached value can be reused).
+    pub fn contains(windows: &Windows, at: Micros) -> bool {
+        (windows.day_start..windows.day_end).contains(&at)
+    }
+
     /// The windows containing `at`.
     pub fn windows(&self, at: Micros) -> Windows {
         let instant = Timestamp::from_microsecond(at).unwrap_or(Timestamp::UNIX_EPOCH);
@@ -59,6 +66,7 @@ impl Calendar {
         let next_month = first_of_month.checked_add(1.month()).unwrap_or(first_of_month);
         Windows {
             day: format!("{:04}{:02}{:02}", date.year(), date.month(), date.day()),
+            day_start: start_of(date),
             day_end: start_of(next_day),
             month: format!("{:04}{:02}", date.year(), date.month()),
             month_end: start_of(next_month),
@@ -79,6 +87,7 @@ mod tests {
         let w = Calendar::utc().windows(micros("2026-11-30T23:59:59.999999Z"));
         assert_eq!((w.day.as_str(), w.month.as_str()), ("20261130", "202611"));
         assert_eq!(w.day_end, micros("2026-12-01T00:00:00Z"));
+        assert_eq!(w.day_start, micros("2026-11-30T00:00:00Z"));
         assert_eq!(w.month_end, micros("2026-12-01T00:00:00Z"));
         let next = Calendar::utc().windows(w.day_end);
         assert_eq!((next.day.as_str(), next.month.as_str()), ("20261201", "202612"));

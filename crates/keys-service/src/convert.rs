@@ -1,41 +1,13 @@
 //! Domain → proto conversions, and proto time types ↔ microseconds.
 
-use prost_types::{Duration, Timestamp};
 use tollgate_core::limits::{Clamp, SystemCaps, effective};
 use tollgate_core::money::credits_to_usd;
 use tollgate_core::names;
 use tollgate_core::resources::{Account, Application, Group, Key, KeyStatus, Model};
-use tollgate_core::time::{MICROS_PER_SECOND, Micros};
+use tollgate_core::time::Micros;
 use tollgate_proto::keys::v1 as pb;
 
-/// A proto timestamp of a time in microseconds.
-pub fn timestamp(micros: Micros) -> Timestamp {
-    Timestamp {
-        seconds: micros.div_euclid(MICROS_PER_SECOND),
-        nanos: (micros.rem_euclid(MICROS_PER_SECOND) * 1000) as i32,
-    }
-}
-
-/// Microseconds of a proto timestamp; `None` when it is out of the representable range or its
-/// nanos are not normalised.
-pub fn timestamp_micros(ts: &Timestamp) -> Option<Micros> {
-    if !(0..1_000_000_000).contains(&ts.nanos) {
-        return None;
-    }
-    // Timestamps are defined for years 1 to 9999.
-    if !(-62_135_596_800..=253_402_300_799).contains(&ts.seconds) {
-        return None;
-    }
-    Some(ts.seconds * MICROS_PER_SECOND + i64::from(ts.nanos) / 1000)
-}
-
-/// Microseconds of a proto duration; `None` when its parts disagree in sign or overflow.
-pub fn duration_micros(d: &Duration) -> Option<Micros> {
-    if d.nanos.abs() >= 1_000_000_000 || (d.seconds > 0 && d.nanos < 0) || (d.seconds < 0 && d.nanos > 0) {
-        return None;
-    }
-    d.seconds.checked_mul(MICROS_PER_SECOND)?.checked_add(i64::from(d.nanos) / 1000)
-}
+pub use tollgate_proto::time::{duration_micros, timestamp, timestamp_micros};
 
 /// A proto status of a domain status.
 pub fn status(status: KeyStatus) -> pb::KeyStatus {
@@ -131,26 +103,4 @@ pub fn clamps(clamps: &[Clamp]) -> Vec<pb::LimitClamp> {
         .iter()
         .map(|c| pb::LimitClamp { field: c.field.to_owned(), requested: c.requested, applied: c.applied })
         .collect()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn timestamps_round_trip_including_before_the_epoch() {
-        for micros in [0, 1, -1, 1_700_000_000_123_456, -86_400_000_001] {
-            assert_eq!(timestamp_micros(&timestamp(micros)), Some(micros));
-        }
-        assert_eq!(timestamp_micros(&Timestamp { seconds: 0, nanos: -1 }), None);
-        assert_eq!(timestamp_micros(&Timestamp { seconds: i64::MAX, nanos: 0 }), None);
-    }
-
-    #[test]
-    fn durations() {
-        assert_eq!(duration_micros(&Duration { seconds: 2, nanos: 500_000_000 }), Some(2_500_000));
-        assert_eq!(duration_micros(&Duration { seconds: -1, nanos: 0 }), Some(-1_000_000));
-        assert_eq!(duration_micros(&Duration { seconds: 1, nanos: -1 }), None);
-        assert_eq!(duration_micros(&Duration { seconds: i64::MAX, nanos: 0 }), None);
-    }
 }

@@ -37,6 +37,7 @@ const CAPS_SETTING: &str = "system_caps";
 
 /// The keys service, ready to be served.
 pub struct KeysServer {
+    service: Arc<KeysService>,
     grpc: KeysGrpc,
     sync: Arc<StateSync>,
 }
@@ -59,7 +60,12 @@ impl KeysServer {
         let sync = Arc::new(StateSync::new(store.clone(), cache, bus, config.caps));
         sync.flush_after_commit().await;
         let service = Arc::new(KeysService::new(store, sync.clone(), config));
-        Ok(Self { grpc: KeysGrpc::new(service), sync })
+        Ok(Self { grpc: KeysGrpc::new(service.clone()), service, sync })
+    }
+
+    /// The service logic, for in-process callers (authz in `tollgate dev`).
+    pub fn service(&self) -> Arc<KeysService> {
+        self.service.clone()
     }
 
     /// Adds every keys.v1 service to a router, each behind `auth`.

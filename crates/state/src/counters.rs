@@ -118,7 +118,8 @@ mod tests {
 
     #[test]
     fn every_key_of_a_call_shares_the_account_hash_tag() {
-        let windows = Windows { day: "20261122".into(), day_end: 0, month: "202611".into(), month_end: 0 };
+        let windows =
+            Windows { day: "20261122".into(), day_start: 0, day_end: 0, month: "202611".into(), month_end: 0 };
         for key in CounterKeys::new("tg").for_call("acme", "k1", &windows) {
             assert!(key.starts_with("tg:{acme}:"), "{key}");
         }

@@ -45,6 +45,8 @@ pub struct DevArgs {
     pub secrets: SecretArgs,
     #[command(flatten)]
     pub keys: KeysArgs,
+    #[command(flatten)]
+    pub authz: AuthzArgs,
 }
 
 #[derive(Debug, Args)]
@@ -55,9 +57,9 @@ pub struct ServeArgs {
     /// Address to listen on.
     #[arg(long, env = "TOLLGATE_LISTEN", default_value = "0.0.0.0:50051")]
     pub listen: SocketAddr,
-    /// Postgres URL, e.g. postgres://tollgate@db:5432/tollgate.
+    /// Postgres URL, e.g. postgres://tollgate@db:5432/tollgate (keys).
     #[arg(long, env = "TOLLGATE_DATABASE_URL")]
-    pub database_url: String,
+    pub database_url: Option<String>,
     /// Most Postgres connections this process opens.
     #[arg(long, env = "TOLLGATE_DB_MAX_CONNECTIONS", default_value_t = 16)]
     pub db_max_connections: u32,
@@ -70,9 +72,13 @@ pub struct ServeArgs {
     /// Prefix of every Redis key and channel.
     #[arg(long, env = "TOLLGATE_REDIS_PREFIX", default_value = "tollgate")]
     pub redis_prefix: String,
-    /// Upper bound of each Redis call.
-    #[arg(long, env = "TOLLGATE_REDIS_TIMEOUT", default_value = "1s", value_parser = humantime::parse_duration)]
-    pub redis_timeout: Duration,
+    /// Upper bound of each Redis call [default: 1s for keys, 50ms for authz, well below a
+    /// gateway's authorization timeout].
+    #[arg(long, env = "TOLLGATE_REDIS_TIMEOUT", value_parser = humantime::parse_duration)]
+    pub redis_timeout: Option<Duration>,
+    /// The keys service, for authz's cache misses, e.g. http://tollgate-keys:50051 (authz).
+    #[arg(long, env = "TOLLGATE_KEYS_URL")]
+    pub keys_url: Option<String>,
     /// How long health reports NOT_SERVING before the server stops on SIGTERM.
     #[arg(long, env = "TOLLGATE_SHUTDOWN_DRAIN", default_value = "5s", value_parser = humantime::parse_duration)]
     pub shutdown_drain: Duration,
@@ -80,13 +86,17 @@ pub struct ServeArgs {
     pub secrets: SecretArgs,
     #[command(flatten)]
     pub keys: KeysArgs,
+    #[command(flatten)]
+    pub authz: AuthzArgs,
 }
 
 /// The services `tollgate serve` can run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum ServiceKind {
-    /// Accounts, applications, groups, models, keys, audit log.
+    /// Accounts, applications, groups, models, keys, audit log (Postgres + Redis).
     Keys,
+    /// Authorize, the hot path (Redis; the keys service for cache misses; no database).
+    Authz,
 }
 
 #[derive(Debug, Args)]
@@ -126,4 +136,32 @@ pub struct KeysArgs {
     /// How long a rotated-out secret keeps working when RotateKey gives no grace period.
     #[arg(long, env = "TOLLGATE_ROTATION_GRACE", default_value = "24h", value_parser = humantime::parse_duration)]
     pub rotation_grace: Duration,
+}
+
+#[derive(Debug, Args)]
+pub struct AuthzArgs {
+    /// Bearer token the gateway must send with Authorize; unset leaves Authorize open to
+    /// whoever can reach it.
+    #[arg(long, env = "TOLLGATE_GATEWAY_TOKEN", hide_env_values = true)]
+    pub gateway_token: Option<String>,
+    /// IANA time zone of daily and monthly budgets (the same for authz and metering).
+    #[arg(long, env = "TOLLGATE_TIME_ZONE", default_value = "UTC")]
+    pub time_zone: String,
+    /// How long Authorize holds an estimated cost when no usage report settles it.
+    #[arg(long, env = "TOLLGATE_HOLD_TTL", default_value = "10m", value_parser = humantime::parse_duration)]
+    pub hold_ttl: Duration,
+    /// How long a key's state is cached in process; invalidations drop it at once, this
+    /// bounds staleness if one is lost.
+    #[arg(long, env = "TOLLGATE_KEY_CACHE_TTL", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub key_cache_ttl: Duration,
+    /// How long an unknown key is remembered as unknown.
+    #[arg(long, env = "TOLLGATE_UNKNOWN_KEY_CACHE_TTL", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub unknown_key_cache_ttl: Duration,
+    /// Most secrets cached in process.
+    #[arg(long, env = "TOLLGATE_KEY_CACHE_CAPACITY", default_value_t = 1_000_000)]
+    pub key_cache_capacity: u64,
+    /// What counter checks do when Redis is unreachable: `open` (allow), `closed`
+    /// (UNAVAILABLE), or per kind, `rate=open,money=closed`.
+    #[arg(long, env = "TOLLGATE_AUTHZ_ON_REDIS_ERROR", default_value = "rate=open,money=closed")]
+    pub on_redis_error: tollgate_authz_service::RedisErrorPolicy,
 }

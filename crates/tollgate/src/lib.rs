@@ -1,10 +1,11 @@
 //! The `tollgate` binary's library: assembling services over their adapters and serving
-//! them. `main.rs` parses flags and calls [`run_dev`], [`run_keys`] or [`migrate`]; tests
-//! call the same functions on an ephemeral port.
+//! them. `main.rs` parses flags and calls [`run_dev`], [`run_keys`], [`run_authz`] or
+//! [`migrate`]; tests call the same functions on an ephemeral port.
 
-pub mod auth;
+mod authz;
 pub mod cli;
 pub mod dev;
+mod keys;
 pub mod server;
 pub mod telemetry;
 
@@ -14,38 +15,38 @@ use std::time::Duration;
 use anyhow::Context;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tollgate_core::KeyPepper;
-use tollgate_core::limits::SystemCaps;
-use tollgate_keys_service::{KeysConfig, KeysServer};
+use tollgate_core::clock::Clock;
+use tollgate_state::memory::MemoryState;
+use tollgate_state::memory_counters::MemoryCounters;
 use tollgate_state::redis::{RedisConfig, RedisState};
-use tollgate_state::{InvalidationBus, KeyStateCache};
-use tollgate_store::keys::{KeysStore, SqlKeysStore};
+use tollgate_state::redis_counters::RedisCounters;
+use tollgate_store::keys::SqlKeysStore;
 use tollgate_store::{Database, DatabaseConfig};
 use tonic::service::RoutesBuilder;
 
-use crate::auth::AdminAuth;
+pub use authz::AuthzSettings;
+pub use keys::KeysSettings;
+
 use crate::server::Services;
 
-/// Settings of the keys service shared by every way of running it.
+/// The secrets every service shares.
 #[derive(Debug, Clone)]
-pub struct KeysSettings {
+pub struct Secrets {
+    /// Bearer token of management RPCs (and of authz's calls to the keys service).
     pub admin_token: String,
+    /// Keys every stored secret hash; identical on every keys and authz replica.
     pub key_pepper: String,
-    pub max_rpm: Option<i64>,
-    pub max_tpm: Option<i64>,
-    pub credits_per_usd: i64,
-    pub rotation_grace: Duration,
 }
 
-impl KeysSettings {
-    fn keys_config(&self) -> anyhow::Result<KeysConfig> {
-        Ok(KeysConfig {
-            pepper: KeyPepper::new(self.key_pepper.as_bytes().to_vec()).context("TOLLGATE_KEY_PEPPER")?,
-            caps: SystemCaps { max_rpm: self.max_rpm, max_tpm: self.max_tpm },
-            credits_per_usd: self.credits_per_usd,
-            default_rotation_grace: tollgate_core::time::duration_micros(self.rotation_grace),
-        })
-    }
+/// `tollgate dev`: every service, one port, SQLite and in-process state.
+#[derive(Debug, Clone)]
+pub struct DevConfig {
+    pub data_dir: std::path::PathBuf,
+    pub secrets: Secrets,
+    pub keys: KeysSettings,
+    pub authz: AuthzSettings,
+    pub drain: Duration,
+    pub clock: Arc<dyn Clock>,
 }
 
 /// `tollgate serve keys`: Postgres and Redis.
@@ -55,34 +56,21 @@ pub struct KeysServeConfig {
     pub db_max_connections: u32,
     pub migrate_on_start: bool,
     pub redis: RedisConfig,
+    pub secrets: Secrets,
     pub keys: KeysSettings,
     pub drain: Duration,
 }
 
-/// `tollgate dev`: every service, one port, SQLite and in-process state.
+/// `tollgate serve authz`: Redis, and the keys service for cache misses. No database.
 #[derive(Debug, Clone)]
-pub struct DevConfig {
-    pub data_dir: std::path::PathBuf,
-    pub keys: KeysSettings,
+pub struct AuthzServeConfig {
+    pub redis: RedisConfig,
+    /// The keys service, `http://keys:50051`.
+    pub keys_url: String,
+    pub secrets: Secrets,
+    pub authz: AuthzSettings,
     pub drain: Duration,
-}
-
-/// Builds the keys service over its adapters and adds it to `routes`.
-async fn add_keys(
-    routes: &mut RoutesBuilder,
-    names: &mut Vec<&'static str>,
-    store: Arc<dyn KeysStore>,
-    cache: Arc<dyn KeyStateCache>,
-    bus: Arc<dyn InvalidationBus>,
-    settings: &KeysSettings,
-    shutdown: &CancellationToken,
-) -> anyhow::Result<()> {
-    let keys =
-        KeysServer::new(store, cache, bus, settings.keys_config()?).await.context("starting the keys service")?;
-    keys.add_services(routes, AdminAuth::new(&settings.admin_token));
-    names.extend(KeysServer::service_names());
-    keys.spawn_background(shutdown.child_token());
-    Ok(())
+    pub clock: Arc<dyn Clock>,
 }
 
 /// Runs `tollgate dev` on `listener` until `shutdown` is cancelled.
@@ -92,12 +80,34 @@ pub async fn run_dev(listener: TcpListener, config: DevConfig, shutdown: Cancell
     let url = format!("sqlite://{}", config.data_dir.join("keys.db").display());
     let store = SqlKeysStore::new(Database::connect(&DatabaseConfig::new(url, "keys")).await?);
     store.migrate().await.context("migrating the keys database")?;
-    let state = Arc::new(tollgate_state::memory::MemoryState::new());
+    let state = Arc::new(MemoryState::new());
 
-    let mut routes = RoutesBuilder::default();
-    let mut names = Vec::new();
-    add_keys(&mut routes, &mut names, Arc::new(store), state.clone(), state, &config.keys, &shutdown).await?;
-    server::serve(listener, Services { routes, names }, config.drain, shutdown).await
+    let mut services = Services { routes: RoutesBuilder::default(), names: Vec::new() };
+    let keys = keys::add(
+        &mut services,
+        Arc::new(store),
+        state.clone(),
+        state.clone(),
+        &config.secrets,
+        &config.keys,
+        &shutdown,
+    )
+    .await?;
+    let source = Arc::new(authz::InProcessKeys(keys.service()));
+    let counters = Arc::new(MemoryCounters::new());
+    authz::add(
+        &mut services,
+        state.clone(),
+        state,
+        counters,
+        source,
+        &config.secrets,
+        &config.authz,
+        config.clock,
+        &shutdown,
+    )
+    .await?;
+    server::serve(listener, services, config.drain, shutdown).await
 }
 
 /// Runs `tollgate serve keys` on `listener` until `shutdown` is cancelled.
@@ -114,10 +124,41 @@ pub async fn run_keys(
     }
     let redis = Arc::new(RedisState::connect(&config.redis).await.context("connecting to Redis")?);
 
-    let mut routes = RoutesBuilder::default();
-    let mut names = Vec::new();
-    add_keys(&mut routes, &mut names, Arc::new(store), redis.clone(), redis, &config.keys, &shutdown).await?;
-    server::serve(listener, Services { routes, names }, config.drain, shutdown).await
+    let mut services = Services { routes: RoutesBuilder::default(), names: Vec::new() };
+    keys::add(&mut services, Arc::new(store), redis.clone(), redis, &config.secrets, &config.keys, &shutdown).await?;
+    server::serve(listener, services, config.drain, shutdown).await
+}
+
+/// Runs `tollgate serve authz` on `listener` until `shutdown` is cancelled.
+pub async fn run_authz(
+    listener: TcpListener,
+    config: AuthzServeConfig,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let redis = Arc::new(RedisState::connect(&config.redis).await.context("connecting to Redis")?);
+    let counters = Arc::new(RedisCounters::new(&redis, config.redis.op_timeout));
+    let source = Arc::new(
+        tollgate_authz_service::source::GrpcKeyStateSource::new(
+            &config.keys_url,
+            &config.secrets.admin_token,
+            Duration::from_secs(2),
+        )
+        .context("TOLLGATE_KEYS_URL")?,
+    );
+    let mut services = Services { routes: RoutesBuilder::default(), names: Vec::new() };
+    authz::add(
+        &mut services,
+        redis.clone(),
+        redis,
+        counters,
+        source,
+        &config.secrets,
+        &config.authz,
+        config.clock,
+        &shutdown,
+    )
+    .await?;
+    server::serve(listener, services, config.drain, shutdown).await
 }
 
 /// Applies every service's migrations to the database.

@@ -494,7 +494,8 @@ mod capped {
     }
 
     fn options() -> tollgate_tests::Options {
-        tollgate_tests::Options { max_rpm: Some(100), max_tpm: Some(1000), ..Default::default() }
+        let keys = tollgate::KeysSettings { max_rpm: Some(100), max_tpm: Some(1000), ..Default::default() };
+        tollgate_tests::Options { keys, ..Default::default() }
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

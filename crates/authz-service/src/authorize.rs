@@ -1,0 +1,342 @@
+//! Authorize and ExplainAuthorize: parse the key, resolve its state, run the static checks,
+//! then one counter step, and say what is left.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use tollgate_core::clock::Clock;
+use tollgate_core::counters::{CounterCheck, CounterOutcome, CounterRequest, RateOutcome};
+use tollgate_core::money::cost_credits;
+use tollgate_core::windows::{Calendar, Windows};
+use tollgate_core::{Capability, KeyPepper, key_format};
+use tollgate_proto::authz::v1 as pb;
+use tollgate_proto::time::{duration, timestamp};
+use tollgate_state::counters::{CounterCall, Counters};
+
+use crate::catalog::{Catalog, Price};
+use crate::compiled::CompiledKey;
+use crate::error::AuthzError;
+use crate::failure::RedisErrorPolicy;
+use crate::policy::{self, Call, STATIC_RULES};
+use crate::resolver::{KeyResolver, Lookup};
+
+/// A checked Authorize request.
+#[derive(Debug, Clone)]
+pub struct AuthorizeInput {
+    pub api_key: String,
+    pub model: String,
+    pub capability: Capability,
+    pub client_ip: Option<IpAddr>,
+    pub estimated_tokens: i64,
+    pub request_id: String,
+}
+
+/// Decides on calls.
+pub struct Authorizer {
+    pub(crate) resolver: KeyResolver,
+    pub(crate) catalog: ArcSwap<Option<Catalog>>,
+    counters: Arc<dyn Counters>,
+    pepper: KeyPepper,
+    clock: Arc<dyn Clock>,
+    calendar: Calendar,
+    windows: ArcSwap<Windows>,
+    hold_ttl_ms: i64,
+    on_redis_error: RedisErrorPolicy,
+}
+
+/// The settings an [`Authorizer`] needs besides its adapters.
+#[derive(Debug, Clone)]
+pub struct AuthorizerSettings {
+    pub pepper: KeyPepper,
+    pub clock: Arc<dyn Clock>,
+    pub calendar: Calendar,
+    pub hold_ttl_ms: i64,
+    pub on_redis_error: RedisErrorPolicy,
+}
+
+fn deny(reason: pb::DenyReason, message: &str) -> pb::AuthorizeResponse {
+    pb::AuthorizeResponse {
+        decision: pb::Decision::Deny as i32,
+        reason: reason as i32,
+        message: message.to_owned(),
+        ..Default::default()
+    }
+}
+
+fn counter_reason(check: CounterCheck) -> pb::DenyReason {
+    match check {
+        CounterCheck::Quota => pb::DenyReason::QuotaExhausted,
+        CounterCheck::AccountBalance => pb::DenyReason::AccountBalanceExhausted,
+        CounterCheck::DailyBudget => pb::DenyReason::DailyBudgetExhausted,
+        CounterCheck::MonthlyBudget => pb::DenyReason::MonthlyBudgetExhausted,
+        CounterCheck::Rpm => pb::DenyReason::RpmLimited,
+        CounterCheck::Tpm => pb::DenyReason::TpmLimited,
+    }
+}
+
+fn counter_message(check: CounterCheck, outcome: &CounterOutcome) -> &'static str {
+    match check {
+        CounterCheck::Quota => "the key's credit quota is used up",
+        CounterCheck::AccountBalance => "the account's balance is used up",
+        CounterCheck::DailyBudget => "the key's budget for today is used up",
+        CounterCheck::MonthlyBudget => "the key's budget for this month is used up",
+        CounterCheck::Rpm => "the key's requests per minute are used up",
+        CounterCheck::Tpm if outcome.tpm.as_ref().is_some_and(|t| t.retry_after_ms.is_none()) => {
+            "the call's estimated tokens exceed the key's tokens per minute"
+        }
+        CounterCheck::Tpm => "the key's tokens per minute are used up",
+    }
+}
+
+fn rate_status(rate: &RateOutcome) -> pb::RateLimitStatus {
+    pb::RateLimitStatus {
+        limit: rate.limit,
+        remaining: rate.remaining,
+        reset_time: Some(timestamp((rate.reset_at_ms * 1000.0) as i64)),
+    }
+}
+
+/// The smallest money remainder, i.e. the credits this call may spend.
+fn spendable(outcome: &CounterOutcome) -> Option<i64> {
+    [outcome.quota_remaining, outcome.account_remaining, outcome.daily_remaining, outcome.monthly_remaining]
+        .into_iter()
+        .flatten()
+        .min()
+}
+
+/// The largest `max_tokens` that `credits` pay for at this model's dearest price.
+fn affordable_tokens(credits: i64, price: &Price, multiplier_micros: i64) -> Option<i64> {
+    let per_token = i128::from(price.estimate_per_mtok()) * i128::from(multiplier_micros);
+    if per_token <= 0 {
+        return None;
+    }
+    let tokens = i128::from(credits.max(0)) * 1_000_000_000_000 / per_token;
+    Some(i64::try_from(tokens).unwrap_or(i64::MAX))
+}
+
+/// What is left, as a response reports it. `outcome` holds the remainders before the hold.
+fn headroom(outcome: &CounterOutcome, price: Option<&Price>, multiplier_micros: i64) -> pb::Headroom {
+    let max_tokens = spendable(outcome).zip(price).and_then(|(c, p)| affordable_tokens(c, p, multiplier_micros));
+    let after = outcome.clone().after_hold();
+    pb::Headroom {
+        rpm: after.rpm.as_ref().map(rate_status),
+        tpm: after.tpm.as_ref().map(rate_status),
+        quota_remaining: after.quota_remaining,
+        daily_budget_remaining: after.daily_remaining,
+        monthly_budget_remaining: after.monthly_remaining,
+        account_remaining: after.account_remaining,
+        max_tokens,
+    }
+}
+
+impl Authorizer {
+    pub fn new(resolver: KeyResolver, counters: Arc<dyn Counters>, settings: AuthorizerSettings) -> Self {
+        let now = settings.clock.now_micros();
+        Self {
+            resolver,
+            catalog: ArcSwap::from_pointee(None),
+            counters,
+            windows: ArcSwap::from_pointee(settings.calendar.windows(now)),
+            pepper: settings.pepper,
+            clock: settings.clock,
+            calendar: settings.calendar,
+            hold_ttl_ms: settings.hold_ttl_ms,
+            on_redis_error: settings.on_redis_error,
+        }
+    }
+
+    /// The day and month of `now`, recomputed only when a day boundary passes.
+    fn windows(&self, now: i64) -> Arc<Windows> {
+        let current = self.windows.load_full();
+        if Calendar::contains(&current, now) {
+            return current;
+        }
+        let fresh = Arc::new(self.calendar.windows(now));
+        self.windows.store(fresh.clone());
+        fresh
+    }
+
+    /// Resolves the key, or the response that ends the call before any counter.
+    async fn key_of(&self, api_key: &str) -> Result<Result<Arc<CompiledKey>, pb::AuthorizeResponse>, AuthzError> {
+        if let Err(malformed) = key_format::validate(api_key) {
+            let message = match malformed {
+                key_format::MalformedKey::WrongPrefix => "the key does not start with sk-",
+                key_format::MalformedKey::WrongLength => "the key has the wrong length",
+                key_format::MalformedKey::BadCharacter => "the key holds a character outside base62",
+                key_format::MalformedKey::BadChecksum => "the key's checksum does not match (a typo?)",
+            };
+            return Ok(Err(deny(pb::DenyReason::KeyMalformed, message)));
+        }
+        let hash = self.pepper.hash(api_key);
+        match self.resolver.resolve(hash).await.map_err(|e| AuthzError::Unavailable(e.to_string()))? {
+            Lookup::Found(key) => Ok(Ok(key)),
+            Lookup::Unknown => Ok(Err(deny(pb::DenyReason::KeyNotFound, "no such key"))),
+        }
+    }
+
+    fn catalog(&self) -> Result<arc_swap::Guard<Arc<Option<Catalog>>>, AuthzError> {
+        let catalog = self.catalog.load();
+        if catalog.is_none() {
+            return Err(AuthzError::Unavailable("the model catalog is not loaded yet".into()));
+        }
+        Ok(catalog)
+    }
+
+    fn counter_call<'a>(
+        &self,
+        key: &'a CompiledKey,
+        input: &'a AuthorizeInput,
+        price: Option<&Price>,
+        now: i64,
+        windows: &'a Windows,
+    ) -> CounterCall<'a> {
+        let cost =
+            price.map_or(0, |p| cost_credits(input.estimated_tokens, p.estimate_per_mtok(), key.multiplier_micros));
+        CounterCall {
+            account_id: &key.account_id,
+            key_id: &key.key_id,
+            request_id: &input.request_id,
+            request: CounterRequest {
+                limits: key.limits.clone(),
+                now_ms: now as f64 / 1000.0,
+                tokens: input.estimated_tokens,
+                cost,
+            },
+            windows,
+            hold_ttl_ms: self.hold_ttl_ms,
+        }
+    }
+
+    /// Decides on one call, taking its counters if it is allowed.
+    pub async fn authorize(&self, input: &AuthorizeInput) -> Result<pb::AuthorizeResponse, AuthzError> {
+        let key = match self.key_of(&input.api_key).await? {
+            Ok(key) => key,
+            Err(denied) => return Ok(denied),
+        };
+        let guard = self.catalog()?;
+        let catalog = guard.as_ref().as_ref().expect("checked by catalog()");
+        let now = self.clock.now_micros();
+        let call = Call { model: &input.model, capability: input.capability, client_ip: input.client_ip, now };
+        if let Some((reason, message)) = policy::first_failure(&key, &call, catalog) {
+            return Ok(pb::AuthorizeResponse { identity: Some(key.identity.clone()), ..deny(reason, message) });
+        }
+        let allowed = |headroom: Option<pb::Headroom>, held: i64| pb::AuthorizeResponse {
+            decision: pb::Decision::Allow as i32,
+            reason: pb::DenyReason::Unspecified as i32,
+            message: "allowed".to_owned(),
+            identity: Some(key.identity.clone()),
+            headroom,
+            retry_after: None,
+            held_credits: held,
+        };
+        if key.limits.is_empty() {
+            // Nothing to count: no Redis round trip at all.
+            return Ok(allowed(None, 0));
+        }
+        let price = catalog.price(&input.model);
+        let windows = self.windows(now);
+        let counter_call = self.counter_call(&key, input, price, now, &windows);
+        let outcome = match self.counters.authorize(&counter_call).await {
+            Ok(outcome) => outcome,
+            Err(error) => {
+                let limits = &key.limits;
+                if self.on_redis_error.fails_closed(limits.has_money(), limits.rpm.is_some() || limits.tpm.is_some()) {
+                    return Err(AuthzError::Unavailable(format!("counters unavailable: {error}")));
+                }
+                tracing::warn!(%error, "counters unavailable; allowing as TOLLGATE_AUTHZ_ON_REDIS_ERROR says");
+                return Ok(allowed(None, 0));
+            }
+        };
+        let headroom = headroom(&outcome, price, key.multiplier_micros);
+        match outcome.first_failure() {
+            None => Ok(allowed(Some(headroom), outcome.hold)),
+            Some(check) => {
+                let retry_after = match check {
+                    CounterCheck::Rpm => outcome.rpm.as_ref().and_then(|r| r.retry_after_ms),
+                    CounterCheck::Tpm => outcome.tpm.as_ref().and_then(|t| t.retry_after_ms),
+                    _ => None,
+                };
+                Ok(pb::AuthorizeResponse {
+                    identity: Some(key.identity.clone()),
+                    headroom: Some(headroom),
+                    retry_after: retry_after.map(|ms| duration((ms * 1000.0) as i64)),
+                    ..deny(counter_reason(check), counter_message(check, &outcome))
+                })
+            }
+        }
+    }
+
+    /// Evaluates every rule for a call without taking anything.
+    pub async fn explain(&self, input: &AuthorizeInput) -> Result<pb::ExplainAuthorizeResponse, AuthzError> {
+        let rule =
+            |rule: pb::DenyReason, passed: bool, message: String| pb::RuleResult { rule: rule as i32, passed, message };
+        let key = match self.key_of(&input.api_key).await? {
+            Ok(key) => key,
+            Err(denied) => {
+                let mut rules = Vec::new();
+                if denied.reason == pb::DenyReason::KeyNotFound as i32 {
+                    rules.push(rule(pb::DenyReason::KeyMalformed, true, "the key is well-formed".into()));
+                }
+                rules.push(rule(denied.reason(), false, denied.message.clone()));
+                return Ok(pb::ExplainAuthorizeResponse {
+                    decision: pb::Decision::Deny as i32,
+                    reason: denied.reason,
+                    rules,
+                    ..Default::default()
+                });
+            }
+        };
+        let guard = self.catalog()?;
+        let catalog = guard.as_ref().as_ref().expect("checked by catalog()");
+        let now = self.clock.now_micros();
+        let call = Call { model: &input.model, capability: input.capability, client_ip: input.client_ip, now };
+        let mut rules = vec![
+            rule(pb::DenyReason::KeyMalformed, true, "the key is well-formed".into()),
+            rule(pb::DenyReason::KeyNotFound, true, "the key exists".into()),
+        ];
+        for static_rule in STATIC_RULES {
+            let (passed, message) = policy::evaluate(static_rule, &key, &call, catalog);
+            rules.push(rule(static_rule, passed, message.into()));
+        }
+        let price = catalog.price(&input.model);
+        let windows = self.windows(now);
+        let outcome = self
+            .counters
+            .peek(&self.counter_call(&key, input, price, now, &windows))
+            .await
+            .map_err(|e| AuthzError::Unavailable(format!("counters unavailable: {e}")))?;
+        let money = |remaining: Option<i64>, what: &str| match remaining {
+            None => format!("no {what}"),
+            Some(r) if r > 0 => format!("{r} credits left of the {what}"),
+            Some(_) => format!("the {what} is used up"),
+        };
+        let rate = |status: Option<&RateOutcome>, what: &str| match status {
+            None => format!("no {what} limit"),
+            Some(r) if r.passed => format!("{} of {} {what} left after this call", r.remaining, r.limit),
+            Some(r) => match r.retry_after_ms {
+                Some(ms) => format!("{what} used up; retry in {:.1} s", ms / 1000.0),
+                None => format!("the call needs more than the {what} limit of {}", r.limit),
+            },
+        };
+        for check in CounterCheck::ALL {
+            let message = match check {
+                CounterCheck::Quota => money(outcome.quota_remaining, "quota"),
+                CounterCheck::AccountBalance => money(outcome.account_remaining, "account balance"),
+                CounterCheck::DailyBudget => money(outcome.daily_remaining, "daily budget"),
+                CounterCheck::MonthlyBudget => money(outcome.monthly_remaining, "monthly budget"),
+                CounterCheck::Rpm => rate(outcome.rpm.as_ref(), "requests per minute"),
+                CounterCheck::Tpm => rate(outcome.tpm.as_ref(), "tokens per minute"),
+            };
+            rules.push(rule(counter_reason(check), !outcome.failures.contains(&check), message));
+        }
+        let first_failure = rules.iter().find(|r| !r.passed).map(|r| r.rule);
+        Ok(pb::ExplainAuthorizeResponse {
+            decision: if first_failure.is_some() { pb::Decision::Deny } else { pb::Decision::Allow } as i32,
+            reason: first_failure.unwrap_or(pb::DenyReason::Unspecified as i32),
+            rules,
+            identity: Some(key.identity.clone()),
+            headroom: Some(headroom(&outcome, price, key.multiplier_micros)),
+        })
+    }
+}

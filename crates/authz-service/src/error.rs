@@ -1,0 +1,41 @@
+//! The authz service's errors. A denial is not an error: these are malformed requests and
+//! outages only.
+
+use std::collections::HashMap;
+
+use tollgate_core::Violations;
+use tonic::{Code, Status};
+use tonic_types::{ErrorDetails, StatusExt};
+
+/// Domain of every `ErrorInfo` this service sends.
+pub const ERROR_DOMAIN: &str = "authz.tollgate";
+
+/// Why Authorize could not decide.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthzError {
+    #[error("invalid argument: {0}")]
+    InvalidArgument(Violations),
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+impl From<AuthzError> for Status {
+    fn from(error: AuthzError) -> Self {
+        let mut details = ErrorDetails::new();
+        let code = match &error {
+            AuthzError::InvalidArgument(violations) => {
+                details.set_error_info("INVALID_FIELD", ERROR_DOMAIN, HashMap::new());
+                for v in violations.items() {
+                    details.add_bad_request_violation(v.field.clone(), v.description.clone());
+                }
+                Code::InvalidArgument
+            }
+            AuthzError::Unavailable(cause) => {
+                tracing::warn!(%cause, "authorize unavailable");
+                details.set_error_info("DEPENDENCY_UNAVAILABLE", ERROR_DOMAIN, HashMap::new());
+                Code::Unavailable
+            }
+        };
+        Status::with_error_details(code, error.to_string(), details)
+    }
+}

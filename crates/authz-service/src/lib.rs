@@ -1,0 +1,148 @@
+//! Tollgate's authz service: `Authorize` on every model call.
+//!
+//! A call crosses, in order: [`grpc`] (authentication, request checks), [`authorize`] (key
+//! format, then [`resolver`] for the key's state: in-process cache → Redis → keys service),
+//! [`policy`] (disabled, expired, IP, capability, model), then one atomic counter step
+//! (`tollgate_state::counters`) for quota, balance, budgets, RPM and TPM. It never touches
+//! Postgres.
+
+pub mod authorize;
+pub mod catalog;
+pub mod compiled;
+pub mod error;
+pub mod failure;
+pub mod grpc;
+pub mod policy;
+pub mod resolver;
+pub mod source;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tollgate_auth::BearerAuth;
+use tollgate_proto::authz::v1 as pb;
+use tollgate_state::counters::Counters;
+use tollgate_state::{Invalidation, InvalidationBus, KeyStateCache};
+use tonic::server::NamedService;
+use tonic::service::RoutesBuilder;
+
+pub use authorize::{AuthorizeInput, Authorizer, AuthorizerSettings};
+pub use failure::RedisErrorPolicy;
+pub use resolver::CacheTtls;
+
+use crate::catalog::Catalog;
+use crate::grpc::AuthzGrpc;
+use crate::resolver::KeyResolver;
+use crate::source::KeyStateSource;
+
+/// How often the catalog is reloaded even without an invalidation.
+const CATALOG_REFRESH: Duration = Duration::from_secs(30);
+
+/// Settings of the authz service.
+#[derive(Debug, Clone)]
+pub struct AuthzConfig {
+    pub settings: AuthorizerSettings,
+    pub cache_capacity: u64,
+    pub cache_ttls: CacheTtls,
+    /// When set, Authorize needs this bearer token.
+    pub gateway_token: Option<String>,
+    /// ExplainAuthorize needs the admin token.
+    pub admin_token: String,
+}
+
+/// The authz service, ready to be served.
+pub struct AuthzServer {
+    authorizer: Arc<Authorizer>,
+    grpc: AuthzGrpc,
+    shared: Arc<dyn KeyStateCache>,
+    bus: Arc<dyn InvalidationBus>,
+    source: Arc<dyn KeyStateSource>,
+}
+
+impl AuthzServer {
+    /// Wires the service to the shared key-state cache, its invalidations, the counters and
+    /// the keys service, and loads the model catalog (retried in the background if that
+    /// fails now).
+    pub async fn new(
+        config: AuthzConfig,
+        shared: Arc<dyn KeyStateCache>,
+        bus: Arc<dyn InvalidationBus>,
+        counters: Arc<dyn Counters>,
+        source: Arc<dyn KeyStateSource>,
+    ) -> Self {
+        let resolver = KeyResolver::new(config.cache_capacity, config.cache_ttls, shared.clone(), source.clone());
+        let authorizer = Arc::new(Authorizer::new(resolver, counters, config.settings));
+        let grpc = AuthzGrpc::new(
+            authorizer.clone(),
+            config.gateway_token.as_deref().map(BearerAuth::new),
+            BearerAuth::new(&config.admin_token),
+        );
+        let server = Self { authorizer, grpc, shared, bus, source };
+        server.refresh_catalog().await;
+        server
+    }
+
+    /// Adds `tollgate.authz.v1.AuthzService` to a router.
+    pub fn add_services(&self, routes: &mut RoutesBuilder) {
+        routes.add_service(pb::authz_service_server::AuthzServiceServer::new(self.grpc.clone()));
+    }
+
+    /// The name reported by the health service.
+    pub fn service_names() -> Vec<&'static str> {
+        vec![<pb::authz_service_server::AuthzServiceServer<AuthzGrpc> as NamedService>::NAME]
+    }
+
+    /// The decision logic, for in-process callers such as benchmarks.
+    pub fn authorizer(&self) -> Arc<Authorizer> {
+        self.authorizer.clone()
+    }
+
+    async fn refresh_catalog(&self) {
+        let catalog = match self.shared.get_catalog().await {
+            Ok(Some(bytes)) => Catalog::decode(&bytes),
+            _ => None,
+        };
+        let catalog = match catalog {
+            Some(catalog) => Some(catalog),
+            None => match self.source.model_catalog().await {
+                Ok(response) => Some(Catalog::from_proto(&response)),
+                Err(error) => {
+                    tracing::warn!(%error, "cannot load the model catalog; will retry");
+                    None
+                }
+            },
+        };
+        if let Some(catalog) = catalog {
+            self.authorizer.catalog.store(Arc::new(Some(catalog)));
+        }
+    }
+
+    /// Follows invalidations and reloads the catalog until cancelled.
+    pub fn spawn_background(self: &Arc<Self>, shutdown: CancellationToken) -> JoinHandle<()> {
+        let server = self.clone();
+        let mut invalidations = self.bus.subscribe();
+        tokio::spawn(async move {
+            let mut refresh = tokio::time::interval(CATALOG_REFRESH);
+            loop {
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    received = invalidations.recv() => {
+                        let invalidation = match received {
+                            Ok(invalidation) => invalidation,
+                            // Missed messages: drop everything rather than guess.
+                            Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => Invalidation::Everything,
+                            Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                        };
+                        server.authorizer.resolver.invalidate(&invalidation).await;
+                        if matches!(invalidation, Invalidation::Catalog | Invalidation::Everything) {
+                            server.refresh_catalog().await;
+                        }
+                    }
+                    _ = refresh.tick() => server.refresh_catalog().await,
+                }
+            }
+        })
+    }
+}

@@ -1,0 +1,126 @@
+//! Key state for the hot path: an in-process cache (moka, bounded, with TTLs) in front of the
+//! key-state cache (Redis), in front of the keys service.
+//!
+//! Concurrent misses for one secret make one lookup. Unknown secrets are cached too, briefly,
+//! so a flood of bad keys costs nothing downstream. Invalidations from the keys service drop
+//! entries at once; the TTL bounds staleness if one is lost. A lookup that overlapped an
+//! invalidation may have read the old state, so its result is kept only very briefly.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use moka::Expiry;
+use moka::future::Cache;
+use prost::Message;
+use tollgate_core::SecretHash;
+use tollgate_proto::keys::v1 as keys;
+use tollgate_state::{Invalidation, KeyStateCache};
+
+use crate::compiled::CompiledKey;
+use crate::source::{KeyStateSource, SourceError};
+
+/// What a secret resolved to.
+#[derive(Debug, Clone)]
+pub enum Lookup {
+    Found(Arc<CompiledKey>),
+    Unknown,
+}
+
+#[derive(Debug, Clone)]
+struct Entry {
+    lookup: Lookup,
+    /// No invalidation arrived while it was looked up.
+    settled: bool,
+}
+
+/// How long entries live.
+#[derive(Debug, Clone, Copy)]
+pub struct CacheTtls {
+    pub known: Duration,
+    pub unknown: Duration,
+    /// For entries looked up while an invalidation arrived.
+    pub unsettled: Duration,
+}
+
+struct EntryExpiry(CacheTtls);
+
+impl Expiry<SecretHash, Entry> for EntryExpiry {
+    fn expire_after_create(&self, _key: &SecretHash, entry: &Entry, _created: Instant) -> Option<Duration> {
+        Some(match (&entry.lookup, entry.settled) {
+            (_, false) => self.0.unsettled,
+            (Lookup::Found(_), true) => self.0.known,
+            (Lookup::Unknown, true) => self.0.unknown,
+        })
+    }
+}
+
+/// Resolves secret hashes to compiled key state.
+pub struct KeyResolver {
+    cache: Cache<SecretHash, Entry>,
+    shared: Arc<dyn KeyStateCache>,
+    source: Arc<dyn KeyStateSource>,
+    /// Bumped by every invalidation.
+    generation: AtomicU64,
+}
+
+impl KeyResolver {
+    pub fn new(
+        capacity: u64,
+        ttls: CacheTtls,
+        shared: Arc<dyn KeyStateCache>,
+        source: Arc<dyn KeyStateSource>,
+    ) -> Self {
+        let cache = Cache::builder().max_capacity(capacity).expire_after(EntryExpiry(ttls)).build();
+        Self { cache, shared, source, generation: AtomicU64::new(0) }
+    }
+
+    /// The compiled state of a secret hash.
+    pub async fn resolve(&self, hash: SecretHash) -> Result<Lookup, SourceError> {
+        if let Some(entry) = self.cache.get(&hash).await {
+            return Ok(entry.lookup);
+        }
+        let started = self.generation.load(Ordering::Acquire);
+        let entry = self
+            .cache
+            .try_get_with(hash, async {
+                let lookup = self.load(&hash).await?;
+                Ok::<_, SourceError>(Entry { lookup, settled: self.generation.load(Ordering::Acquire) == started })
+            })
+            .await
+            .map_err(|error| (*error).clone())?;
+        Ok(entry.lookup)
+    }
+
+    /// Shared cache first; the keys service when it misses or is unreachable.
+    async fn load(&self, hash: &SecretHash) -> Result<Lookup, SourceError> {
+        match self.shared.get_key_state(hash).await {
+            Ok(Some(bytes)) => match keys::KeyState::decode(bytes.as_slice()) {
+                Ok(state) => return Ok(compile(&state)),
+                Err(error) => tracing::warn!(%error, "undecodable key state in the shared cache"),
+            },
+            Ok(None) => {}
+            // Fail over to the keys service: known keys keep working while Redis is down.
+            Err(error) => tracing::debug!(%error, "shared key-state cache unavailable"),
+        }
+        Ok(self.source.key_state(hash).await?.as_ref().map_or(Lookup::Unknown, compile))
+    }
+
+    /// Drops what an invalidation names.
+    pub async fn invalidate(&self, invalidation: &Invalidation) {
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        match invalidation {
+            Invalidation::Keys(hashes) => {
+                for hash in hashes {
+                    self.cache.invalidate(hash).await;
+                }
+            }
+            Invalidation::Everything => self.cache.invalidate_all(),
+            Invalidation::Catalog => {}
+        }
+    }
+}
+
+fn compile(state: &keys::KeyState) -> Lookup {
+    CompiledKey::compile(state).map_or(Lookup::Unknown, |key| Lookup::Found(Arc::new(key)))
+}

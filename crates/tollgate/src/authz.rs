@@ -1,0 +1,107 @@
+//! Assembling the authz service.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use async_trait::async_trait;
+use tokio_util::sync::CancellationToken;
+use tollgate_authz_service::source::{KeyStateSource, SourceError};
+use tollgate_authz_service::{AuthorizerSettings, AuthzConfig, AuthzServer, CacheTtls, RedisErrorPolicy};
+use tollgate_core::clock::Clock;
+use tollgate_core::windows::Calendar;
+use tollgate_core::{KeyPepper, SecretHash};
+use tollgate_keys_service::{KeysError, KeysService};
+use tollgate_proto::keys::v1 as keys;
+use tollgate_state::counters::Counters;
+use tollgate_state::{InvalidationBus, KeyStateCache};
+
+use crate::Secrets;
+use crate::server::Services;
+
+/// Settings of the authz service.
+#[derive(Debug, Clone)]
+pub struct AuthzSettings {
+    /// When set, Authorize needs `authorization: Bearer <gateway token>`.
+    pub gateway_token: Option<String>,
+    /// IANA zone of the daily and monthly budget windows.
+    pub time_zone: String,
+    /// How long a hold lasts when no usage report settles it.
+    pub hold_ttl: Duration,
+    /// How long a known key's state is cached in process (invalidations drop it sooner).
+    pub cache_ttl: Duration,
+    /// How long an unknown key is remembered as unknown.
+    pub negative_cache_ttl: Duration,
+    /// Most secrets cached in process.
+    pub cache_capacity: u64,
+    pub on_redis_error: RedisErrorPolicy,
+}
+
+impl Default for AuthzSettings {
+    fn default() -> Self {
+        Self {
+            gateway_token: None,
+            time_zone: "UTC".into(),
+            hold_ttl: Duration::from_secs(600),
+            cache_ttl: Duration::from_secs(30),
+            negative_cache_ttl: Duration::from_secs(5),
+            cache_capacity: 1_000_000,
+            on_redis_error: RedisErrorPolicy::default(),
+        }
+    }
+}
+
+/// The keys service in the same process (`tollgate dev`).
+pub(crate) struct InProcessKeys(pub Arc<KeysService>);
+
+#[async_trait]
+impl KeyStateSource for InProcessKeys {
+    async fn key_state(&self, hash: &SecretHash) -> Result<Option<keys::KeyState>, SourceError> {
+        match self.0.key_state(hash).await {
+            Ok(state) => Ok(Some(state)),
+            Err(KeysError::NotFound(_)) => Ok(None),
+            Err(error) => Err(SourceError(error.to_string())),
+        }
+    }
+
+    async fn model_catalog(&self) -> Result<keys::GetModelCatalogResponse, SourceError> {
+        self.0.model_catalog().await.map_err(|error| SourceError(error.to_string()))
+    }
+}
+
+/// Builds the authz service over its adapters and adds it to `services`.
+#[allow(clippy::too_many_arguments)]
+pub(crate) async fn add(
+    services: &mut Services,
+    shared: Arc<dyn KeyStateCache>,
+    bus: Arc<dyn InvalidationBus>,
+    counters: Arc<dyn Counters>,
+    source: Arc<dyn KeyStateSource>,
+    secrets: &Secrets,
+    settings: &AuthzSettings,
+    clock: Arc<dyn Clock>,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<Arc<AuthzServer>> {
+    let config = AuthzConfig {
+        settings: AuthorizerSettings {
+            pepper: KeyPepper::new(secrets.key_pepper.as_bytes().to_vec()).context("TOLLGATE_KEY_PEPPER")?,
+            clock,
+            calendar: Calendar::new(&settings.time_zone).context("TOLLGATE_TIME_ZONE")?,
+            hold_ttl_ms: settings.hold_ttl.as_millis() as i64,
+            on_redis_error: settings.on_redis_error,
+        },
+        cache_capacity: settings.cache_capacity,
+        cache_ttls: CacheTtls {
+            known: settings.cache_ttl,
+            unknown: settings.negative_cache_ttl,
+            unsettled: Duration::from_millis(200),
+        },
+        gateway_token: settings.gateway_token.clone(),
+        admin_token: secrets.admin_token.clone(),
+    };
+    let authz = Arc::new(AuthzServer::new(config, shared, bus, counters, source).await);
+    authz.add_services(&mut services.routes);
+    services.names.extend(AuthzServer::service_names());
+    authz.spawn_background(shutdown.child_token());
+    Ok(authz)
+}

@@ -1,0 +1,58 @@
+//! Assembling the keys service.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio_util::sync::CancellationToken;
+use tollgate_core::KeyPepper;
+use tollgate_core::limits::SystemCaps;
+use tollgate_keys_service::{KeysConfig, KeysServer};
+use tollgate_state::{InvalidationBus, KeyStateCache};
+use tollgate_store::keys::KeysStore;
+
+use crate::Secrets;
+use crate::server::Services;
+
+/// Settings of the keys service.
+#[derive(Debug, Clone)]
+pub struct KeysSettings {
+    pub max_rpm: Option<i64>,
+    pub max_tpm: Option<i64>,
+    pub credits_per_usd: i64,
+    pub rotation_grace: Duration,
+}
+
+impl Default for KeysSettings {
+    fn default() -> Self {
+        Self {
+            max_rpm: None,
+            max_tpm: None,
+            credits_per_usd: tollgate_core::money::DEFAULT_CREDITS_PER_USD,
+            rotation_grace: Duration::from_secs(24 * 3600),
+        }
+    }
+}
+
+/// Builds the keys service over its adapters and adds it to `services`.
+pub(crate) async fn add(
+    services: &mut Services,
+    store: Arc<dyn KeysStore>,
+    cache: Arc<dyn KeyStateCache>,
+    bus: Arc<dyn InvalidationBus>,
+    secrets: &Secrets,
+    settings: &KeysSettings,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<KeysServer> {
+    let config = KeysConfig {
+        pepper: KeyPepper::new(secrets.key_pepper.as_bytes().to_vec()).context("TOLLGATE_KEY_PEPPER")?,
+        caps: SystemCaps { max_rpm: settings.max_rpm, max_tpm: settings.max_tpm },
+        credits_per_usd: settings.credits_per_usd,
+        default_rotation_grace: tollgate_core::time::duration_micros(settings.rotation_grace),
+    };
+    let keys = KeysServer::new(store, cache, bus, config).await.context("starting the keys service")?;
+    keys.add_services(&mut services.routes, tollgate_auth::BearerAuth::new(&secrets.admin_token));
+    services.names.extend(KeysServer::service_names());
+    keys.spawn_background(shutdown.child_token());
+    Ok(keys)
+}
