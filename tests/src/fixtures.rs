@@ -108,3 +108,17 @@ pub async fn create_key(h: &Harness, world: &World, key: pb::Key) -> (pb::Key, S
 pub fn mask(paths: &[&str]) -> Option<FieldMask> {
     Some(FieldMask { paths: paths.iter().map(|p| p.to_string()).collect() })
 }
+
+/// [`world`] with a postpaid account (no balance limit), so keys without a quota are not
+/// bounded by money.
+pub async fn postpaid_world(h: &Harness, account_id: &str) -> World {
+    let w = world(h, account_id).await;
+    h.accounts()
+        .update_account(pb::UpdateAccountRequest {
+            account: Some(pb::Account { name: w.account.clone(), unlimited_credit: true, ..Default::default() }),
+            update_mask: mask(&["unlimited_credit"]),
+        })
+        .await
+        .expect("make the account postpaid");
+    w
+}

@@ -14,7 +14,7 @@ use tollgate_proto::authz::v1 as pb;
 use tollgate_proto::time::{duration, timestamp};
 use tollgate_state::counters::{CounterCall, Counters};
 
-use crate::catalog::{Catalog, Price};
+use crate::catalog::{Catalog, CatalogHolder, Price};
 use crate::compiled::CompiledKey;
 use crate::error::AuthzError;
 use crate::failure::RedisErrorPolicy;
@@ -35,7 +35,7 @@ pub struct AuthorizeInput {
 /// Decides on calls.
 pub struct Authorizer {
     pub(crate) resolver: KeyResolver,
-    pub(crate) catalog: ArcSwap<Option<Catalog>>,
+    pub(crate) catalog: CatalogHolder,
     counters: Arc<dyn Counters>,
     pepper: KeyPepper,
     clock: Arc<dyn Clock>,
@@ -131,11 +131,16 @@ fn headroom(outcome: &CounterOutcome, price: Option<&Price>, multiplier_micros: 
 }
 
 impl Authorizer {
-    pub fn new(resolver: KeyResolver, counters: Arc<dyn Counters>, settings: AuthorizerSettings) -> Self {
+    pub fn new(
+        resolver: KeyResolver,
+        catalog: CatalogHolder,
+        counters: Arc<dyn Counters>,
+        settings: AuthorizerSettings,
+    ) -> Self {
         let now = settings.clock.now_micros();
         Self {
             resolver,
-            catalog: ArcSwap::from_pointee(None),
+            catalog,
             counters,
             windows: ArcSwap::from_pointee(settings.calendar.windows(now)),
             pepper: settings.pepper,
@@ -175,8 +180,13 @@ impl Authorizer {
         }
     }
 
-    fn catalog(&self) -> Result<arc_swap::Guard<Arc<Option<Catalog>>>, AuthzError> {
-        let catalog = self.catalog.load();
+    /// The catalog, reloaded first if it does not know `model` (a model added a moment ago).
+    async fn catalog(&self, model: &str) -> Result<arc_swap::Guard<Arc<Option<Catalog>>>, AuthzError> {
+        let mut catalog = self.catalog.get();
+        let knows = |c: &Option<Catalog>| c.as_ref().is_some_and(|c| c.price(model).is_some());
+        if !knows(&catalog) && self.catalog.reload_for_unknown_model().await {
+            catalog = self.catalog.get();
+        }
         if catalog.is_none() {
             return Err(AuthzError::Unavailable("the model catalog is not loaded yet".into()));
         }
@@ -214,7 +224,7 @@ impl Authorizer {
             Ok(key) => key,
             Err(denied) => return Ok(denied),
         };
-        let guard = self.catalog()?;
+        let guard = self.catalog(&input.model).await?;
         let catalog = guard.as_ref().as_ref().expect("checked by catalog()");
         let now = self.clock.now_micros();
         let call = Call { model: &input.model, capability: input.capability, client_ip: input.client_ip, now };
@@ -287,7 +297,7 @@ impl Authorizer {
                 });
             }
         };
-        let guard = self.catalog()?;
+        let guard = self.catalog(&input.model).await?;
         let catalog = guard.as_ref().as_ref().expect("checked by catalog()");
         let now = self.clock.now_micros();
         let call = Call { model: &input.model, capability: input.capability, client_ip: input.client_ip, now };

@@ -2,10 +2,16 @@
 //! service), swapped atomically when it changes.
 
 use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
+use arc_swap::{ArcSwap, Guard};
 use prost::Message;
 use tollgate_core::Capability;
 use tollgate_proto::keys::v1 as keys;
+use tollgate_state::KeyStateCache;
+
+use crate::source::KeyStateSource;
 
 /// What a model costs, in credits per million tokens.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -64,5 +70,64 @@ impl Catalog {
 
     pub fn is_empty(&self) -> bool {
         self.prices.is_empty()
+    }
+}
+
+/// The current catalog and how to reload it: from the shared key-state cache, else from the
+/// keys service.
+pub struct CatalogHolder {
+    current: ArcSwap<Option<Catalog>>,
+    shared: Arc<dyn KeyStateCache>,
+    source: Arc<dyn KeyStateSource>,
+    last_reload: Mutex<Option<Instant>>,
+}
+
+/// Fewest time between reloads caused by a model the catalog did not know.
+const MISS_RELOAD_INTERVAL: Duration = Duration::from_secs(1);
+
+impl CatalogHolder {
+    pub fn new(shared: Arc<dyn KeyStateCache>, source: Arc<dyn KeyStateSource>) -> Self {
+        Self { current: ArcSwap::from_pointee(None), shared, source, last_reload: Mutex::new(None) }
+    }
+
+    /// The catalog, if one was ever loaded.
+    pub fn get(&self) -> Guard<Arc<Option<Catalog>>> {
+        self.current.load()
+    }
+
+    /// Reloads now; keeps the previous catalog if neither place answers.
+    pub async fn reload(&self) {
+        *self.last_reload.lock().expect("catalog lock poisoned") = Some(Instant::now());
+        let cached = match self.shared.get_catalog().await {
+            Ok(Some(bytes)) => Catalog::decode(&bytes),
+            _ => None,
+        };
+        let catalog = match cached {
+            Some(catalog) => Some(catalog),
+            None => match self.source.model_catalog().await {
+                Ok(response) => Some(Catalog::from_proto(&response)),
+                Err(error) => {
+                    tracing::warn!(%error, "cannot load the model catalog; keeping the previous one");
+                    None
+                }
+            },
+        };
+        if let Some(catalog) = catalog {
+            self.current.store(Arc::new(Some(catalog)));
+        }
+    }
+
+    /// Reloads when a call names a model the catalog does not know (a model added a moment
+    /// ago), at most once a second so that unknown models cannot flood the keys service.
+    pub async fn reload_for_unknown_model(&self) -> bool {
+        let due = self
+            .last_reload
+            .lock()
+            .expect("catalog lock poisoned")
+            .is_none_or(|at| at.elapsed() >= MISS_RELOAD_INTERVAL);
+        if due {
+            self.reload().await;
+        }
+        due
     }
 }

@@ -32,7 +32,7 @@ pub use authorize::{AuthorizeInput, Authorizer, AuthorizerSettings};
 pub use failure::RedisErrorPolicy;
 pub use resolver::CacheTtls;
 
-use crate::catalog::Catalog;
+use crate::catalog::CatalogHolder;
 use crate::grpc::AuthzGrpc;
 use crate::resolver::KeyResolver;
 use crate::source::KeyStateSource;
@@ -56,9 +56,7 @@ pub struct AuthzConfig {
 pub struct AuthzServer {
     authorizer: Arc<Authorizer>,
     grpc: AuthzGrpc,
-    shared: Arc<dyn KeyStateCache>,
     bus: Arc<dyn InvalidationBus>,
-    source: Arc<dyn KeyStateSource>,
 }
 
 impl AuthzServer {
@@ -73,15 +71,15 @@ impl AuthzServer {
         source: Arc<dyn KeyStateSource>,
     ) -> Self {
         let resolver = KeyResolver::new(config.cache_capacity, config.cache_ttls, shared.clone(), source.clone());
-        let authorizer = Arc::new(Authorizer::new(resolver, counters, config.settings));
+        let catalog = CatalogHolder::new(shared, source);
+        let authorizer = Arc::new(Authorizer::new(resolver, catalog, counters, config.settings));
         let grpc = AuthzGrpc::new(
             authorizer.clone(),
             config.gateway_token.as_deref().map(BearerAuth::new),
             BearerAuth::new(&config.admin_token),
         );
-        let server = Self { authorizer, grpc, shared, bus, source };
-        server.refresh_catalog().await;
-        server
+        authorizer.catalog.reload().await;
+        Self { authorizer, grpc, bus }
     }
 
     /// Adds `tollgate.authz.v1.AuthzService` to a router.
@@ -97,26 +95,6 @@ impl AuthzServer {
     /// The decision logic, for in-process callers such as benchmarks.
     pub fn authorizer(&self) -> Arc<Authorizer> {
         self.authorizer.clone()
-    }
-
-    async fn refresh_catalog(&self) {
-        let catalog = match self.shared.get_catalog().await {
-            Ok(Some(bytes)) => Catalog::decode(&bytes),
-            _ => None,
-        };
-        let catalog = match catalog {
-            Some(catalog) => Some(catalog),
-            None => match self.source.model_catalog().await {
-                Ok(response) => Some(Catalog::from_proto(&response)),
-                Err(error) => {
-                    tracing::warn!(%error, "cannot load the model catalog; will retry");
-                    None
-                }
-            },
-        };
-        if let Some(catalog) = catalog {
-            self.authorizer.catalog.store(Arc::new(Some(catalog)));
-        }
     }
 
     /// Follows invalidations and reloads the catalog until cancelled.
@@ -137,10 +115,10 @@ impl AuthzServer {
                         };
                         server.authorizer.resolver.invalidate(&invalidation).await;
                         if matches!(invalidation, Invalidation::Catalog | Invalidation::Everything) {
-                            server.refresh_catalog().await;
+                            server.authorizer.catalog.reload().await;
                         }
                     }
-                    _ = refresh.tick() => server.refresh_catalog().await,
+                    _ = refresh.tick() => server.authorizer.catalog.reload().await,
                 }
             }
         })

@@ -2,6 +2,7 @@
 //! server on both backends.
 
 mod accounts_and_catalog;
+mod authz;
 mod cross_account;
 mod key_state;
 mod keys_api;
