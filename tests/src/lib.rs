@@ -106,12 +106,14 @@ impl Server {
 /// A running deployment and how to talk to it.
 pub struct Harness {
     pub backend: Backend,
-    /// The keys service (embedded: every service).
-    pub server: Server,
+    /// The keys service (embedded: every service); `None` once stopped.
+    pub server: Option<Server>,
     /// Production: authz servers in front of the same Redis and keys service.
     pub authz_servers: Vec<Server>,
     /// The keys service's channel (embedded: every service's).
     pub channel: Channel,
+    /// Where the keys service listens (embedded: every service).
+    pub keys_address: SocketAddr,
     pub admin_token: String,
     pub key_pepper: String,
     /// SQLite file (embedded) or Postgres URL (production) of the keys store.
@@ -177,8 +179,9 @@ impl Harness {
         let server = Server::start(|listener, shutdown| tollgate::run_dev(listener, config, shutdown)).await;
         Harness {
             backend: Backend::Embedded,
+            keys_address: server.address,
             channel: server.channel.clone(),
-            server,
+            server: Some(server),
             authz_servers: Vec::new(),
             admin_token: secrets.admin_token.clone(),
             key_pepper: secrets.key_pepper.clone(),
@@ -214,8 +217,9 @@ impl Harness {
         let server = Server::start(|listener, shutdown| tollgate::run_keys(listener, config, shutdown)).await;
         let mut harness = Harness {
             backend: Backend::Production,
+            keys_address: server.address,
             channel: server.channel.clone(),
-            server,
+            server: Some(server),
             authz_servers: Vec::new(),
             admin_token: secrets.admin_token.clone(),
             key_pepper: secrets.key_pepper.clone(),
@@ -235,7 +239,7 @@ impl Harness {
         let (url, prefix) = self.redis.clone().expect("authz replicas run on the production backend");
         let config = AuthzServeConfig {
             redis: RedisConfig { url, prefix, op_timeout: Duration::from_millis(200) },
-            keys_url: format!("http://{}", self.server.address),
+            keys_url: format!("http://{}", self.keys_address),
             secrets: self.secrets.clone(),
             authz: self.options.authz.clone(),
             drain: self.options.drain,
@@ -296,15 +300,21 @@ impl Harness {
 
     /// Starts the graceful shutdown of every server.
     pub fn begin_shutdown(&self) {
-        self.server.shutdown.cancel();
-        for authz in &self.authz_servers {
-            authz.shutdown.cancel();
+        for server in self.server.iter().chain(&self.authz_servers) {
+            server.shutdown.cancel();
         }
     }
 
     /// Whether the keys (or dev) server has stopped.
     pub fn stopped(&self) -> bool {
-        self.server.task.is_finished()
+        self.server.as_ref().is_none_or(|s| s.task.is_finished())
+    }
+
+    /// Stops the keys service alone (production: authz keeps running).
+    pub async fn stop_keys_service(&mut self) {
+        if let Some(server) = self.server.take() {
+            server.stop().await;
+        }
     }
 
     /// Shuts every server down and waits for them to stop.
@@ -312,7 +322,9 @@ impl Harness {
         for authz in self.authz_servers {
             authz.stop().await;
         }
-        self.server.stop().await;
+        if let Some(server) = self.server {
+            server.stop().await;
+        }
     }
 }
 

@@ -3,6 +3,7 @@
 
 mod accounts_and_catalog;
 mod authz;
+mod authz_faults;
 mod cross_account;
 mod key_state;
 mod keys_api;
