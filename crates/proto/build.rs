@@ -16,6 +16,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "tollgate/keys/v1/key_state.proto",
         "tollgate/authz/v1/authz.proto",
         "tollgate/metering/v1/metering.proto",
+        "tollgate/bench/v1/bench.proto",
     ];
 
     // tonic-prost-build prints no rerun lines of its own; without these, every build would

@@ -116,9 +116,9 @@ fn affordable_tokens(credits: i64, price: &Price, multiplier_micros: i64) -> Opt
 }
 
 /// What is left, as a response reports it. `outcome` holds the remainders before the hold.
-fn headroom(outcome: &CounterOutcome, price: Option<&Price>, multiplier_micros: i64) -> pb::Headroom {
-    let max_tokens = spendable(outcome).zip(price).and_then(|(c, p)| affordable_tokens(c, p, multiplier_micros));
-    let after = outcome.clone().after_hold();
+fn headroom(outcome: CounterOutcome, price: Option<&Price>, multiplier_micros: i64) -> pb::Headroom {
+    let max_tokens = spendable(&outcome).zip(price).and_then(|(c, p)| affordable_tokens(c, p, multiplier_micros));
+    let after = outcome.after_hold();
     pb::Headroom {
         rpm: after.rpm.as_ref().map(rate_status),
         tpm: after.tpm.as_ref().map(rate_status),
@@ -208,7 +208,7 @@ impl Authorizer {
             key_id: &key.key_id,
             request_id: &input.request_id,
             request: CounterRequest {
-                limits: key.limits.clone(),
+                limits: key.limits,
                 now_ms: now as f64 / 1000.0,
                 tokens: input.estimated_tokens,
                 cost,
@@ -234,7 +234,7 @@ impl Authorizer {
         let allowed = |headroom: Option<pb::Headroom>, held: i64| pb::AuthorizeResponse {
             decision: pb::Decision::Allow as i32,
             reason: pb::DenyReason::Unspecified as i32,
-            message: "allowed".to_owned(),
+            message: String::new(),
             identity: Some(key.identity.clone()),
             headroom,
             retry_after: None,
@@ -258,20 +258,23 @@ impl Authorizer {
                 return Ok(allowed(None, 0));
             }
         };
-        let headroom = headroom(&outcome, price, key.multiplier_micros);
         match outcome.first_failure() {
-            None => Ok(allowed(Some(headroom), outcome.hold)),
+            None => {
+                let hold = outcome.hold;
+                Ok(allowed(Some(headroom(outcome, price, key.multiplier_micros)), hold))
+            }
             Some(check) => {
                 let retry_after = match check {
                     CounterCheck::Rpm => outcome.rpm.as_ref().and_then(|r| r.retry_after_ms),
                     CounterCheck::Tpm => outcome.tpm.as_ref().and_then(|t| t.retry_after_ms),
                     _ => None,
                 };
+                let denied = deny(counter_reason(check), counter_message(check, &outcome));
                 Ok(pb::AuthorizeResponse {
                     identity: Some(key.identity.clone()),
-                    headroom: Some(headroom),
+                    headroom: Some(headroom(outcome, price, key.multiplier_micros)),
                     retry_after: retry_after.map(|ms| duration((ms * 1000.0) as i64)),
-                    ..deny(counter_reason(check), counter_message(check, &outcome))
+                    ..denied
                 })
             }
         }
@@ -346,7 +349,7 @@ impl Authorizer {
             reason: first_failure.unwrap_or(pb::DenyReason::Unspecified as i32),
             rules,
             identity: Some(key.identity.clone()),
-            headroom: Some(headroom(&outcome, price, key.multiplier_micros)),
+            headroom: Some(headroom(outcome, price, key.multiplier_micros)),
         })
     }
 }

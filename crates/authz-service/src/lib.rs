@@ -7,6 +7,7 @@
 //! Postgres.
 
 pub mod authorize;
+pub mod bench;
 pub mod catalog;
 pub mod compiled;
 pub mod error;

@@ -51,7 +51,7 @@ impl CounterCheck {
 }
 
 /// The limits that apply to one call; `None` means no such limit.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct CounterLimits {
     pub quota: Option<i64>,
     /// How far below zero the account may go; set only for keys without a quota on accounts
@@ -245,7 +245,7 @@ mod tests {
     fn money_checks_report_in_order_and_the_hold_is_capped() {
         let limits = CounterLimits { quota: Some(100), daily: Some(30), monthly: Some(1000), ..Default::default() };
         let state = CounterState { used: 10, day_spent: 5, key_held: 5, ..Default::default() };
-        let out = evaluate(&state, &request(limits.clone(), 500));
+        let out = evaluate(&state, &request(limits, 500));
         assert!(out.allowed());
         assert_eq!((out.quota_remaining, out.daily_remaining, out.monthly_remaining), (Some(85), Some(20), Some(995)));
         assert_eq!(out.hold, 20, "capped by the smallest remainder");
@@ -260,7 +260,7 @@ mod tests {
     #[test]
     fn account_balance_counts_the_credit_limit_and_the_account_holds() {
         let limits = CounterLimits { account_floor: Some(0), ..Default::default() };
-        let broke = evaluate(&CounterState::default(), &request(limits.clone(), 10));
+        let broke = evaluate(&CounterState::default(), &request(limits, 10));
         assert_eq!(broke.failures, [CounterCheck::AccountBalance]);
         let funded = CounterState { balance: 50, account_held: 45, ..Default::default() };
         let out = evaluate(&funded, &request(limits, 10));

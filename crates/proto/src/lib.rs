@@ -21,6 +21,13 @@ pub mod metering {
     }
 }
 
+/// `tollgate.bench.v1`: benchmark baselines, served only on request.
+pub mod bench {
+    pub mod v1 {
+        tonic::include_proto!("tollgate.bench.v1");
+    }
+}
+
 /// Encoded `FileDescriptorSet` of every Tollgate proto, for server reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("tollgate_descriptor");
 

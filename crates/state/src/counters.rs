@@ -7,14 +7,14 @@
 //!
 //! | key | type | meaning |
 //! |---|---|---|
-//! | `P:{A}:k:K:used` | int | key K's lifetime spend |
+//! | `P:{A}:k:K` | hash | key K's lifetime spend (`used`), GCRA arrival times (`rpm`, `tpm`, ms) |
 //! | `P:{A}:k:K:d:YYYYMMDD` | int | K's spend that day |
 //! | `P:{A}:k:K:m:YYYYMM` | int | K's spend that month |
 //! | `P:{A}:held` | hash | credits held per key id, `*` for the account |
 //! | `P:{A}:holds` | hash | request id → `key id|credits` |
 //! | `P:{A}:holdexp` | zset | request id by hold expiry (ms) |
 //! | `P:{A}:bal` | int | the account's balance |
-//! | `P:{A}:k:K:rpm`, `…:tpm` | string | GCRA arrival times (ms) |
+//! | `P:{A}:settled:R` | string | request R was settled (kept 7 days) |
 
 use async_trait::async_trait;
 use tollgate_core::counters::{CounterOutcome, CounterRequest};
@@ -90,24 +90,22 @@ impl CounterKeys {
 
     /// The keys `settle.lua` takes, in its order.
     pub fn for_settlement(&self, settlement: &Settlement<'_>) -> [String; 8] {
-        let [used, day, month, held, holds, holdexp, balance, _, _] =
+        let [counters, day, month, held, holds, holdexp, balance] =
             self.for_call(settlement.account_id, settlement.key_id, settlement.windows);
         let marker = self.account(settlement.account_id, &format!("settled:{}", settlement.request_id));
-        [used, day, month, held, holds, holdexp, balance, marker]
+        [counters, day, month, held, holds, holdexp, balance, marker]
     }
 
     /// The keys `authorize.lua` takes, in its order.
-    pub fn for_call(&self, account_id: &str, key_id: &str, windows: &Windows) -> [String; 9] {
+    pub fn for_call(&self, account_id: &str, key_id: &str, windows: &Windows) -> [String; 7] {
         [
-            self.key(account_id, key_id, "used"),
+            format!("{}:{{{account_id}}}:k:{key_id}", self.prefix),
             self.key(account_id, key_id, &format!("d:{}", windows.day)),
             self.key(account_id, key_id, &format!("m:{}", windows.month)),
             self.account(account_id, "held"),
             self.account(account_id, "holds"),
             self.account(account_id, "holdexp"),
             self.account(account_id, "bal"),
-            self.key(account_id, key_id, "rpm"),
-            self.key(account_id, key_id, "tpm"),
         ]
     }
 }

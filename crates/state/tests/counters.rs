@@ -98,12 +98,7 @@ impl Call {
             account_id: self.account,
             key_id: self.key,
             request_id: &self.request_id,
-            request: CounterRequest {
-                limits: self.limits.clone(),
-                now_ms: self.now,
-                tokens: self.tokens,
-                cost: self.cost,
-            },
+            request: CounterRequest { limits: self.limits, now_ms: self.now, tokens: self.tokens, cost: self.cost },
             windows: &self.windows,
             hold_ttl_ms: 1_000,
         }

@@ -6,12 +6,14 @@ use std::time::Duration;
 use anyhow::Context;
 use async_trait::async_trait;
 use tokio_util::sync::CancellationToken;
+use tollgate_authz_service::bench::BenchGrpc;
 use tollgate_authz_service::source::{KeyStateSource, SourceError};
 use tollgate_authz_service::{AuthorizerSettings, AuthzConfig, AuthzServer, CacheTtls, RedisErrorPolicy};
 use tollgate_core::clock::Clock;
 use tollgate_core::windows::Calendar;
 use tollgate_core::{KeyPepper, SecretHash};
 use tollgate_keys_service::{KeysError, KeysService};
+use tollgate_proto::bench::v1::bench_service_server::BenchServiceServer;
 use tollgate_proto::keys::v1 as keys;
 use tollgate_state::counters::Counters;
 use tollgate_state::{InvalidationBus, KeyStateCache};
@@ -35,6 +37,8 @@ pub struct AuthzSettings {
     /// Most secrets cached in process.
     pub cache_capacity: u64,
     pub on_redis_error: RedisErrorPolicy,
+    /// Also serve `tollgate.bench.v1.BenchService`, the benchmark's baselines.
+    pub bench_endpoints: bool,
 }
 
 impl Default for AuthzSettings {
@@ -44,9 +48,10 @@ impl Default for AuthzSettings {
             time_zone: "UTC".into(),
             hold_ttl: Duration::from_secs(600),
             cache_ttl: Duration::from_secs(30),
-            negative_cache_ttl: Duration::from_secs(5),
+            negative_cache_ttl: Duration::from_secs(30),
             cache_capacity: 1_000_000,
             on_redis_error: RedisErrorPolicy::default(),
+            bench_endpoints: false,
         }
     }
 }
@@ -82,11 +87,17 @@ pub(crate) async fn add(
     clock: Arc<dyn Clock>,
     shutdown: &CancellationToken,
 ) -> anyhow::Result<Arc<AuthzServer>> {
+    let pepper = KeyPepper::new(secrets.key_pepper.as_bytes().to_vec()).context("TOLLGATE_KEY_PEPPER")?;
+    let calendar = Calendar::new(&settings.time_zone).context("TOLLGATE_TIME_ZONE")?;
+    if settings.bench_endpoints {
+        let bench = BenchGrpc::new(pepper.clone(), counters.clone(), clock.clone(), calendar.clone());
+        services.routes.add_service(BenchServiceServer::new(bench));
+    }
     let config = AuthzConfig {
         settings: AuthorizerSettings {
-            pepper: KeyPepper::new(secrets.key_pepper.as_bytes().to_vec()).context("TOLLGATE_KEY_PEPPER")?,
+            pepper,
             clock,
-            calendar: Calendar::new(&settings.time_zone).context("TOLLGATE_TIME_ZONE")?,
+            calendar,
             hold_ttl_ms: settings.hold_ttl.as_millis() as i64,
             on_redis_error: settings.on_redis_error,
         },

@@ -154,8 +154,8 @@ pub struct AuthzArgs {
     /// bounds staleness if one is lost.
     #[arg(long, env = "TOLLGATE_KEY_CACHE_TTL", default_value = "30s", value_parser = humantime::parse_duration)]
     pub key_cache_ttl: Duration,
-    /// How long an unknown key is remembered as unknown.
-    #[arg(long, env = "TOLLGATE_UNKNOWN_KEY_CACHE_TTL", default_value = "5s", value_parser = humantime::parse_duration)]
+    /// How long an unknown key is remembered as unknown (creating the key ends it at once).
+    #[arg(long, env = "TOLLGATE_UNKNOWN_KEY_CACHE_TTL", default_value = "30s", value_parser = humantime::parse_duration)]
     pub unknown_key_cache_ttl: Duration,
     /// Most secrets cached in process.
     #[arg(long, env = "TOLLGATE_KEY_CACHE_CAPACITY", default_value_t = 1_000_000)]
@@ -164,4 +164,7 @@ pub struct AuthzArgs {
     /// (UNAVAILABLE), or per kind, `rate=open,money=closed`.
     #[arg(long, env = "TOLLGATE_AUTHZ_ON_REDIS_ERROR", default_value = "rate=open,money=closed")]
     pub on_redis_error: tollgate_authz_service::RedisErrorPolicy,
+    /// Also serve the benchmark's baselines (`tollgate.bench.v1.BenchService`).
+    #[arg(long, env = "TOLLGATE_BENCH_ENDPOINTS", hide = true)]
+    pub bench_endpoints: bool,
 }

@@ -12,6 +12,11 @@ use tollgate::{
 use tollgate_core::clock::SystemClock;
 use tollgate_state::redis::RedisConfig;
 
+/// mimalloc: the request path allocates many small, short-lived buffers, which it serves
+/// markedly faster than the system allocator (see docs/BENCHMARKS.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
@@ -118,5 +123,6 @@ fn authz_settings(args: &AuthzArgs) -> AuthzSettings {
         negative_cache_ttl: args.unknown_key_cache_ttl,
         cache_capacity: args.key_cache_capacity,
         on_redis_error: args.on_redis_error,
+        bench_endpoints: args.bench_endpoints,
     }
 }

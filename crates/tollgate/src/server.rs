@@ -6,10 +6,10 @@
 use std::time::Duration;
 
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 use tonic::service::RoutesBuilder;
 use tonic::transport::Server;
+use tonic::transport::server::TcpIncoming;
 use tonic_health::ServingStatus;
 
 /// Upper bound of any one call.
@@ -61,9 +61,16 @@ pub async fn serve(
         .timeout(REQUEST_TIMEOUT)
         .trace_fn(|request| tracing::debug_span!("grpc", method = %request.uri().path()))
         .add_routes(services.routes.routes())
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), signal)
+        .serve_with_incoming_shutdown(incoming(listener), signal)
         .await?;
     Ok(())
+}
+
+/// Accepted connections with Nagle's algorithm off and TCP keepalive on. With Nagle on, a
+/// response's last small frame (the gRPC trailers) can wait for the client's delayed ACK:
+/// 40 ms stalls on some responses (measured: an RPM denial took 43 ms instead of 0.3 ms).
+fn incoming(listener: TcpListener) -> TcpIncoming {
+    TcpIncoming::from(listener).with_nodelay(Some(true)).with_keepalive(Some(Duration::from_secs(60)))
 }
 
 /// Cancels `token` on SIGTERM or Ctrl-C.

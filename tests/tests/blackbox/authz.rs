@@ -437,7 +437,8 @@ async fn explain_reports_every_rule_and_takes_nothing(h: &Harness, _: &ManualClo
 async fn bad_requests_name_the_field(h: &Harness, _: &ManualClock) {
     let w = postpaid_world(h, "badreq").await;
     let (_, secret) = create_key(h, &w, w.key("Fine")).await;
-    let cases: [(&str, &dyn Fn(&mut authz::AuthorizeRequest)); 7] = [
+    type Edit = dyn Fn(&mut authz::AuthorizeRequest);
+    let cases: [(&str, &Edit); 7] = [
         ("model", &|r| r.model = String::new()),
         ("model", &|r| r.model = "m".repeat(129)),
         ("capability", &|r| r.capability = 0),

@@ -2,12 +2,13 @@
 -- TPM in that order and, when all pass and ARGV[4] is '1', takes the call's rate units and
 -- holds its estimated cost. A Lua port of tollgate_core::counters::evaluate; keep them equal
 -- (the conformance suite runs the same cases on this script and on the Rust function).
+-- Only what the call's limits need is read, in as few commands as the layout allows.
 --
 -- Every key shares the account's hash tag, so the script runs on Redis Cluster.
--- KEYS[1] key's lifetime spend      KEYS[2] key's spend today      KEYS[3] key's spend this month
--- KEYS[4] held credits (hash: key id -> held, '*' -> account total)
--- KEYS[5] holds (hash: request id -> "key id|credits")             KEYS[6] hold expiries (zset)
--- KEYS[7] account balance           KEYS[8] RPM arrival time       KEYS[9] TPM arrival time
+-- KEYS[1] the key's counters (hash: used, rpm, tpm)  KEYS[2] its spend today
+-- KEYS[3] its spend this month   KEYS[4] held credits (hash: key id -> held, '*' -> account)
+-- KEYS[5] holds (hash: request id -> "key id|credits")   KEYS[6] hold expiries (zset)
+-- KEYS[7] account balance
 -- ARGV[1] now (Unix ms)  ARGV[2] key id  ARGV[3] request id  ARGV[4] '1' take, '0' only look
 -- ARGV[5] quota  ARGV[6] account floor  ARGV[7] daily  ARGV[8] monthly  ARGV[9] rpm  ARGV[10] tpm
 --         ('' where no such limit)
@@ -32,47 +33,46 @@ local function release(rid)
     redis.call('HINCRBY', KEYS[4], string.sub(hold, 1, sep - 1), -amount)
     redis.call('HINCRBY', KEYS[4], '*', -amount)
     redis.call('HDEL', KEYS[5], rid)
+    redis.call('ZREM', KEYS[6], rid)
   end
-  redis.call('ZREM', KEYS[6], rid)
 end
 
 -- Holds whose usage never arrived; a few per call keeps every call's cost bounded.
 for _, rid in ipairs(redis.call('ZRANGEBYSCORE', KEYS[6], '-inf', now, 'LIMIT', 0, 16)) do
   release(rid)
+  redis.call('ZREM', KEYS[6], rid)
 end
 -- A retried call replaces its own hold rather than adding a second.
 if take then release(request_id) end
-
-local function number(key)
-  return tonumber(redis.call('GET', key) or '0')
-end
 
 local quota, floor, daily, monthly = limit(5), limit(6), limit(7), limit(8)
 local rpm, tpm = limit(9), limit(10)
 local tokens, cost = tonumber(ARGV[11]), tonumber(ARGV[12])
 local failures = ''
 local money_floor = nil
-local key_held = 0
-if quota or daily or monthly then
-  key_held = tonumber(redis.call('HGET', KEYS[4], key_id) or '0')
+
+local counters = redis.call('HMGET', KEYS[1], 'used', 'rpm', 'tpm')
+local key_held, account_held = 0, 0
+if quota or floor or daily or monthly then
+  local held = redis.call('HMGET', KEYS[4], key_id, '*')
+  key_held, account_held = tonumber(held[1] or '0'), tonumber(held[2] or '0')
 end
 
 local function money(code, remaining)
-  if remaining == nil then return nil end
   if remaining <= 0 then failures = failures .. code end
   if money_floor == nil or remaining < money_floor then money_floor = remaining end
   return remaining
 end
 
-local quota_left = quota and money('1', quota - number(KEYS[1]) - key_held)
-local account_left = floor and money('2', number(KEYS[7]) + floor - tonumber(redis.call('HGET', KEYS[4], '*') or '0'))
-local day_left = daily and money('3', daily - number(KEYS[2]) - key_held)
-local month_left = monthly and money('4', monthly - number(KEYS[3]) - key_held)
+local quota_left = quota and money('1', quota - tonumber(counters[1] or '0') - key_held)
+local account_left = floor and money('2', tonumber(redis.call('GET', KEYS[7]) or '0') + floor - account_held)
+local day_left = daily and money('3', daily - tonumber(redis.call('GET', KEYS[2]) or '0') - key_held)
+local month_left = monthly and money('4', monthly - tonumber(redis.call('GET', KEYS[3]) or '0') - key_held)
 
 -- GCRA over PERIOD ms; returns passed, remaining, reset at, retry after (or nil), new arrival time.
-local function gcra(code, key, lim, units)
+local function gcra(code, stored, lim, units)
   local interval = PERIOD / lim
-  local tat = tonumber(redis.call('GET', key) or now)
+  local tat = tonumber(stored or now)
   if tat < now then tat = now end
   local new_tat = tat + units * interval
   local allow_at = new_tat - PERIOD
@@ -87,9 +87,9 @@ local function gcra(code, key, lim, units)
 end
 
 local rpm_ok, rpm_left, rpm_reset, rpm_retry, rpm_tat
-if rpm then rpm_ok, rpm_left, rpm_reset, rpm_retry, rpm_tat = gcra('5', KEYS[8], rpm, 1) end
+if rpm then rpm_ok, rpm_left, rpm_reset, rpm_retry, rpm_tat = gcra('5', counters[2], rpm, 1) end
 local tpm_ok, tpm_left, tpm_reset, tpm_retry, tpm_tat
-if tpm then tpm_ok, tpm_left, tpm_reset, tpm_retry, tpm_tat = gcra('6', KEYS[9], tpm, tokens) end
+if tpm then tpm_ok, tpm_left, tpm_reset, tpm_retry, tpm_tat = gcra('6', counters[3], tpm, tokens) end
 
 local hold = 0
 if money_floor ~= nil then hold = math.max(0, math.min(math.max(cost, 0), money_floor)) end
@@ -101,10 +101,12 @@ if take and failures == '' then
     redis.call('HINCRBY', KEYS[4], key_id, hold)
     redis.call('HINCRBY', KEYS[4], '*', hold)
   end
-  -- An arrival time is only worth keeping until the limit is whole again.
-  if rpm then redis.call('SET', KEYS[8], string.format('%.4f', rpm_tat), 'PX', math.ceil(rpm_tat - now) + 1000) end
-  if tpm and tpm_tat > now then
-    redis.call('SET', KEYS[9], string.format('%.4f', tpm_tat), 'PX', math.ceil(tpm_tat - now) + 1000)
+  if rpm and tpm then
+    redis.call('HSET', KEYS[1], 'rpm', string.format('%.4f', rpm_tat), 'tpm', string.format('%.4f', tpm_tat))
+  elseif rpm then
+    redis.call('HSET', KEYS[1], 'rpm', string.format('%.4f', rpm_tat))
+  elseif tpm then
+    redis.call('HSET', KEYS[1], 'tpm', string.format('%.4f', tpm_tat))
   end
 end
 

@@ -1,9 +1,9 @@
 -- Settles a call once metering has charged it: releases its hold and adds its cost to the
 -- key's lifetime, daily and monthly spend and takes it from the account balance. A marker per
 -- request id makes a repeated settlement (a retry after a crash) a no-op.
--- KEYS[1] key's lifetime spend  KEYS[2] key's spend that day  KEYS[3] key's spend that month
--- KEYS[4] held credits (hash)   KEYS[5] holds (hash)  KEYS[6] hold expiries (zset)
--- KEYS[7] account balance       KEYS[8] settled marker of this request id
+-- KEYS[1] the key's counters (hash)  KEYS[2] its spend that day  KEYS[3] its spend that month
+-- KEYS[4] held credits (hash)  KEYS[5] holds (hash)  KEYS[6] hold expiries (zset)
+-- KEYS[7] account balance      KEYS[8] settled marker of this request id
 -- ARGV[1] request id  ARGV[2] cost  ARGV[3] day window end (ms)  ARGV[4] month window end (ms)
 -- ARGV[5] how long to remember the settlement (ms)
 -- Returns 1 when applied, 0 when it had been applied before.
@@ -21,7 +21,7 @@ end
 redis.call('ZREM', KEYS[6], ARGV[1])
 local cost = tonumber(ARGV[2])
 if cost ~= 0 then
-  redis.call('INCRBY', KEYS[1], cost)
+  redis.call('HINCRBY', KEYS[1], 'used', cost)
   redis.call('INCRBY', KEYS[2], cost)
   -- A window's spend is kept a day past its end, for late reads; then it is dead weight.
   redis.call('PEXPIREAT', KEYS[2], tonumber(ARGV[3]) + 86400000)

@@ -1,0 +1,206 @@
+//! The load generator: the same code drives every scenario, so their throughputs compare.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use prost::Message;
+use tollgate_proto::authz::v1 as authz;
+
+use crate::raw::{Answer, RawClient, Template, frame};
+
+/// Which RPC a scenario calls.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Target {
+    Noop,
+    Probe,
+    Authorize,
+}
+
+impl Target {
+    fn path(self) -> &'static str {
+        match self {
+            Target::Noop => "/tollgate.bench.v1.BenchService/Noop",
+            Target::Probe => "/tollgate.bench.v1.BenchService/Probe",
+            Target::Authorize => "/tollgate.authz.v1.AuthzService/Authorize",
+        }
+    }
+}
+
+/// A group of request templates and how one is chosen from it.
+pub struct Pool {
+    pub weight: f64,
+    pub requests: Vec<authz::AuthorizeRequest>,
+    /// The requests encoded once, request id left out.
+    encoded: Vec<Bytes>,
+    /// Cumulative pick probabilities: Zipf (s = 1) over the templates, or uniform.
+    cdf: Vec<f64>,
+}
+
+impl Pool {
+    pub fn new(weight: f64, requests: Vec<authz::AuthorizeRequest>, zipf: bool) -> Self {
+        let encoded = requests
+            .iter()
+            .map(|r| authz::AuthorizeRequest { request_id: String::new(), ..r.clone() }.encode_to_vec().into())
+            .collect();
+        let mut cdf = Vec::with_capacity(requests.len());
+        let mut total = 0.0;
+        for rank in 1..=requests.len() {
+            total += if zipf { 1.0 / rank as f64 } else { 1.0 };
+            cdf.push(total);
+        }
+        cdf.iter_mut().for_each(|c| *c /= total);
+        Self { weight, requests, encoded, cdf }
+    }
+
+    fn pick(&self, rng: &mut Rng) -> &Bytes {
+        let u = rng.unit();
+        let index = self.cdf.partition_point(|c| *c < u).min(self.encoded.len() - 1);
+        &self.encoded[index]
+    }
+}
+
+/// One benchmark scenario.
+pub struct Scenario {
+    pub name: &'static str,
+    pub target: Target,
+    pub pools: Vec<Pool>,
+}
+
+impl Scenario {
+    /// The next call's gRPC frame; every call gets its own request id.
+    fn next(&self, rng: &mut Rng, request_id: &[u8]) -> Bytes {
+        let template = Template { message: self.pick(rng).clone(), wrapped: self.target != Target::Authorize };
+        frame(&template, request_id)
+    }
+
+    fn pick(&self, rng: &mut Rng) -> &Bytes {
+        let total: f64 = self.pools.iter().map(|p| p.weight).sum();
+        let mut u = rng.unit() * total;
+        for pool in &self.pools {
+            if u < pool.weight {
+                return pool.pick(rng);
+            }
+            u -= pool.weight;
+        }
+        self.pools[0].pick(rng)
+    }
+}
+
+/// xorshift64*: fast, and good enough to pick keys.
+struct Rng(u64);
+
+impl Rng {
+    fn unit(&mut self) -> f64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        (self.0.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
+/// Counts of a closed-loop round.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Counts {
+    pub allowed: u64,
+    pub denied: u64,
+    pub failed: u64,
+}
+
+impl Counts {
+    pub fn total(&self) -> u64 {
+        self.allowed + self.denied + self.failed
+    }
+}
+
+/// `concurrency` callers, each sending its next call as soon as the last returns, for
+/// `duration`.
+pub async fn closed_loop(
+    scenario: Arc<Scenario>,
+    clients: &[RawClient],
+    concurrency: usize,
+    duration: Duration,
+) -> Counts {
+    let counters: Arc<[AtomicU64; 3]> = Arc::new(Default::default());
+    let end = Instant::now() + duration;
+    let tasks: Vec<_> = (0..concurrency)
+        .map(|task| {
+            let scenario = scenario.clone();
+            let mut client = clients[task % clients.len()].clone();
+            let counters = counters.clone();
+            tokio::spawn(async move {
+                let mut rng = Rng(0x9E37_79B9_7F4A_7C15 ^ ((task as u64 + 1) * 0x1234_5678_9ABC_DEF1));
+                let mut sequence = 0u64;
+                while Instant::now() < end {
+                    sequence += 1;
+                    let body = scenario.next(&mut rng, format!("b{task}-{sequence}").as_bytes());
+                    let slot = match client.call(scenario.target.path(), body).await {
+                        Answer::Allowed => 0,
+                        Answer::Denied => 1,
+                        Answer::Failed => 2,
+                    };
+                    counters[slot].fetch_add(1, Ordering::Relaxed);
+                }
+            })
+        })
+        .collect();
+    for task in tasks {
+        let _ = task.await;
+    }
+    Counts {
+        allowed: counters[0].load(Ordering::Relaxed),
+        denied: counters[1].load(Ordering::Relaxed),
+        failed: counters[2].load(Ordering::Relaxed),
+    }
+}
+
+/// Calls at a fixed total `rate` for `duration`; returns each call's latency in microseconds.
+pub async fn open_loop(
+    scenario: Arc<Scenario>,
+    clients: &[RawClient],
+    concurrency: usize,
+    rate: f64,
+    duration: Duration,
+) -> Vec<u64> {
+    let interval = Duration::from_secs_f64(concurrency as f64 / rate);
+    let end = Instant::now() + duration;
+    let tasks: Vec<_> = (0..concurrency)
+        .map(|task| {
+            let scenario = scenario.clone();
+            let mut client = clients[task % clients.len()].clone();
+            tokio::spawn(async move {
+                let mut rng = Rng(0xD1B5_4A32_D192_ED03 ^ ((task as u64 + 7) * 0x9E37_79B9));
+                let mut latencies = Vec::new();
+                // Spread the callers' phases over one interval.
+                let mut next = tokio::time::Instant::now() + interval.mul_f64(task as f64 / concurrency as f64);
+                let mut sequence = 0u64;
+                while Instant::now() < end {
+                    tokio::time::sleep_until(next).await;
+                    next += interval;
+                    sequence += 1;
+                    let body = scenario.next(&mut rng, format!("l{task}-{sequence}").as_bytes());
+                    let sent = Instant::now();
+                    if client.call(scenario.target.path(), body).await != Answer::Failed {
+                        latencies.push(sent.elapsed().as_micros() as u64);
+                    }
+                }
+                latencies
+            })
+        })
+        .collect();
+    let mut all = Vec::new();
+    for task in tasks {
+        all.extend(task.await.unwrap_or_default());
+    }
+    all.sort_unstable();
+    all
+}
+
+/// The `q` quantile (0–1) of sorted samples.
+pub fn quantile(sorted: &[u64], q: f64) -> u64 {
+    if sorted.is_empty() {
+        return 0;
+    }
+    sorted[((sorted.len() - 1) as f64 * q).round() as usize]
+}
