@@ -2,7 +2,7 @@
 """A grpcurl stand-in smoke test of a running Tollgate, using only server reflection.
 
 It walks the README's quick tour (account → application → group → model → key create,
-list, disable, rotate, delete) with the same JSON bodies the README passes to grpcurl, and
+list, Authorize and ExplainAuthorize, disable, rotate, delete) with the same JSON bodies the README passes to grpcurl, and
 checks each answer. No .proto files: every message type comes from reflection, as it does
 for grpcurl, Postman and evans.
 
@@ -83,9 +83,20 @@ def main():
                     {"parent": f"accounts/{account}", "status": "KEY_STATUS_ENABLED"})
     assert [k["name"] for k in listed["keys"]] == [key["name"]]
     assert secret not in json.dumps(listed)
+    call = {"api_key": secret, "model": model, "capability": "CAPABILITY_TEXT",
+            "client_ip": "203.0.113.7", "estimated_tokens": 1200, "request_id": f"req-{suffix}"}
+    allowed = t.call("tollgate.authz.v1.AuthzService/Authorize", call)
+    assert allowed["decision"] == "DECISION_ALLOW", allowed
+    assert allowed["headroom"]["rpm"]["limit"] == "600", allowed
+    assert int(allowed["headroom"]["quotaRemaining"]) < 5000000, "the call holds its estimated cost"
+    outsider = dict(call, client_ip="198.51.100.1", request_id=f"req2-{suffix}")
+    explained = t.call("tollgate.authz.v1.AuthzService/ExplainAuthorize", {"request": outsider})
+    assert explained["reason"] == "DENY_REASON_IP_NOT_ALLOWED", explained
     disabled = t.call("tollgate.keys.v1.KeyService/UpdateKey",
                       {"key": {"name": key["name"], "enabled": False}, "update_mask": "enabled"})["key"]
     assert disabled["status"] == "KEY_STATUS_DISABLED", disabled
+    denied = t.call("tollgate.authz.v1.AuthzService/Authorize", dict(call, request_id=f"req3-{suffix}"))
+    assert denied["reason"] == "DENY_REASON_KEY_DISABLED", denied
     rotated = t.call("tollgate.keys.v1.KeyService/RotateKey",
                      {"name": key["name"], "grace_period": "3600s"})["created"]
     assert rotated["secret"] != secret and "previousSecretExpireTime" in rotated["key"]
