@@ -115,6 +115,17 @@ async fn redis_commands_per_authorize() {
     })
     .await;
     assert!(commands.is_empty(), "unknown and malformed keys cost nothing once cached: {commands:?}");
+
+    // Concurrent first calls of a key nobody has looked up make one lookup.
+    let fresh = key_without_defaults(&h, &w, w.key("Fresh")).await;
+    let commands = commands_during(&redis, async {
+        let calls: Vec<_> = (0..50).map(|_| tokio::spawn(authorize_on(channel.clone(), call(&w, &fresh)))).collect();
+        for task in calls {
+            assert_eq!(task.await.unwrap().decision(), authz::Decision::Allow);
+        }
+    })
+    .await;
+    assert_eq!(commands, ["HGET"], "one snapshot read for 50 concurrent misses");
     h.stop().await;
 }
 
