@@ -71,6 +71,39 @@ pub fn cost_credits(tokens: i64, price_per_mtok: i64, multiplier_micros: i64) ->
         .unwrap_or(i64::MAX)
 }
 
+/// A model's prices in credits per million tokens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TokenPrices {
+    pub input: i64,
+    pub output: i64,
+    pub cached_input: i64,
+}
+
+/// Tokens one call used.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TokenUsage {
+    /// Prompt tokens not served from cache.
+    pub input: i64,
+    pub output: i64,
+    pub cached_input: i64,
+}
+
+/// What a call costs: every token kind at its price, summed exactly, times the multiplier in
+/// millionths, rounded **up once** to a whole credit (rounding each kind separately would
+/// overcharge by up to two credits). Saturates at `i64::MAX`.
+pub fn usage_cost(usage: TokenUsage, prices: TokenPrices, multiplier_micros: i64) -> i64 {
+    let part = |tokens: i64, price: i64| i128::from(tokens.max(0)).checked_mul(i128::from(price.max(0)));
+    let denominator: i128 = 1_000_000 * 1_000_000;
+    part(usage.input, prices.input)
+        .zip(part(usage.output, prices.output))
+        .zip(part(usage.cached_input, prices.cached_input))
+        .and_then(|((a, b), c)| a.checked_add(b)?.checked_add(c))
+        .and_then(|sum| sum.checked_mul(i128::from(multiplier_micros.max(0))))
+        .map(|n| (n + denominator - 1) / denominator)
+        .and_then(|credits| i64::try_from(credits).ok())
+        .unwrap_or(i64::MAX)
+}
+
 /// A credit price per million tokens in USD, as an exact decimal string.
 pub fn credits_to_usd(credits: i64, credits_per_usd: i64) -> String {
     if credits_per_usd <= 0 {
@@ -120,6 +153,33 @@ mod tests {
         }
     }
 
+    /// The rounding table of a whole call: the exact sum over token kinds, rounded up once.
+    #[test]
+    fn usage_rounding_table() {
+        let prices = TokenPrices { input: 1_000_000, output: 2_000_000, cached_input: 250_000 };
+        let cases = [
+            // input, output, cached, multiplier, expected credits
+            (0, 0, 0, "1", 0),              // nothing used, nothing charged
+            (1, 0, 0, "1", 1),              // exact
+            (1, 1, 0, "1", 3),              // 1 + 2
+            (0, 0, 1, "1", 1),              // 0.25 rounds up
+            (0, 0, 4, "1", 1),              // 4 × 0.25 = 1, exact
+            (1, 0, 2, "1", 2),              // 1 + 0.5 rounds up once, not 1 + 1
+            (1, 1, 1, "1.5", 5),            // (1 + 2 + 0.25) × 1.5 = 4.875
+            (10, 10, 10, "0.1", 4),         // 32.5 × 0.1 = 3.25
+            (1_000_000, 500_000, 0, "0.8", 1_600_000), // (1e6 + 1e6) × 0.8
+            (7, 3, 0, "0", 0),              // a free group
+        ];
+        for (input, output, cached, multiplier, expected) in cases {
+            let m = PriceMultiplier::parse(multiplier).unwrap().micros();
+            let usage = TokenUsage { input, output, cached_input: cached };
+            assert_eq!(usage_cost(usage, prices, m), expected, "{usage:?} × {multiplier}");
+        }
+        let dear = TokenPrices { input: i64::MAX, output: i64::MAX, cached_input: i64::MAX };
+        let huge = TokenUsage { input: i64::MAX, output: i64::MAX, cached_input: i64::MAX };
+        assert_eq!(usage_cost(huge, dear, 1_000_000_000), i64::MAX, "saturates");
+    }
+
     #[test]
     fn usd_display() {
         assert_eq!(credits_to_usd(75_000, 500_000), "0.15");
@@ -131,6 +191,23 @@ mod tests {
         fn cost_is_the_exact_ceiling(tokens in 0i64..10_000_000_000, price in 0i64..100_000_000, m in 0i64..1_000_000_000) {
             let cost = cost_credits(tokens, price, m);
             let exact = i128::from(tokens) * i128::from(price) * i128::from(m);
+            let d: i128 = 1_000_000_000_000;
+            prop_assert!(i128::from(cost) * d >= exact);
+            prop_assert!(i128::from(cost) * d < exact + d);
+        }
+
+        #[test]
+        fn usage_cost_is_the_exact_ceiling_of_the_sum(
+            input in 0i64..1_000_000_000, output in 0i64..1_000_000_000, cached in 0i64..1_000_000_000,
+            pi in 0i64..100_000_000, po in 0i64..100_000_000, pc in 0i64..100_000_000, m in 0i64..1_000_000_000,
+        ) {
+            let cost = usage_cost(
+                TokenUsage { input, output, cached_input: cached },
+                TokenPrices { input: pi, output: po, cached_input: pc },
+                m,
+            );
+            let exact = (i128::from(input) * i128::from(pi) + i128::from(output) * i128::from(po)
+                + i128::from(cached) * i128::from(pc)) * i128::from(m);
             let d: i128 = 1_000_000_000_000;
             prop_assert!(i128::from(cost) * d >= exact);
             prop_assert!(i128::from(cost) * d < exact + d);

@@ -15,6 +15,7 @@
 //! | `P:{A}:holdexp` | zset | request id by hold expiry (ms) |
 //! | `P:{A}:bal` | int | the account's balance |
 //! | `P:{A}:settled:R` | string | request R was settled (kept 7 days) |
+//! | `P:{A}:credited:R` | string | credit grant R was added to the balance (kept 7 days) |
 
 use async_trait::async_trait;
 use tollgate_core::counters::{CounterOutcome, CounterRequest};
@@ -46,6 +47,29 @@ pub struct Settlement<'a> {
     pub windows: &'a Windows,
 }
 
+/// A key's spend as the counters hold it (holds not included).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct KeySpend {
+    /// Credits spent in the key's life.
+    pub used: i64,
+    /// Credits spent in the day window asked for.
+    pub day: i64,
+    /// Credits spent in the month window asked for.
+    pub month: i64,
+}
+
+/// Counter values rebuilt from the ledger, to overwrite what Redis holds
+/// (`tollgate metering reconcile`).
+#[derive(Debug, Clone)]
+pub struct CounterRestore<'a> {
+    pub account_id: &'a str,
+    /// Credits added minus credits spent.
+    pub balance: i64,
+    /// Each key's spend in `windows`.
+    pub keys: Vec<(String, KeySpend)>,
+    pub windows: &'a Windows,
+}
+
 /// How long a settlement is remembered, so a repeated one is ignored.
 pub const SETTLED_MEMORY_MS: i64 = 7 * 24 * 3600 * 1000;
 
@@ -60,8 +84,29 @@ pub trait Counters: Send + Sync {
     /// Releases a call's hold and adds its cost to spend; a second settlement of the same
     /// request id changes nothing. Returns whether this one applied.
     async fn settle(&self, settlement: &Settlement<'_>) -> Result<bool, StateError>;
+    /// Settles many calls; one round trip on Redis. Returns, per settlement, whether it
+    /// applied.
+    async fn settle_batch(&self, settlements: &[Settlement<'_>]) -> Result<Vec<bool>, StateError> {
+        let mut applied = Vec::with_capacity(settlements.len());
+        for settlement in settlements {
+            applied.push(self.settle(settlement).await?);
+        }
+        Ok(applied)
+    }
     /// Adds credits to (or, negative, takes them from) an account's balance.
     async fn adjust_balance(&self, account_id: &str, credits: i64) -> Result<(), StateError>;
+    /// Adds a credit grant to the balance once: a second call with the same `grant_id`
+    /// changes nothing. Returns whether this one applied.
+    async fn credit_once(&self, account_id: &str, grant_id: &str, credits: i64) -> Result<bool, StateError>;
+    /// Each key's lifetime spend and its spend in `windows`.
+    async fn key_spend(
+        &self,
+        account_id: &str,
+        key_ids: &[String],
+        windows: &Windows,
+    ) -> Result<Vec<KeySpend>, StateError>;
+    /// Overwrites an account's balance and its keys' spend (holds and rates are kept).
+    async fn restore(&self, restore: &CounterRestore<'_>) -> Result<(), StateError>;
 }
 
 /// Redis key names of the counters.
@@ -88,6 +133,26 @@ impl CounterKeys {
         self.account(account_id, "bal")
     }
 
+    /// A key's counters hash (`used`, `rpm`, `tpm`).
+    pub fn key_counters(&self, account_id: &str, key_id: &str) -> String {
+        format!("{}:{{{account_id}}}:k:{key_id}", self.prefix)
+    }
+
+    /// A key's spend in a day (`YYYYMMDD`) window.
+    pub fn key_day(&self, account_id: &str, key_id: &str, day: &str) -> String {
+        self.key(account_id, key_id, &format!("d:{day}"))
+    }
+
+    /// A key's spend in a month (`YYYYMM`) window.
+    pub fn key_month(&self, account_id: &str, key_id: &str, month: &str) -> String {
+        self.key(account_id, key_id, &format!("m:{month}"))
+    }
+
+    /// The marker of a credit grant applied to the balance.
+    pub fn credited(&self, account_id: &str, grant_id: &str) -> String {
+        self.account(account_id, &format!("credited:{grant_id}"))
+    }
+
     /// The keys `settle.lua` takes, in its order.
     pub fn for_settlement(&self, settlement: &Settlement<'_>) -> [String; 8] {
         let [counters, day, month, held, holds, holdexp, balance] =
@@ -99,9 +164,9 @@ impl CounterKeys {
     /// The keys `authorize.lua` takes, in its order.
     pub fn for_call(&self, account_id: &str, key_id: &str, windows: &Windows) -> [String; 7] {
         [
-            format!("{}:{{{account_id}}}:k:{key_id}", self.prefix),
-            self.key(account_id, key_id, &format!("d:{}", windows.day)),
-            self.key(account_id, key_id, &format!("m:{}", windows.month)),
+            self.key_counters(account_id, key_id),
+            self.key_day(account_id, key_id, &windows.day),
+            self.key_month(account_id, key_id, &windows.month),
             self.account(account_id, "held"),
             self.account(account_id, "holds"),
             self.account(account_id, "holdexp"),

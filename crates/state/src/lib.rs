@@ -12,6 +12,8 @@ pub mod memory;
 pub mod memory_counters;
 pub mod redis;
 pub mod redis_counters;
+pub mod redis_usage_queue;
+pub mod usage_queue;
 
 use async_trait::async_trait;
 use tokio::sync::broadcast;

@@ -8,7 +8,8 @@ use async_trait::async_trait;
 use tollgate_core::counters::{CounterOutcome, CounterState, evaluate};
 
 use crate::StateError;
-use crate::counters::{CounterCall, Counters, Settlement};
+use crate::counters::{CounterCall, CounterRestore, Counters, KeySpend, Settlement};
+use tollgate_core::windows::Windows;
 
 #[derive(Debug, Default)]
 struct KeyCounters {
@@ -28,6 +29,7 @@ struct AccountCounters {
     /// request id → (key id, credits, expires at ms)
     holds: HashMap<String, (String, i64, f64)>,
     settled: std::collections::HashSet<String>,
+    credited: std::collections::HashSet<String>,
     keys: HashMap<String, KeyCounters>,
 }
 
@@ -147,6 +149,50 @@ impl Counters for MemoryCounters {
     async fn adjust_balance(&self, account_id: &str, credits: i64) -> Result<(), StateError> {
         let mut accounts = self.accounts.lock().expect("counter lock poisoned");
         accounts.entry(account_id.to_owned()).or_default().balance += credits;
+        Ok(())
+    }
+
+    async fn credit_once(&self, account_id: &str, grant_id: &str, credits: i64) -> Result<bool, StateError> {
+        let mut accounts = self.accounts.lock().expect("counter lock poisoned");
+        let account = accounts.entry(account_id.to_owned()).or_default();
+        if !account.credited.insert(grant_id.to_owned()) {
+            return Ok(false);
+        }
+        account.balance += credits;
+        Ok(true)
+    }
+
+    async fn key_spend(
+        &self,
+        account_id: &str,
+        key_ids: &[String],
+        windows: &Windows,
+    ) -> Result<Vec<KeySpend>, StateError> {
+        let accounts = self.accounts.lock().expect("counter lock poisoned");
+        let account = accounts.get(account_id);
+        Ok(key_ids
+            .iter()
+            .map(|key_id| match account.and_then(|a| a.keys.get(key_id)) {
+                Some(key) => KeySpend {
+                    used: key.used,
+                    day: if key.day.0 == windows.day { key.day.1 } else { 0 },
+                    month: if key.month.0 == windows.month { key.month.1 } else { 0 },
+                },
+                None => KeySpend::default(),
+            })
+            .collect())
+    }
+
+    async fn restore(&self, restore: &CounterRestore<'_>) -> Result<(), StateError> {
+        let mut accounts = self.accounts.lock().expect("counter lock poisoned");
+        let account = accounts.entry(restore.account_id.to_owned()).or_default();
+        account.balance = restore.balance;
+        for (key_id, spend) in &restore.keys {
+            let key = account.keys.entry(key_id.clone()).or_default();
+            key.used = spend.used;
+            key.day = (restore.windows.day.clone(), spend.day);
+            key.month = (restore.windows.month.clone(), spend.month);
+        }
         Ok(())
     }
 }

@@ -4,12 +4,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use redis::Script;
 use redis::aio::ConnectionManager;
+use redis::{ErrorKind, Script, ServerErrorKind};
 use tollgate_core::counters::{CounterCheck, CounterOutcome, RateOutcome};
+use tollgate_core::windows::Windows;
 
 use crate::StateError;
-use crate::counters::{CounterCall, CounterKeys, Counters, SETTLED_MEMORY_MS, Settlement};
+use crate::counters::{
+    CounterCall, CounterKeys, CounterRestore, Counters, KeySpend, SETTLED_MEMORY_MS, Settlement,
+};
 use crate::redis::RedisState;
 
 /// Counters on the Redis behind a [`RedisState`].
@@ -19,6 +22,7 @@ pub struct RedisCounters {
     keys: CounterKeys,
     script: Arc<Script>,
     settle_script: Arc<Script>,
+    credit_script: Arc<Script>,
     op_timeout: Duration,
 }
 
@@ -37,6 +41,7 @@ impl RedisCounters {
             keys: CounterKeys::new(state.prefix()),
             script: Arc::new(Script::new(include_str!("lua/authorize.lua"))),
             settle_script: Arc::new(Script::new(include_str!("lua/settle.lua"))),
+            credit_script: Arc::new(Script::new(include_str!("lua/credit.lua"))),
             op_timeout,
         }
     }
@@ -65,6 +70,20 @@ impl RedisCounters {
         let mut conn = self.conn.clone();
         let reply: Vec<String> = self.bounded(invocation.invoke_async(&mut conn)).await?;
         parse(&reply, call)
+    }
+
+    fn settle_invocation<'s>(&'s self, settlement: &Settlement<'_>) -> redis::ScriptInvocation<'s> {
+        let mut invocation = self.settle_script.prepare_invoke();
+        for key in self.keys.for_settlement(settlement) {
+            invocation.key(key);
+        }
+        invocation
+            .arg(settlement.request_id)
+            .arg(settlement.cost)
+            .arg(settlement.windows.day_end / 1000)
+            .arg(settlement.windows.month_end / 1000)
+            .arg(SETTLED_MEMORY_MS);
+        invocation
     }
 
     async fn bounded<T>(&self, op: impl Future<Output = redis::RedisResult<T>>) -> Result<T, StateError> {
@@ -124,19 +143,96 @@ impl Counters for RedisCounters {
     }
 
     async fn settle(&self, settlement: &Settlement<'_>) -> Result<bool, StateError> {
-        let mut invocation = self.settle_script.prepare_invoke();
-        for key in self.keys.for_settlement(settlement) {
-            invocation.key(key);
+        let mut conn = self.conn.clone();
+        let applied: i64 = self.bounded(self.settle_invocation(settlement).invoke_async(&mut conn)).await?;
+        Ok(applied == 1)
+    }
+
+    async fn settle_batch(&self, settlements: &[Settlement<'_>]) -> Result<Vec<bool>, StateError> {
+        if settlements.is_empty() {
+            return Ok(Vec::new());
         }
+        // One pipeline of EVALSHAs: one round trip for the whole batch. Each script touches
+        // one account's hash slot, so the pipeline works on Redis Cluster too.
+        let mut pipe = redis::pipe();
+        for settlement in settlements {
+            pipe.invoke_script(&self.settle_invocation(settlement));
+        }
+        let mut conn = self.conn.clone();
+        let first = tokio::time::timeout(self.op_timeout, pipe.query_async::<Vec<i64>>(&mut conn))
+            .await
+            .map_err(|_| StateError::Timeout)?;
+        let applied = match first {
+            Ok(applied) => applied,
+            // After a Redis restart the script cache is empty: load it once and resend (the
+            // settled markers make the resend harmless).
+            Err(error) if error.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
+                self.bounded(self.settle_script.prepare_invoke().load_async(&mut conn)).await?;
+                self.bounded(pipe.query_async::<Vec<i64>>(&mut conn)).await?
+            }
+            Err(error) => return Err(StateError::Unavailable(error.to_string())),
+        };
+        Ok(applied.into_iter().map(|a| a == 1).collect())
+    }
+
+    async fn credit_once(&self, account_id: &str, grant_id: &str, credits: i64) -> Result<bool, StateError> {
+        let mut invocation = self.credit_script.prepare_invoke();
         invocation
-            .arg(settlement.request_id)
-            .arg(settlement.cost)
-            .arg(settlement.windows.day_end / 1000)
-            .arg(settlement.windows.month_end / 1000)
+            .key(self.keys.balance(account_id))
+            .key(self.keys.credited(account_id, grant_id))
+            .arg(credits)
             .arg(SETTLED_MEMORY_MS);
         let mut conn = self.conn.clone();
         let applied: i64 = self.bounded(invocation.invoke_async(&mut conn)).await?;
         Ok(applied == 1)
+    }
+
+    async fn key_spend(
+        &self,
+        account_id: &str,
+        key_ids: &[String],
+        windows: &Windows,
+    ) -> Result<Vec<KeySpend>, StateError> {
+        if key_ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut pipe = redis::pipe();
+        for key_id in key_ids {
+            pipe.hget(self.keys.key_counters(account_id, key_id), "used")
+                .get(self.keys.key_day(account_id, key_id, &windows.day))
+                .get(self.keys.key_month(account_id, key_id, &windows.month));
+        }
+        let mut conn = self.conn.clone();
+        let values: Vec<Option<i64>> = self.bounded(pipe.query_async(&mut conn)).await?;
+        Ok(values
+            .chunks(3)
+            .map(|v| KeySpend { used: v[0].unwrap_or(0), day: v[1].unwrap_or(0), month: v[2].unwrap_or(0) })
+            .collect())
+    }
+
+    async fn restore(&self, restore: &CounterRestore<'_>) -> Result<(), StateError> {
+        let windows = restore.windows;
+        let day_expiry = windows.day_end / 1000 + 86_400_000;
+        let month_expiry = windows.month_end / 1000 + 86_400_000;
+        // MULTI/EXEC: every key shares the account's hash tag.
+        let mut pipe = redis::pipe();
+        pipe.atomic().set(self.keys.balance(restore.account_id), restore.balance).ignore();
+        for (key_id, spend) in &restore.keys {
+            let day = self.keys.key_day(restore.account_id, key_id, &windows.day);
+            let month = self.keys.key_month(restore.account_id, key_id, &windows.month);
+            pipe.hset(self.keys.key_counters(restore.account_id, key_id), "used", spend.used)
+                .ignore()
+                .set(&day, spend.day)
+                .ignore()
+                .pexpire_at(&day, day_expiry)
+                .ignore()
+                .set(&month, spend.month)
+                .ignore()
+                .pexpire_at(&month, month_expiry)
+                .ignore();
+        }
+        let mut conn = self.conn.clone();
+        self.bounded(pipe.query_async::<()>(&mut conn)).await
     }
 
     async fn adjust_balance(&self, account_id: &str, credits: i64) -> Result<(), StateError> {

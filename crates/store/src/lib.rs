@@ -9,6 +9,7 @@
 mod db;
 mod error;
 pub mod keys;
+pub mod metering;
 
 pub use db::{Backend, Database, DatabaseConfig};
 pub use error::{StoreError, StoreResult};

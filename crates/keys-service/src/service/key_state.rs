@@ -36,6 +36,20 @@ impl KeysService {
         Ok(snapshot::key_state(&source, secret.expire_time, &self.config.caps))
     }
 
+    /// The state of a key by id, deleted keys included (`deleted` set), for metering. A key
+    /// of another account is NOT_FOUND.
+    pub async fn key_state_by_id(&self, account_id: &str, key_id: &str) -> KeysResult<pb::KeyState> {
+        let source = self
+            .store
+            .load_key_states(&[key_id.to_owned()])
+            .await
+            .map_err(KeysError::from_store("key"))?
+            .pop()
+            .filter(|source| source.key.account_id == account_id)
+            .ok_or(KeysError::NotFound("key"))?;
+        Ok(snapshot::key_state(&source, None, &self.config.caps))
+    }
+
     async fn cache_writes(&self, writes: &[KeyStateWrite]) -> Result<(), tollgate_state::StateError> {
         self.sync.cache().put_key_states(writes).await
     }

@@ -1,0 +1,10 @@
+-- Adds a credit grant to an account's balance once: a marker per grant id makes a repeated
+-- call (a retry after a crash between the database commit and this step) a no-op.
+-- KEYS[1] account balance  KEYS[2] marker of this grant (same hash tag)
+-- ARGV[1] credits (negative takes)  ARGV[2] how long to remember the grant (ms)
+-- Returns 1 when applied, 0 when it had been applied before.
+if redis.call('SET', KEYS[2], '1', 'NX', 'PX', ARGV[2]) == false then
+  return 0
+end
+redis.call('INCRBY', KEYS[1], ARGV[1])
+return 1

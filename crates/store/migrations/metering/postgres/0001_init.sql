@@ -1,0 +1,71 @@
+-- The metering service's money. Times are microseconds since the Unix epoch; credits are
+-- integers. The same SQL statements run on Postgres and SQLite; only these files differ.
+
+-- One row per charged call; the unique (account, request id) makes charging exactly once.
+CREATE TABLE usage_ledger (
+    request_id          TEXT NOT NULL,
+    account_id          TEXT NOT NULL,
+    application_id      TEXT NOT NULL,
+    key_id              TEXT NOT NULL,
+    model               TEXT NOT NULL,
+    input_tokens        BIGINT NOT NULL,
+    output_tokens       BIGINT NOT NULL,
+    cached_input_tokens BIGINT NOT NULL,
+    credits             BIGINT NOT NULL,
+    outcome             TEXT NOT NULL,
+    start_time          BIGINT NOT NULL,
+    end_time            BIGINT NOT NULL,
+    -- The calendar windows the call counts in (by its end time), `YYYYMMDD` and `YYYYMM`.
+    day                 TEXT NOT NULL,
+    month               TEXT NOT NULL,
+    apply_time          BIGINT NOT NULL,
+    -- Request ids are unique per account, as Authorize's holds are.
+    PRIMARY KEY (account_id, request_id)
+);
+CREATE INDEX usage_ledger_by_account ON usage_ledger (account_id, end_time, request_id);
+CREATE INDEX usage_ledger_by_key ON usage_ledger (key_id, end_time);
+
+-- Running totals: `k/{account}/{key}`, `a/{account}/{application}`, `c/{account}`, and the
+-- windows `kd/{account}/{key}/{YYYYMMDD}` and `km/{account}/{key}/{YYYYMM}`.
+CREATE TABLE usage_totals (
+    scope               TEXT PRIMARY KEY,
+    requests            BIGINT NOT NULL,
+    input_tokens        BIGINT NOT NULL,
+    output_tokens       BIGINT NOT NULL,
+    cached_input_tokens BIGINT NOT NULL,
+    credits             BIGINT NOT NULL
+);
+
+-- Balance = credits_added - credits_spent.
+CREATE TABLE account_balances (
+    account_id    TEXT PRIMARY KEY,
+    credits_added BIGINT NOT NULL,
+    credits_spent BIGINT NOT NULL
+);
+
+-- Every credit change an admin made; the idempotency id makes a retry add nothing.
+CREATE TABLE credit_grants (
+    account_id TEXT NOT NULL,
+    request_id TEXT NOT NULL,
+    credits    BIGINT NOT NULL,
+    reason     TEXT NOT NULL,
+    actor      TEXT NOT NULL,
+    time       BIGINT NOT NULL,
+    PRIMARY KEY (account_id, request_id)
+);
+
+-- `tollgate dev`'s usage queue (production uses a Redis Stream).
+CREATE TABLE usage_inbox (
+    id         BIGSERIAL PRIMARY KEY,
+    payload    BYTEA NOT NULL,
+    deliveries INTEGER NOT NULL DEFAULT 0,
+    visible_at BIGINT NOT NULL
+);
+
+CREATE TABLE usage_dead_letters (
+    id       BIGSERIAL PRIMARY KEY,
+    payload  BYTEA NOT NULL,
+    reason   TEXT NOT NULL,
+    attempts INTEGER NOT NULL,
+    time     BIGINT NOT NULL
+);
