@@ -53,6 +53,14 @@ impl Calendar {
         (windows.day_start..windows.day_end).contains(&at)
     }
 
+    /// Start of the local hour containing `at`.
+    pub fn hour_start(&self, at: Micros) -> Micros {
+        let instant = Timestamp::from_microsecond(at).unwrap_or(Timestamp::UNIX_EPOCH);
+        let offset = i64::from(self.zone.to_offset(instant).seconds()) * 1_000_000;
+        let hour: Micros = 3_600 * 1_000_000;
+        (at + offset).div_euclid(hour) * hour - offset
+    }
+
     /// The windows containing `at`.
     pub fn windows(&self, at: Micros) -> Windows {
         let instant = Timestamp::from_microsecond(at).unwrap_or(Timestamp::UNIX_EPOCH);
@@ -114,6 +122,14 @@ mod tests {
         assert_eq!(spring.day, "20260329");
         assert_eq!(start.day, "20260329");
         assert_eq!(spring.day_end - micros("2026-03-28T23:00:00Z"), 23 * 3600 * 1_000_000);
+    }
+
+    #[test]
+    fn hours_start_on_the_local_hour() {
+        let kolkata = Calendar::new("Asia/Kolkata").unwrap(); // UTC+5:30
+        assert_eq!(kolkata.hour_start(micros("2026-11-30T10:45:00Z")), micros("2026-11-30T10:30:00Z"));
+        assert_eq!(kolkata.hour_start(micros("2026-11-30T10:15:00Z")), micros("2026-11-30T09:30:00Z"));
+        assert_eq!(Calendar::utc().hour_start(micros("2026-11-30T10:59:59Z")), micros("2026-11-30T10:00:00Z"));
     }
 
     #[test]

@@ -20,6 +20,7 @@ use std::time::Duration;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tollgate_proto::keys::v1 as pb;
+use tollgate_state::counters::Counters;
 use tollgate_state::{InvalidationBus, KeyStateCache};
 use tollgate_store::keys::KeysStore;
 use tonic::server::NamedService;
@@ -49,6 +50,7 @@ impl KeysServer {
         store: Arc<dyn KeysStore>,
         cache: Arc<dyn KeyStateCache>,
         bus: Arc<dyn InvalidationBus>,
+        counters: Arc<dyn Counters>,
         config: KeysConfig,
     ) -> KeysResult<Self> {
         let caps = format!("{:?}/{:?}", config.caps.max_rpm, config.caps.max_tpm);
@@ -59,7 +61,7 @@ impl KeysServer {
         }
         let sync = Arc::new(StateSync::new(store.clone(), cache, bus, config.caps));
         sync.flush_after_commit().await;
-        let service = Arc::new(KeysService::new(store, sync.clone(), config));
+        let service = Arc::new(KeysService::new(store, sync.clone(), counters, config));
         Ok(Self { grpc: KeysGrpc::new(service.clone()), service, sync })
     }
 

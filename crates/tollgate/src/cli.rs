@@ -28,6 +28,32 @@ pub enum Command {
     Serve(ServeArgs),
     /// Applies database migrations (run it as a Kubernetes Job before rolling out).
     Migrate(MigrateArgs),
+    /// Metering maintenance.
+    #[command(subcommand)]
+    Metering(MeteringCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum MeteringCommand {
+    /// Rebuilds the Redis counters authz reads (balances, each key's spend today, this month
+    /// and in its life) from the ledger in Postgres: the way back after Redis lost its data.
+    Reconcile(ReconcileArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ReconcileArgs {
+    /// Postgres URL.
+    #[arg(long, env = "TOLLGATE_DATABASE_URL")]
+    pub database_url: String,
+    /// Redis URL, e.g. redis://redis:6379.
+    #[arg(long, env = "TOLLGATE_REDIS_URL")]
+    pub redis_url: String,
+    /// Prefix of every Redis key and channel.
+    #[arg(long, env = "TOLLGATE_REDIS_PREFIX", default_value = "tollgate")]
+    pub redis_prefix: String,
+    /// IANA time zone of daily and monthly budgets (the same for authz and metering).
+    #[arg(long, env = "TOLLGATE_TIME_ZONE", default_value = "UTC")]
+    pub time_zone: String,
 }
 
 #[derive(Debug, Args)]
@@ -47,6 +73,8 @@ pub struct DevArgs {
     pub keys: KeysArgs,
     #[command(flatten)]
     pub authz: AuthzArgs,
+    #[command(flatten)]
+    pub metering: MeteringArgs,
 }
 
 #[derive(Debug, Args)]
@@ -76,7 +104,8 @@ pub struct ServeArgs {
     /// gateway's authorization timeout].
     #[arg(long, env = "TOLLGATE_REDIS_TIMEOUT", value_parser = humantime::parse_duration)]
     pub redis_timeout: Option<Duration>,
-    /// The keys service, for authz's cache misses, e.g. http://tollgate-keys:50051 (authz).
+    /// The keys service, for authz's cache misses and metering's key and price look-ups,
+    /// e.g. http://tollgate-keys:50051 (authz, metering).
     #[arg(long, env = "TOLLGATE_KEYS_URL")]
     pub keys_url: Option<String>,
     /// How long health reports NOT_SERVING before the server stops on SIGTERM.
@@ -88,6 +117,8 @@ pub struct ServeArgs {
     pub keys: KeysArgs,
     #[command(flatten)]
     pub authz: AuthzArgs,
+    #[command(flatten)]
+    pub metering: MeteringArgs,
 }
 
 /// The services `tollgate serve` can run.
@@ -97,6 +128,9 @@ pub enum ServiceKind {
     Keys,
     /// Authorize, the hot path (Redis; the keys service for cache misses; no database).
     Authz,
+    /// Usage reports, charging, balances, usage queries, and the stream workers (Postgres +
+    /// Redis; the keys service for key and price look-ups).
+    Metering,
 }
 
 #[derive(Debug, Args)]
@@ -167,4 +201,22 @@ pub struct AuthzArgs {
     /// Also serve the benchmark's baselines (`tollgate.bench.v1.BenchService`).
     #[arg(long, env = "TOLLGATE_BENCH_ENDPOINTS", hide = true)]
     pub bench_endpoints: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct MeteringArgs {
+    /// Stream workers applying usage reports in this process (0: serve the RPCs only).
+    #[arg(long, env = "TOLLGATE_METERING_WORKERS", default_value_t = 2)]
+    pub workers: usize,
+    /// Most usage reports per batch, i.e. per database transaction (1–1000).
+    #[arg(long, env = "TOLLGATE_METERING_BATCH_SIZE", default_value_t = 500, value_parser = clap::value_parser!(u16).range(1..=1000))]
+    pub batch_size: u16,
+    /// How long a report a worker received but did not acknowledge (it crashed) waits before
+    /// another worker takes it over.
+    #[arg(long, env = "TOLLGATE_METERING_CLAIM_IDLE", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub claim_idle: Duration,
+    /// Deliveries after which a report that cannot be applied (unknown key or model) moves to
+    /// the dead letters.
+    #[arg(long, env = "TOLLGATE_METERING_MAX_DELIVERIES", default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_deliveries: u32,
 }

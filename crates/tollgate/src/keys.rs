@@ -8,6 +8,7 @@ use tokio_util::sync::CancellationToken;
 use tollgate_core::KeyPepper;
 use tollgate_core::limits::SystemCaps;
 use tollgate_keys_service::{KeysConfig, KeysServer};
+use tollgate_state::counters::Counters;
 use tollgate_state::{InvalidationBus, KeyStateCache};
 use tollgate_store::keys::KeysStore;
 
@@ -40,6 +41,7 @@ pub(crate) async fn add(
     store: Arc<dyn KeysStore>,
     cache: Arc<dyn KeyStateCache>,
     bus: Arc<dyn InvalidationBus>,
+    counters: Arc<dyn Counters>,
     secrets: &Secrets,
     settings: &KeysSettings,
     shutdown: &CancellationToken,
@@ -50,7 +52,7 @@ pub(crate) async fn add(
         credits_per_usd: settings.credits_per_usd,
         default_rotation_grace: tollgate_core::time::duration_micros(settings.rotation_grace),
     };
-    let keys = KeysServer::new(store, cache, bus, config).await.context("starting the keys service")?;
+    let keys = KeysServer::new(store, cache, bus, counters, config).await.context("starting the keys service")?;
     keys.add_services(&mut services.routes, tollgate_auth::BearerAuth::new(&secrets.admin_token));
     services.names.extend(KeysServer::service_names());
     keys.spawn_background(shutdown.child_token());

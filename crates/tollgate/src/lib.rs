@@ -1,11 +1,12 @@
 //! The `tollgate` binary's library: assembling services over their adapters and serving
-//! them. `main.rs` parses flags and calls [`run_dev`], [`run_keys`], [`run_authz`] or
-//! [`migrate`]; tests call the same functions on an ephemeral port.
+//! them. `main.rs` parses flags and calls [`run_dev`], [`run_keys`], [`run_authz`],
+//! [`run_metering`], [`reconcile`] or [`migrate`]; tests call the same functions on an ephemeral port.
 
 mod authz;
 pub mod cli;
 pub mod dev;
 mod keys;
+mod metering;
 pub mod server;
 pub mod telemetry;
 
@@ -20,12 +21,16 @@ use tollgate_state::memory::MemoryState;
 use tollgate_state::memory_counters::MemoryCounters;
 use tollgate_state::redis::{RedisConfig, RedisState};
 use tollgate_state::redis_counters::RedisCounters;
+use tollgate_metering_service::directory::GrpcKeyDirectory;
+use tollgate_state::redis_usage_queue::RedisUsageQueue;
 use tollgate_store::keys::SqlKeysStore;
+use tollgate_store::metering::SqlMeteringStore;
 use tollgate_store::{Database, DatabaseConfig};
 use tonic::service::RoutesBuilder;
 
 pub use authz::AuthzSettings;
 pub use keys::KeysSettings;
+pub use metering::MeteringSettings;
 
 use crate::server::Services;
 
@@ -45,6 +50,7 @@ pub struct DevConfig {
     pub secrets: Secrets,
     pub keys: KeysSettings,
     pub authz: AuthzSettings,
+    pub metering: MeteringSettings,
     pub drain: Duration,
     pub clock: Arc<dyn Clock>,
 }
@@ -73,6 +79,22 @@ pub struct AuthzServeConfig {
     pub clock: Arc<dyn Clock>,
 }
 
+/// `tollgate serve metering`: Postgres, Redis, and the keys service for key and price
+/// look-ups.
+#[derive(Debug, Clone)]
+pub struct MeteringServeConfig {
+    pub database_url: String,
+    pub db_max_connections: u32,
+    pub migrate_on_start: bool,
+    pub redis: RedisConfig,
+    /// The keys service, `http://keys:50051`.
+    pub keys_url: String,
+    pub secrets: Secrets,
+    pub metering: MeteringSettings,
+    pub drain: Duration,
+    pub clock: Arc<dyn Clock>,
+}
+
 /// Runs `tollgate dev` on `listener` until `shutdown` is cancelled.
 pub async fn run_dev(listener: TcpListener, config: DevConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
     std::fs::create_dir_all(&config.data_dir)
@@ -81,6 +103,8 @@ pub async fn run_dev(listener: TcpListener, config: DevConfig, shutdown: Cancell
     let store = SqlKeysStore::new(Database::connect(&DatabaseConfig::new(url, "keys")).await?);
     store.migrate().await.context("migrating the keys database")?;
     let state = Arc::new(MemoryState::new());
+    // One set of counters: authz takes holds in it, metering settles them, keys reads spend.
+    let counters = Arc::new(MemoryCounters::new());
 
     let mut services = Services { routes: RoutesBuilder::default(), names: Vec::new() };
     let keys = keys::add(
@@ -88,13 +112,25 @@ pub async fn run_dev(listener: TcpListener, config: DevConfig, shutdown: Cancell
         Arc::new(store),
         state.clone(),
         state.clone(),
+        counters.clone(),
         &config.secrets,
         &config.keys,
         &shutdown,
     )
     .await?;
     let source = Arc::new(authz::InProcessKeys(keys.service()));
-    let counters = Arc::new(MemoryCounters::new());
+    let metering_url = format!("sqlite://{}", config.data_dir.join("metering.db").display());
+    let metering_store = SqlMeteringStore::new(Database::connect(&DatabaseConfig::new(metering_url, "metering")).await?)
+        .with_claim_idle(config.metering.claim_idle);
+    metering_store.migrate().await.context("migrating the metering database")?;
+    let metering_store = Arc::new(metering_store);
+    let adapters = metering::MeteringAdapters {
+        store: metering_store.clone(),
+        queue: metering_store,
+        counters: counters.clone(),
+        directory: Arc::new(metering::InProcessDirectory(keys.service())),
+    };
+    metering::add(&mut services, adapters, &config.secrets, &config.metering, config.clock.clone(), &shutdown)?;
     authz::add(
         &mut services,
         state.clone(),
@@ -125,7 +161,9 @@ pub async fn run_keys(
     let redis = Arc::new(RedisState::connect(&config.redis).await.context("connecting to Redis")?);
 
     let mut services = Services { routes: RoutesBuilder::default(), names: Vec::new() };
-    keys::add(&mut services, Arc::new(store), redis.clone(), redis, &config.secrets, &config.keys, &shutdown).await?;
+    let counters = Arc::new(RedisCounters::new(&redis, config.redis.op_timeout));
+    keys::add(&mut services, Arc::new(store), redis.clone(), redis, counters, &config.secrets, &config.keys, &shutdown)
+        .await?;
     server::serve(listener, services, config.drain, shutdown).await
 }
 
@@ -161,10 +199,91 @@ pub async fn run_authz(
     server::serve(listener, services, config.drain, shutdown).await
 }
 
+/// Connects the metering store, Redis state and counters of `tollgate serve metering`.
+async fn metering_backends(
+    config: &MeteringServeConfig,
+) -> anyhow::Result<(Arc<SqlMeteringStore>, Arc<RedisState>, Arc<RedisCounters>)> {
+    let mut db_config = DatabaseConfig::new(config.database_url.clone(), "metering");
+    db_config.max_connections = config.db_max_connections;
+    let store = SqlMeteringStore::new(Database::connect(&db_config).await.context("connecting to Postgres")?);
+    if config.migrate_on_start {
+        store.migrate().await.context("migrating the metering schema")?;
+    }
+    let redis = Arc::new(RedisState::connect(&config.redis).await.context("connecting to Redis")?);
+    let counters = Arc::new(RedisCounters::new(&redis, config.redis.op_timeout));
+    Ok((Arc::new(store), redis, counters))
+}
+
+fn metering_directory(config: &MeteringServeConfig) -> anyhow::Result<Arc<GrpcKeyDirectory>> {
+    let directory = GrpcKeyDirectory::new(&config.keys_url, &config.secrets.admin_token, Duration::from_secs(5))
+        .context("TOLLGATE_KEYS_URL")?;
+    Ok(Arc::new(directory))
+}
+
+/// Runs `tollgate serve metering` (RPCs and stream workers) on `listener` until `shutdown`
+/// is cancelled.
+pub async fn run_metering(
+    listener: TcpListener,
+    config: MeteringServeConfig,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let (store, redis, counters) = metering_backends(&config).await?;
+    let queue = RedisUsageQueue::new(&redis, config.metering.claim_idle, config.redis.op_timeout)
+        .await
+        .context("creating the usage stream's consumer group")?;
+    let adapters = metering::MeteringAdapters {
+        store,
+        queue: Arc::new(queue),
+        counters,
+        directory: metering_directory(&config)?,
+    };
+    let mut services = Services { routes: RoutesBuilder::default(), names: Vec::new() };
+    metering::add(&mut services, adapters, &config.secrets, &config.metering, config.clock.clone(), &shutdown)?;
+    server::serve(listener, services, config.drain, shutdown).await
+}
+
+/// What `tollgate metering reconcile` needs: the ledger and the Redis it rebuilds.
+#[derive(Debug, Clone)]
+pub struct ReconcileConfig {
+    pub database_url: String,
+    pub redis: RedisConfig,
+    pub time_zone: String,
+}
+
+/// `tollgate metering reconcile`: rebuilds every Redis counter metering maintains from the
+/// ledger in Postgres.
+pub async fn reconcile(config: ReconcileConfig) -> anyhow::Result<tollgate_metering_service::reconcile::Reconciled> {
+    let store = SqlMeteringStore::new(
+        Database::connect(&DatabaseConfig::new(config.database_url.clone(), "metering"))
+            .await
+            .context("connecting to Postgres")?,
+    );
+    let redis = Arc::new(RedisState::connect(&config.redis).await.context("connecting to Redis")?);
+    let counters = Arc::new(RedisCounters::new(&redis, config.redis.op_timeout));
+    let queue = RedisUsageQueue::new(&redis, Duration::from_secs(30), config.redis.op_timeout).await?;
+    // Reconciling reads the ledger and writes counters only: no keys service, no secrets.
+    let secrets = Secrets { admin_token: tollgate_core::ids::new_id(), key_pepper: format!("{:0>64}", tollgate_core::ids::new_id()) };
+    let adapters = metering::MeteringAdapters {
+        store: Arc::new(store),
+        queue: Arc::new(queue),
+        counters,
+        directory: Arc::new(metering::NoDirectory),
+    };
+    let settings = MeteringSettings { workers: 0, time_zone: config.time_zone.clone(), ..MeteringSettings::default() };
+    let mut services = Services { routes: RoutesBuilder::default(), names: Vec::new() };
+    let never = CancellationToken::new();
+    let clock: Arc<dyn Clock> = Arc::new(tollgate_core::clock::SystemClock);
+    let server = metering::add(&mut services, adapters, &secrets, &settings, clock, &never)?;
+    server.core().reconcile().await.map_err(|e| anyhow::anyhow!("reconciling: {e}"))
+}
+
 /// Applies every service's migrations to the database.
 pub async fn migrate(database_url: &str) -> anyhow::Result<()> {
     let store = SqlKeysStore::new(Database::connect(&DatabaseConfig::new(database_url, "keys")).await?);
     store.migrate().await.context("migrating the keys schema")?;
+    store.database().close().await;
+    let store = SqlMeteringStore::new(Database::connect(&DatabaseConfig::new(database_url, "metering")).await?);
+    store.migrate().await.context("migrating the metering schema")?;
     store.database().close().await;
     Ok(())
 }

@@ -5,9 +5,10 @@ use anyhow::Context;
 use clap::Parser;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tollgate::cli::{AuthzArgs, Cli, Command, KeysArgs, SecretArgs, ServeArgs, ServiceKind};
+use tollgate::cli::{AuthzArgs, Cli, Command, KeysArgs, MeteringArgs, MeteringCommand, SecretArgs, ServeArgs, ServiceKind};
 use tollgate::{
-    AuthzServeConfig, AuthzSettings, DevConfig, KeysServeConfig, KeysSettings, Secrets, dev, server, telemetry,
+    AuthzServeConfig, AuthzSettings, DevConfig, KeysServeConfig, KeysSettings, MeteringServeConfig, MeteringSettings,
+    ReconcileConfig, Secrets, dev, server, telemetry,
 };
 use tollgate_core::clock::SystemClock;
 use tollgate_state::redis::RedisConfig;
@@ -45,6 +46,7 @@ async fn main() -> anyhow::Result<()> {
                 secrets,
                 keys: keys_settings(&args.keys),
                 authz: authz_settings(&args.authz),
+                metering: metering_settings(&args.metering, &args.authz),
                 drain: args.shutdown_drain,
                 clock: Arc::new(SystemClock),
             };
@@ -54,6 +56,16 @@ async fn main() -> anyhow::Result<()> {
         Command::Migrate(args) => {
             tollgate::migrate(&args.database_url).await?;
             tracing::info!("migrations applied");
+            Ok(())
+        }
+        Command::Metering(MeteringCommand::Reconcile(args)) => {
+            let config = ReconcileConfig {
+                database_url: args.database_url,
+                redis: RedisConfig { url: args.redis_url, prefix: args.redis_prefix, op_timeout: Duration::from_secs(5) },
+                time_zone: args.time_zone,
+            };
+            let done = tollgate::reconcile(config).await?;
+            tracing::info!(accounts = done.accounts, keys = done.keys, "counters rebuilt from the ledger");
             Ok(())
         }
     }
@@ -95,6 +107,23 @@ async fn serve(args: ServeArgs, shutdown: CancellationToken) -> anyhow::Result<(
             };
             tollgate::run_authz(listener, config, shutdown).await
         }
+        ServiceKind::Metering => {
+            let config = MeteringServeConfig {
+                database_url: args
+                    .database_url
+                    .clone()
+                    .context("TOLLGATE_DATABASE_URL (--database-url) is required")?,
+                db_max_connections: args.db_max_connections,
+                migrate_on_start: args.migrate_on_start,
+                redis: redis(Duration::from_secs(2)),
+                keys_url: args.keys_url.clone().context("TOLLGATE_KEYS_URL (--keys-url) is required")?,
+                secrets,
+                metering: metering_settings(&args.metering, &args.authz),
+                drain: args.shutdown_drain,
+                clock: Arc::new(SystemClock),
+            };
+            tollgate::run_metering(listener, config, shutdown).await
+        }
     }
 }
 
@@ -111,6 +140,16 @@ fn keys_settings(args: &KeysArgs) -> KeysSettings {
         max_tpm: args.max_tpm,
         credits_per_usd: args.credits_per_usd,
         rotation_grace: args.rotation_grace,
+    }
+}
+
+fn metering_settings(args: &MeteringArgs, authz: &AuthzArgs) -> MeteringSettings {
+    MeteringSettings {
+        workers: args.workers,
+        batch_size: usize::from(args.batch_size),
+        claim_idle: args.claim_idle,
+        max_deliveries: args.max_deliveries,
+        time_zone: authz.time_zone.clone(),
     }
 }
 

@@ -53,7 +53,7 @@ impl pb::account_service_server::AccountService for KeysGrpc {
             Some((application, mut keys)) => {
                 let (view, secret) = keys.keys.remove(0);
                 let caps = &self.service.config().caps;
-                let key = convert::key(&view.key, &view.group, caps, now);
+                let key = convert::key(&view.key, &view.group, view.used, caps, now);
                 (
                     Some(convert::application(&application)),
                     Some(pb::CreatedKey { key: Some(key), secret: secret.expose().to_owned() }),

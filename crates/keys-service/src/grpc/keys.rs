@@ -94,7 +94,7 @@ fn fingerprint(rpc: &str, message: &impl Message) -> String {
 
 impl KeysGrpc {
     fn key_proto(&self, view: &KeyView, now: Micros) -> pb::Key {
-        convert::key(&view.key, &view.group, &self.service.config().caps, now)
+        convert::key(&view.key, &view.group, view.used, &self.service.config().caps, now)
     }
 
     fn created_protos(&self, created: &CreatedKeys, now: Micros) -> Vec<pb::CreatedKey> {

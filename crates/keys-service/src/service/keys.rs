@@ -32,6 +32,15 @@ pub struct KeyDraft {
 pub struct KeyView {
     pub key: Key,
     pub group: Group,
+    /// Credits the key has spent, as the counters metering maintains say.
+    pub used: i64,
+}
+
+impl KeyView {
+    /// Whether the key's spend has reached its quota.
+    pub fn is_exhausted(&self) -> bool {
+        self.key.settings.quota.is_some_and(|quota| self.used >= quota)
+    }
 }
 
 /// Keys just made, each with its secret, shown this once.
@@ -141,7 +150,7 @@ impl KeysService {
                 update_time: now,
             };
             new_keys.push(NewKey { key: key.clone(), secret_hash: self.config.pepper.hash(secret.expose()) });
-            created.push((KeyView { key, group: group.clone() }, secret));
+            created.push((KeyView { key, group: group.clone(), used: 0 }, secret));
         }
         let clamps = self.key_clamps(&draft.settings);
         (new_keys, CreatedKeys { keys: created, clamps })
@@ -261,9 +270,34 @@ impl KeysService {
                     group
                 }
             };
-            views.push(KeyView { key, group });
+            views.push(KeyView { key, group, used: 0 });
         }
+        self.fill_spend(&mut views).await;
         Ok(views)
+    }
+
+    /// One key's view, with its spend.
+    async fn view(&self, key: Key, group: Group) -> KeyView {
+        let mut views = [KeyView { key, group, used: 0 }];
+        self.fill_spend(&mut views).await;
+        let [view] = views;
+        view
+    }
+
+    /// Reads what each key has spent; when the counters cannot be read the keys show 0 used
+    /// (and so not exhausted) rather than failing the read.
+    async fn fill_spend(&self, views: &mut [KeyView]) {
+        let Some(account_id) = views.first().map(|v| v.key.account_id.clone()) else { return };
+        let ids: Vec<String> = views.iter().map(|v| v.key.id.clone()).collect();
+        let windows = tollgate_core::windows::Calendar::utc().windows(now());
+        match self.counters.key_spend(&account_id, &ids, &windows).await {
+            Ok(spend) => {
+                for (view, spend) in views.iter_mut().zip(spend) {
+                    view.used = spend.used;
+                }
+            }
+            Err(error) => tracing::warn!(%error, "key spend unavailable; showing keys as unspent"),
+        }
     }
 
     async fn group_of(&self, key: &Key) -> KeysResult<Group> {
@@ -285,7 +319,7 @@ impl KeysService {
         let key = self.store.get_key(account_id, id).await.map_err(KeysError::from_store("key"))?;
         let key = key.ok_or(KeysError::NotFound("key"))?;
         let group = self.group_of(&key).await?;
-        Ok(KeyView { key, group })
+        Ok(self.view(key, group).await)
     }
 
     pub async fn list_keys(
@@ -295,12 +329,22 @@ impl KeysService {
         page: &PageRequest,
     ) -> KeysResult<Page<KeyView>> {
         self.get_account(account_id).await?;
-        if filter.status == Some(KeyStatus::Exhausted) {
-            // Spend is metering's; until it reports quota use, no key is exhausted.
-            return Ok(Page { items: Vec::new(), next_after: None });
+        // Exhausted is an enabled key whose spend reached its quota: the store knows enabled,
+        // the counters know spend, so both filters are finished here (pages may come short).
+        let wanted = filter.status;
+        let mut store_filter = filter.clone();
+        if wanted == Some(KeyStatus::Exhausted) {
+            store_filter.status = Some(KeyStatus::Enabled);
         }
-        let page = self.store.list_keys(account_id, filter, page, now()).await.map_err(KeysError::from_store("key"))?;
-        Ok(Page { items: self.views(page.items).await?, next_after: page.next_after })
+        let page =
+            self.store.list_keys(account_id, &store_filter, page, now()).await.map_err(KeysError::from_store("key"))?;
+        let mut views = self.views(page.items).await?;
+        match wanted {
+            Some(KeyStatus::Exhausted) => views.retain(KeyView::is_exhausted),
+            Some(KeyStatus::Enabled) => views.retain(|v| !v.is_exhausted()),
+            _ => {}
+        }
+        Ok(Page { items: views, next_after: page.next_after })
     }
 
     pub async fn update_key(
@@ -341,7 +385,7 @@ impl KeysService {
         self.sync.flush_after_commit().await;
         let clamps = self.key_clamps(&key.settings);
         let group = self.group_of(&key).await?;
-        Ok((KeyView { key, group }, clamps))
+        Ok((self.view(key, group).await, clamps))
     }
 
     pub async fn delete_key(&self, actor: &Actor, account_id: &str, id: &str) -> KeysResult<()> {
@@ -376,7 +420,7 @@ impl KeysService {
             self.store.rotate_key(account_id, id, &rotation, &audit).await.map_err(KeysError::from_store("key"))?;
         self.sync.flush_after_commit().await;
         let group = self.group_of(&key).await?;
-        Ok((KeyView { key, group }, secret))
+        Ok((self.view(key, group).await, secret))
     }
 }
 

@@ -13,6 +13,7 @@ use std::sync::Arc;
 use tollgate_core::KeyPepper;
 use tollgate_core::limits::SystemCaps;
 use tollgate_core::time::{Micros, now_micros};
+use tollgate_state::counters::Counters;
 use tollgate_store::keys::{AuditEntry, KeysStore};
 
 pub use accounts::{AccountPatch, CreatedAccount};
@@ -47,15 +48,17 @@ pub struct Actor(pub String);
 /// The keys service.
 pub struct KeysService {
     store: Arc<dyn KeysStore>,
+    /// The counters metering keeps, read for each key's spend.
+    counters: Arc<dyn Counters>,
     sync: Arc<StateSync>,
     config: KeysConfig,
     sealer: Sealer,
 }
 
 impl KeysService {
-    pub fn new(store: Arc<dyn KeysStore>, sync: Arc<StateSync>, config: KeysConfig) -> Self {
+    pub fn new(store: Arc<dyn KeysStore>, sync: Arc<StateSync>, counters: Arc<dyn Counters>, config: KeysConfig) -> Self {
         let sealer = Sealer::new(&config.pepper);
-        Self { store, sync, config, sealer }
+        Self { store, counters, sync, config, sealer }
     }
 
     pub fn config(&self) -> &KeysConfig {

@@ -1,0 +1,100 @@
+//! The metering service's errors and their one mapping to gRPC statuses.
+
+use tollgate_core::Violations;
+use tollgate_store::StoreError;
+use tonic::{Code, Status};
+use tonic_types::{ErrorDetails, StatusExt};
+
+/// Domain of every `ErrorInfo` this service sends.
+pub const ERROR_DOMAIN: &str = "metering.tollgate";
+
+/// What went wrong in a metering call.
+#[derive(Debug, thiserror::Error)]
+pub enum MeteringError {
+    #[error("invalid argument: {0}")]
+    InvalidArgument(Violations),
+    #[error("{0} not found")]
+    NotFound(&'static str),
+    #[error("{0}")]
+    Unauthenticated(&'static str),
+    #[error("{0}")]
+    Unavailable(String),
+    #[error("internal error")]
+    Internal(String),
+}
+
+/// Result of a metering call.
+pub type MeteringResult<T> = Result<T, MeteringError>;
+
+impl MeteringError {
+    /// One invalid field.
+    pub fn invalid(field: impl Into<String>, description: impl Into<String>) -> Self {
+        let mut violations = Violations::new();
+        violations.add(field, description);
+        MeteringError::InvalidArgument(violations)
+    }
+
+    fn reason(&self) -> &'static str {
+        match self {
+            MeteringError::InvalidArgument(_) => "INVALID_FIELD",
+            MeteringError::NotFound(_) => "RESOURCE_NOT_FOUND",
+            MeteringError::Unauthenticated(_) => "UNAUTHENTICATED",
+            MeteringError::Unavailable(_) => "BACKEND_UNAVAILABLE",
+            MeteringError::Internal(_) => "INTERNAL",
+        }
+    }
+}
+
+impl From<Violations> for MeteringError {
+    fn from(violations: Violations) -> Self {
+        MeteringError::InvalidArgument(violations)
+    }
+}
+
+impl From<StoreError> for MeteringError {
+    fn from(error: StoreError) -> Self {
+        match error {
+            StoreError::NotFound => MeteringError::NotFound("resource"),
+            StoreError::Unavailable(cause) => MeteringError::Unavailable(format!("database unavailable: {cause}")),
+            other => MeteringError::Internal(other.to_string()),
+        }
+    }
+}
+
+impl From<tollgate_state::StateError> for MeteringError {
+    fn from(error: tollgate_state::StateError) -> Self {
+        MeteringError::Unavailable(error.to_string())
+    }
+}
+
+impl From<crate::directory::DirectoryError> for MeteringError {
+    fn from(error: crate::directory::DirectoryError) -> Self {
+        MeteringError::Unavailable(error.to_string())
+    }
+}
+
+impl From<MeteringError> for Status {
+    fn from(error: MeteringError) -> Self {
+        let (code, message) = match &error {
+            MeteringError::InvalidArgument(_) => (Code::InvalidArgument, error.to_string()),
+            MeteringError::NotFound(_) => (Code::NotFound, error.to_string()),
+            MeteringError::Unauthenticated(_) => (Code::Unauthenticated, error.to_string()),
+            MeteringError::Unavailable(cause) => {
+                tracing::warn!(error = %cause, "backend unavailable");
+                (Code::Unavailable, "a backend is unavailable; retry".to_owned())
+            }
+            MeteringError::Internal(cause) => {
+                tracing::error!(error = %cause, "internal error");
+                (Code::Internal, error.to_string())
+            }
+        };
+        let mut details = ErrorDetails::new();
+        details.set_error_info(error.reason(), ERROR_DOMAIN, std::collections::HashMap::new());
+        if let MeteringError::InvalidArgument(violations) = &error {
+            for violation in violations.items() {
+                details.add_bad_request_violation(violation.field.clone(), violation.description.clone());
+            }
+        }
+        Status::with_error_details(code, message, details)
+    }
+}

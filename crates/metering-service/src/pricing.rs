@@ -1,0 +1,88 @@
+//! What a worker needs to price a call, read from the keys service and cached: a key's
+//! application and price multiplier, and the catalog's prices.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use moka::future::Cache;
+use tollgate_core::money::{PriceMultiplier, TokenPrices};
+use tollgate_proto::keys::v1 as keys;
+
+use crate::directory::{DirectoryError, KeyDirectory};
+
+/// How long a key's multiplier is reused: a group's new multiplier prices calls within this.
+const KEY_TTL: Duration = Duration::from_secs(60);
+/// How often the catalog is reloaded even when every model is known.
+const CATALOG_TTL: Duration = Duration::from_secs(30);
+/// Least time between reloads forced by an unknown model.
+const RELOAD_GAP: Duration = Duration::from_secs(1);
+
+/// A key as pricing sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PricedKey {
+    pub application_id: String,
+    pub multiplier_micros: i64,
+}
+
+/// Prices calls, caching what it reads.
+pub struct Pricer {
+    directory: Arc<dyn KeyDirectory>,
+    keys: Cache<(String, String), Arc<PricedKey>>,
+    catalog: Mutex<(Option<Instant>, Arc<HashMap<String, TokenPrices>>)>,
+}
+
+impl Pricer {
+    pub fn new(directory: Arc<dyn KeyDirectory>) -> Self {
+        Self {
+            directory,
+            keys: Cache::builder().max_capacity(100_000).time_to_live(KEY_TTL).build(),
+            catalog: Mutex::new((None, Arc::default())),
+        }
+    }
+
+    /// The key's pricing facts; `None` when the account has no such key.
+    pub async fn key(&self, account_id: &str, key_id: &str) -> Result<Option<Arc<PricedKey>>, DirectoryError> {
+        let id = (account_id.to_owned(), key_id.to_owned());
+        if let Some(found) = self.keys.get(&id).await {
+            return Ok(Some(found));
+        }
+        let Some(state) = self.directory.key_by_id(account_id, key_id).await? else { return Ok(None) };
+        let multiplier = PriceMultiplier::parse(&state.price_multiplier)
+            .map_err(|e| DirectoryError(format!("key {key_id}: bad multiplier: {e}")))?;
+        let priced = Arc::new(PricedKey { application_id: state.application_id, multiplier_micros: multiplier.micros() });
+        self.keys.insert(id, priced.clone()).await;
+        Ok(Some(priced))
+    }
+
+    /// A model's prices; `None` when the catalog does not have it even after a reload.
+    pub async fn prices(&self, model: &str) -> Result<Option<TokenPrices>, DirectoryError> {
+        let (loaded, catalog) = self.catalog.lock().expect("catalog lock").clone();
+        let stale = loaded.is_none_or(|at| at.elapsed() > CATALOG_TTL);
+        let may_reload = loaded.is_none_or(|at| at.elapsed() > RELOAD_GAP);
+        if let Some(prices) = catalog.get(model)
+            && !stale
+        {
+            return Ok(Some(*prices));
+        }
+        if !stale && !may_reload {
+            return Ok(None);
+        }
+        let fresh = Arc::new(prices_of(&self.directory.catalog().await?));
+        let found = fresh.get(model).copied();
+        *self.catalog.lock().expect("catalog lock") = (Some(Instant::now()), fresh);
+        Ok(found)
+    }
+}
+
+fn prices_of(catalog: &keys::GetModelCatalogResponse) -> HashMap<String, TokenPrices> {
+    catalog
+        .models
+        .iter()
+        .map(|m| {
+            let prices =
+                TokenPrices { input: m.input_price, output: m.output_price, cached_input: m.cached_input_price };
+            (m.model_id.clone(), prices)
+        })
+        .collect()
+}

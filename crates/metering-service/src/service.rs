@@ -1,0 +1,158 @@
+//! What the management RPCs do once authenticated: take usage reports, add credits, read
+//! balances, list and replay dead letters.
+
+use prost::Message;
+use tollgate_core::validation::{check_request_id, check_text};
+use tollgate_core::{Violations, names, page_token};
+use tollgate_proto::metering::v1 as pb;
+use tollgate_proto::time::timestamp;
+use tollgate_store::metering::{Balance, CreditGrant};
+
+use crate::MeteringCore;
+use crate::error::{MeteringError, MeteringResult};
+use crate::validate::{self, MAX_BATCH};
+
+/// Most credits one AddCredits may add or take.
+const MAX_GRANT: i64 = tollgate_core::money::MAX_CREDITS;
+
+impl MeteringCore {
+    /// Checks reports and enqueues them durably, all or none. `field` names them in errors:
+    /// `report` for one, `reports` for a batch (`reports[3].model`).
+    pub async fn record(&self, mut reports: Vec<pb::UsageReport>, field: &str) -> MeteringResult<usize> {
+        let now = self.clock.now_micros();
+        let mut v = Violations::new();
+        if field == "reports" && (reports.is_empty() || reports.len() > MAX_BATCH) {
+            v.add("reports", format!("must hold 1 to {MAX_BATCH} reports, got {}", reports.len()));
+            return Err(v.into());
+        }
+        let single = reports.len() == 1 && field == "report";
+        for (i, report) in reports.iter_mut().enumerate() {
+            let name = if single { field.to_owned() } else { format!("{field}[{i}]") };
+            validate::report(&mut v, &name, report, now);
+        }
+        v.into_result()?;
+        let payloads: Vec<Vec<u8>> = reports.iter().map(Message::encode_to_vec).collect();
+        self.queue.enqueue(&payloads).await?;
+        Ok(payloads.len())
+    }
+
+    async fn credit_limit(&self, account_id: &str) -> MeteringResult<Option<i64>> {
+        self.directory.credit_limit(account_id).await?.ok_or(MeteringError::NotFound("account"))
+    }
+
+    fn balance_proto(account_id: &str, balance: Balance, credit_limit: Option<i64>) -> pb::AccountBalance {
+        pb::AccountBalance {
+            account: names::account(account_id),
+            balance: balance.balance(),
+            credits_added: balance.credits_added,
+            credits_spent: balance.credits_spent,
+            credit_limit,
+        }
+    }
+
+    /// Adds (or takes) credits once per request id, then the balance authz reads.
+    pub async fn add_credits(&self, request: pb::AddCreditsRequest, actor: &str) -> MeteringResult<pb::AccountBalance> {
+        let mut v = Violations::new();
+        let account_id = names::parse_account(&request.account);
+        v.check(account_id.is_some(), "account", "must be accounts/{account}");
+        if request.credits == 0 {
+            v.add("credits", "must not be zero");
+        } else if request.credits.abs() > MAX_GRANT {
+            v.add("credits", format!("must be between -{MAX_GRANT} and {MAX_GRANT}"));
+        }
+        if request.reason.trim().is_empty() {
+            v.add("reason", "is required");
+        } else {
+            check_text(&mut v, "reason", &request.reason, 200);
+        }
+        if request.request_id.is_empty() {
+            v.add("request_id", "is required");
+        } else {
+            check_request_id(&mut v, "request_id", &request.request_id);
+        }
+        v.into_result()?;
+        let account_id = account_id.expect("checked");
+        let credit_limit = self.credit_limit(account_id).await?;
+        let grant = CreditGrant {
+            account_id: account_id.to_owned(),
+            request_id: request.request_id.clone(),
+            credits: request.credits,
+            reason: request.reason.clone(),
+            actor: actor.to_owned(),
+            time: self.clock.now_micros(),
+        };
+        let (applied, balance) = self.store.add_credits(&grant).await?;
+        // Also for a retry: if the first attempt committed but died before this step, the
+        // retry finishes it; the grant's marker keeps it from counting twice.
+        self.counters.credit_once(account_id, &format!("grant:{}", request.request_id), request.credits).await?;
+        if applied {
+            tracing::info!(
+                target: "audit",
+                actor,
+                action = "AddCredits",
+                resource = %request.account,
+                credits = request.credits,
+                request_id = %request.request_id,
+                "credits changed"
+            );
+        }
+        Ok(Self::balance_proto(account_id, balance, credit_limit))
+    }
+
+    /// An account's balance and credit limit.
+    pub async fn account_balance(&self, account: &str) -> MeteringResult<pb::AccountBalance> {
+        let account_id =
+            names::parse_account(account).ok_or_else(|| MeteringError::invalid("account", "must be accounts/{account}"))?;
+        let credit_limit = self.credit_limit(account_id).await?;
+        let balance = self.store.balance(account_id).await?;
+        Ok(Self::balance_proto(account_id, balance, credit_limit))
+    }
+
+    /// One page of dead letters, oldest first.
+    pub async fn dead_letters(&self, request: &pb::ListDeadLettersRequest) -> MeteringResult<pb::ListDeadLettersResponse> {
+        let limit =
+            page_token::page_size(request.page_size).ok_or_else(|| MeteringError::invalid("page_size", "must be 0 to 1000"))?;
+        let after = page_token::decode("deadLetters", &request.page_token)
+            .ok_or_else(|| MeteringError::invalid("page_token", "is not a token of this list"))?;
+        let mut letters = self.queue.dead_letters(after.as_deref(), limit as usize + 1).await?;
+        let more = letters.len() > limit as usize;
+        letters.truncate(limit as usize);
+        let next_page_token = match (more, letters.last()) {
+            (true, Some(last)) => page_token::encode("deadLetters", &last.id),
+            _ => String::new(),
+        };
+        Ok(pb::ListDeadLettersResponse {
+            dead_letters: letters
+                .into_iter()
+                .map(|letter| pb::DeadLetter {
+                    report: pb::UsageReport::decode(letter.payload.as_slice()).ok(),
+                    id: letter.id,
+                    reason: letter.reason,
+                    attempts: letter.attempts as i32,
+                    time: Some(timestamp(letter.time)),
+                })
+                .collect(),
+            next_page_token,
+        })
+    }
+
+    /// Puts dead letters back on the queue.
+    pub async fn replay(&self, ids: &[String]) -> MeteringResult<u32> {
+        let mut v = Violations::new();
+        v.check(ids.len() <= 1000, "ids", "must hold at most 1000 ids");
+        for (i, id) in ids.iter().enumerate() {
+            v.check(is_dead_letter_id(id), format!("ids[{i}]"), "is not a dead letter id");
+        }
+        v.into_result()?;
+        Ok(self.queue.replay(ids).await?)
+    }
+}
+
+/// Dead letter ids are `123` (SQL) or `1700000000000-0` (Redis Streams).
+fn is_dead_letter_id(id: &str) -> bool {
+    let digits = |part: &str| !part.is_empty() && part.len() <= 20 && part.bytes().all(|b| b.is_ascii_digit());
+    match id.split_once('-') {
+        Some((time, sequence)) => digits(time) && digits(sequence),
+        None => digits(id),
+    }
+}

@@ -1,0 +1,230 @@
+//! The stream workers: read a batch of usage reports, price them, charge them in one
+//! database transaction, bring the counters authz reads up to date, then acknowledge.
+//!
+//! Exactly once: the ledger skips a request id the account already has, and the counters
+//! remember every settled request id, so a batch applied twice (a worker died after the
+//! commit, before the acknowledgement) changes nothing the second time. Acknowledging only
+//! after both makes every accepted report applied at least once.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use prost::Message;
+use tokio_util::sync::CancellationToken;
+use tollgate_core::money::{TokenUsage, usage_cost};
+use tollgate_core::names;
+use tollgate_proto::metering::v1 as pb;
+use tollgate_proto::time::timestamp_micros;
+use tollgate_state::counters::Settlement;
+use tollgate_state::usage_queue::QueuedReport;
+use tollgate_store::StoreError;
+use tollgate_store::metering::{Charge, Outcome, UsageEntry};
+
+use crate::MeteringCore;
+
+/// How a worker batches and gives up.
+#[derive(Debug, Clone)]
+pub struct WorkerSettings {
+    /// Most reports per batch (and per database transaction).
+    pub batch_size: usize,
+    /// Deliveries after which a report that cannot be applied goes to the dead letters.
+    pub max_deliveries: u32,
+    /// How long one receive waits for new reports.
+    pub poll_wait: Duration,
+}
+
+impl Default for WorkerSettings {
+    fn default() -> Self {
+        Self { batch_size: 500, max_deliveries: 5, poll_wait: Duration::from_millis(500) }
+    }
+}
+
+/// What the workers of a process have done, for logs and benchmarks.
+#[derive(Debug, Default)]
+pub struct WorkerStats {
+    pub applied: AtomicU64,
+    pub duplicates: AtomicU64,
+    pub dead_lettered: AtomicU64,
+    pub batches: AtomicU64,
+}
+
+/// The batch could not be applied now; it stays unacknowledged and comes back.
+#[derive(Debug)]
+struct Retry(String);
+
+/// A report ready to charge, with the queue entry it came from.
+struct Priced {
+    entry_id: String,
+    usage: UsageEntry,
+}
+
+/// Runs one worker until `shutdown`.
+pub async fn run(core: Arc<MeteringCore>, consumer: String, shutdown: CancellationToken) {
+    let mut backoff = Duration::from_millis(100);
+    while !shutdown.is_cancelled() {
+        let received = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            received = core.queue.receive(&consumer, core.workers.batch_size, core.workers.poll_wait) => received,
+        };
+        let batch = match received {
+            Ok(batch) => batch,
+            Err(error) => {
+                tracing::warn!(%error, "usage queue unavailable; retrying");
+                tokio::select! { _ = shutdown.cancelled() => return, _ = tokio::time::sleep(backoff) => {} }
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+                continue;
+            }
+        };
+        if batch.is_empty() {
+            continue;
+        }
+        match apply_batch(&core, &batch, &shutdown).await {
+            Ok(()) => backoff = Duration::from_millis(100),
+            Err(Retry(reason)) => {
+                tracing::warn!(%reason, entries = batch.len(), "usage batch not applied; it will be retried");
+                tokio::select! { _ = shutdown.cancelled() => return, _ = tokio::time::sleep(backoff) => {} }
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}
+
+/// Sets an entry aside when it has failed often enough; otherwise leaves it for a later
+/// delivery.
+async fn failed(core: &MeteringCore, entry: &QueuedReport, reason: &str) -> Result<(), Retry> {
+    if entry.deliveries < core.workers.max_deliveries {
+        tracing::info!(entry = %entry.id, deliveries = entry.deliveries, %reason, "usage report not applicable yet");
+        return Ok(());
+    }
+    dead_letter(core, entry, reason).await
+}
+
+async fn dead_letter(core: &MeteringCore, entry: &QueuedReport, reason: &str) -> Result<(), Retry> {
+    tracing::warn!(entry = %entry.id, %reason, "usage report moved to the dead letters");
+    core.queue.dead_letter(entry, reason, core.clock.now_micros()).await.map_err(|e| Retry(e.to_string()))?;
+    core.stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
+    Ok(())
+}
+
+/// Prices what can be priced; entries that cannot are set aside or left for later.
+async fn price(core: &MeteringCore, batch: &[QueuedReport], acks: &mut Vec<String>) -> Result<Vec<Priced>, Retry> {
+    let mut priced = Vec::with_capacity(batch.len());
+    let mut seen = HashSet::new();
+    for entry in batch {
+        let Ok(report) = pb::UsageReport::decode(entry.payload.as_slice()) else {
+            dead_letter(core, entry, "the entry is not a usage report").await?;
+            continue;
+        };
+        let Some((account_id, key_id)) = names::parse_key(&report.key) else {
+            dead_letter(core, entry, "the report's key is not a key name").await?;
+            continue;
+        };
+        if !seen.insert((account_id.to_owned(), report.request_id.clone())) {
+            // The same call twice in one batch: the first one charges it.
+            acks.push(entry.id.clone());
+            core.stats.duplicates.fetch_add(1, Ordering::Relaxed);
+            continue;
+        }
+        let key = match core.pricer.key(account_id, key_id).await {
+            Ok(Some(key)) => key,
+            Ok(None) => {
+                failed(core, entry, &format!("unknown key {}", report.key)).await?;
+                continue;
+            }
+            Err(error) => return Err(Retry(error.to_string())),
+        };
+        let prices = match core.pricer.prices(&report.model).await {
+            Ok(Some(prices)) => prices,
+            Ok(None) => {
+                failed(core, entry, &format!("unknown model {:?}", report.model)).await?;
+                continue;
+            }
+            Err(error) => return Err(Retry(error.to_string())),
+        };
+        let end = report.end_time.as_ref().and_then(timestamp_micros).unwrap_or_else(|| core.clock.now_micros());
+        let start = report.start_time.as_ref().and_then(timestamp_micros).unwrap_or(end);
+        let tokens = TokenUsage {
+            input: report.input_tokens,
+            output: report.output_tokens,
+            cached_input: report.cached_input_tokens,
+        };
+        let outcome = match pb::UsageOutcome::try_from(report.outcome) {
+            Ok(pb::UsageOutcome::UpstreamError) => Outcome::UpstreamError,
+            _ => Outcome::Success,
+        };
+        let windows = core.calendar.windows(end);
+        priced.push(Priced {
+            entry_id: entry.id.clone(),
+            usage: UsageEntry {
+                account_id: account_id.to_owned(),
+                key_id: key_id.to_owned(),
+                application_id: key.application_id.clone(),
+                model: report.model,
+                input_tokens: tokens.input,
+                output_tokens: tokens.output,
+                cached_input_tokens: tokens.cached_input,
+                // An upstream error is charged for the tokens it used, which may be none.
+                credits: usage_cost(tokens, prices, key.multiplier_micros),
+                outcome,
+                start_time: start,
+                end_time: end,
+                day: windows.day,
+                month: windows.month,
+                request_id: report.request_id,
+            },
+        });
+    }
+    Ok(priced)
+}
+
+/// Charges the batch; waits out database outages (the entries stay in hand, so an outage
+/// does not count against them) until shutdown.
+async fn charge(core: &MeteringCore, priced: &[Priced], shutdown: &CancellationToken) -> Result<Vec<Charge>, Retry> {
+    let entries: Vec<UsageEntry> = priced.iter().map(|p| p.usage.clone()).collect();
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        match core.store.apply_usage(&entries, core.clock.now_micros()).await {
+            Ok(charges) => return Ok(charges),
+            Err(StoreError::Unavailable(cause)) => {
+                tracing::warn!(error = %cause, "database unavailable; holding the usage batch");
+                tokio::select! {
+                    _ = shutdown.cancelled() => return Err(Retry("shutting down".into())),
+                    _ = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(2));
+            }
+            Err(error) => return Err(Retry(error.to_string())),
+        }
+    }
+}
+
+async fn apply_batch(core: &MeteringCore, batch: &[QueuedReport], shutdown: &CancellationToken) -> Result<(), Retry> {
+    let mut acks = Vec::new();
+    let priced = price(core, batch, &mut acks).await?;
+    if !priced.is_empty() {
+        let charges = charge(core, &priced, shutdown).await?;
+        let windows: Vec<_> = charges.iter().map(|c| core.calendar.windows(c.end_time)).collect();
+        let settlements: Vec<Settlement<'_>> = charges
+            .iter()
+            .zip(&windows)
+            .map(|(c, w)| Settlement {
+                account_id: &c.account_id,
+                key_id: &c.key_id,
+                request_id: &c.request_id,
+                cost: c.credits,
+                windows: w,
+            })
+            .collect();
+        // Committed but not settled: leave the entries unacknowledged, so the counters are
+        // brought up to date when they come back (the ledger skips them then).
+        core.counters.settle_batch(&settlements).await.map_err(|e| Retry(format!("counters: {e}")))?;
+        let new = charges.iter().filter(|c| c.new).count() as u64;
+        core.stats.applied.fetch_add(new, Ordering::Relaxed);
+        core.stats.duplicates.fetch_add(charges.len() as u64 - new, Ordering::Relaxed);
+        acks.extend(priced.into_iter().map(|p| p.entry_id));
+    }
+    core.stats.batches.fetch_add(1, Ordering::Relaxed);
+    core.queue.ack(&acks).await.map_err(|e| Retry(format!("ack: {e}")))
+}

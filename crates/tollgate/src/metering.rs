@@ -1,0 +1,145 @@
+//! Assembling the metering service.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use async_trait::async_trait;
+use tokio_util::sync::CancellationToken;
+use tollgate_core::clock::Clock;
+use tollgate_core::windows::Calendar;
+use tollgate_core::{KeyPepper, SecretHash};
+use tollgate_keys_service::{KeysError, KeysService};
+use tollgate_metering_service::directory::{DirectoryError, KeyDirectory};
+use tollgate_metering_service::{MeteringConfig, MeteringServer, WorkerSettings};
+use tollgate_proto::keys::v1 as keys;
+use tollgate_state::counters::Counters;
+use tollgate_state::usage_queue::UsageQueue;
+use tollgate_store::metering::MeteringStore;
+
+use crate::Secrets;
+use crate::server::Services;
+
+/// Settings of the metering service.
+#[derive(Debug, Clone)]
+pub struct MeteringSettings {
+    /// Stream workers in this process.
+    pub workers: usize,
+    /// Most reports per batch (one database transaction).
+    pub batch_size: usize,
+    /// How long an unacknowledged report waits before another worker takes it over.
+    pub claim_idle: Duration,
+    /// Deliveries after which a report that cannot be applied is dead-lettered.
+    pub max_deliveries: u32,
+    /// IANA zone of the day and month windows (the same as authz's).
+    pub time_zone: String,
+}
+
+impl Default for MeteringSettings {
+    fn default() -> Self {
+        Self {
+            workers: 2,
+            batch_size: 500,
+            claim_idle: Duration::from_secs(30),
+            max_deliveries: 5,
+            time_zone: "UTC".into(),
+        }
+    }
+}
+
+/// The keys service in the same process (`tollgate dev`).
+pub(crate) struct InProcessDirectory(pub Arc<KeysService>);
+
+fn directory_error(error: KeysError) -> DirectoryError {
+    DirectoryError(error.to_string())
+}
+
+#[async_trait]
+impl KeyDirectory for InProcessDirectory {
+    async fn key_by_id(&self, account_id: &str, key_id: &str) -> Result<Option<keys::KeyState>, DirectoryError> {
+        match self.0.key_state_by_id(account_id, key_id).await {
+            Ok(state) => Ok(Some(state)),
+            Err(KeysError::NotFound(_)) => Ok(None),
+            Err(error) => Err(directory_error(error)),
+        }
+    }
+
+    async fn key_by_secret(&self, hash: &SecretHash) -> Result<Option<keys::KeyState>, DirectoryError> {
+        match self.0.key_state(hash).await {
+            Ok(state) => Ok(Some(state)),
+            Err(KeysError::NotFound(_)) => Ok(None),
+            Err(error) => Err(directory_error(error)),
+        }
+    }
+
+    async fn catalog(&self) -> Result<keys::GetModelCatalogResponse, DirectoryError> {
+        self.0.model_catalog().await.map_err(directory_error)
+    }
+
+    async fn credit_limit(&self, account_id: &str) -> Result<Option<Option<i64>>, DirectoryError> {
+        match self.0.get_account(account_id).await {
+            Ok(account) => Ok(Some(account.effective_credit_limit())),
+            Err(KeysError::NotFound(_)) => Ok(None),
+            Err(error) => Err(directory_error(error)),
+        }
+    }
+}
+
+/// No keys service: for `tollgate metering reconcile`, which reads only the ledger.
+pub(crate) struct NoDirectory;
+
+#[async_trait]
+impl KeyDirectory for NoDirectory {
+    async fn key_by_id(&self, _: &str, _: &str) -> Result<Option<keys::KeyState>, DirectoryError> {
+        Err(DirectoryError("no keys service configured".into()))
+    }
+
+    async fn key_by_secret(&self, _: &SecretHash) -> Result<Option<keys::KeyState>, DirectoryError> {
+        Err(DirectoryError("no keys service configured".into()))
+    }
+
+    async fn catalog(&self) -> Result<keys::GetModelCatalogResponse, DirectoryError> {
+        Err(DirectoryError("no keys service configured".into()))
+    }
+
+    async fn credit_limit(&self, _: &str) -> Result<Option<Option<i64>>, DirectoryError> {
+        Err(DirectoryError("no keys service configured".into()))
+    }
+}
+
+/// The adapters the metering service runs over.
+pub(crate) struct MeteringAdapters {
+    pub store: Arc<dyn MeteringStore>,
+    pub queue: Arc<dyn UsageQueue>,
+    pub counters: Arc<dyn Counters>,
+    pub directory: Arc<dyn KeyDirectory>,
+}
+
+/// Builds the metering service, adds it to `services` and starts its workers.
+pub(crate) fn add(
+    services: &mut Services,
+    adapters: MeteringAdapters,
+    secrets: &Secrets,
+    settings: &MeteringSettings,
+    clock: Arc<dyn Clock>,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<Arc<MeteringServer>> {
+    let config = MeteringConfig {
+        calendar: Calendar::new(&settings.time_zone).context("TOLLGATE_TIME_ZONE")?,
+        clock,
+        pepper: KeyPepper::new(secrets.key_pepper.as_bytes().to_vec()).context("TOLLGATE_KEY_PEPPER")?,
+        admin_token: secrets.admin_token.clone(),
+        workers: WorkerSettings {
+            batch_size: settings.batch_size.clamp(1, 1000),
+            max_deliveries: settings.max_deliveries.max(1),
+            ..WorkerSettings::default()
+        },
+    };
+    let server =
+        Arc::new(MeteringServer::new(config, adapters.store, adapters.queue, adapters.counters, adapters.directory));
+    server.add_services(&mut services.routes);
+    services.names.extend(MeteringServer::service_names());
+    let name = format!("worker-{}", tollgate_core::ids::new_id());
+    server.spawn_workers(&name, settings.workers, shutdown);
+    Ok(server)
+}
