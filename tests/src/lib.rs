@@ -9,9 +9,13 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use tollgate::{AuthzServeConfig, AuthzSettings, DevConfig, KeysServeConfig, KeysSettings, Secrets};
+use tollgate::{
+    AuthzServeConfig, AuthzSettings, DevConfig, KeysServeConfig, KeysSettings, MeteringServeConfig, MeteringSettings,
+    Secrets,
+};
 use tollgate_core::clock::{Clock, ManualClock, SystemClock};
 use tollgate_proto::authz::v1 as pb_authz;
+use tollgate_proto::metering::v1 as pb_metering;
 use tollgate_proto::keys::v1 as pb;
 use tollgate_state::redis::RedisConfig;
 use tollgate_test_support::{TestDatabase, TestRedis};
@@ -110,6 +114,8 @@ pub struct Harness {
     pub server: Option<Server>,
     /// Production: authz servers in front of the same Redis and keys service.
     pub authz_servers: Vec<Server>,
+    /// Production: the metering server (RPCs and workers) on the same Postgres and Redis.
+    pub metering_servers: Vec<Server>,
     /// The keys service's channel (embedded: every service's).
     pub channel: Channel,
     /// Where the keys service listens (embedded: every service).
@@ -130,6 +136,7 @@ pub struct Harness {
 pub struct Options {
     pub keys: KeysSettings,
     pub authz: AuthzSettings,
+    pub metering: MeteringSettings,
     pub drain: Duration,
     /// Production only: a Redis of the test's own instead of a prefix on the shared one.
     pub redis_url: Option<String>,
@@ -172,6 +179,7 @@ impl Harness {
             secrets: secrets.clone(),
             keys: options.keys.clone(),
             authz: options.authz.clone(),
+            metering: options.metering.clone(),
             drain: options.drain,
             clock: options.clock(),
         };
@@ -183,6 +191,7 @@ impl Harness {
             channel: server.channel.clone(),
             server: Some(server),
             authz_servers: Vec::new(),
+            metering_servers: Vec::new(),
             admin_token: secrets.admin_token.clone(),
             key_pepper: secrets.key_pepper.clone(),
             database,
@@ -221,6 +230,7 @@ impl Harness {
             channel: server.channel.clone(),
             server: Some(server),
             authz_servers: Vec::new(),
+            metering_servers: Vec::new(),
             admin_token: secrets.admin_token.clone(),
             key_pepper: secrets.key_pepper.clone(),
             database: db.url.clone(),
@@ -230,7 +240,29 @@ impl Harness {
             _resources: Resources::Production(db, redis),
         };
         harness.start_authz_replica().await;
+        harness.start_metering().await;
         Some(harness)
+    }
+
+    /// Production only: starts a metering server (RPCs and workers) on the same Postgres,
+    /// Redis and keys service.
+    pub async fn start_metering(&mut self) -> Channel {
+        let (url, prefix) = self.redis.clone().expect("metering servers run on the production backend");
+        let config = MeteringServeConfig {
+            database_url: self.database.clone(),
+            db_max_connections: 8,
+            migrate_on_start: true,
+            redis: RedisConfig { url, prefix, op_timeout: Duration::from_secs(2) },
+            keys_url: format!("http://{}", self.keys_address),
+            secrets: self.secrets.clone(),
+            metering: self.options.metering.clone(),
+            drain: self.options.drain,
+            clock: self.options.clock(),
+        };
+        let server = Server::start(|listener, shutdown| tollgate::run_metering(listener, config, shutdown)).await;
+        let channel = server.channel.clone();
+        self.metering_servers.push(server);
+        channel
     }
 
     /// Production only: starts another authz server on the same Redis and keys service and
@@ -254,6 +286,25 @@ impl Harness {
     /// Where Authorize is served: the first authz server, or the dev server.
     pub fn authz_channel(&self) -> Channel {
         self.authz_servers.first().map_or_else(|| self.channel.clone(), |s| s.channel.clone())
+    }
+
+    /// Where metering is served: the first metering server, or the dev server.
+    pub fn metering_channel(&self) -> Channel {
+        self.metering_servers.first().map_or_else(|| self.channel.clone(), |s| s.channel.clone())
+    }
+
+    /// The metering service, with the admin token.
+    pub fn metering(&self) -> pb_metering::metering_service_client::MeteringServiceClient<Authed> {
+        pb_metering::metering_service_client::MeteringServiceClient::with_interceptor(
+            self.metering_channel(),
+            self.bearer(),
+        )
+    }
+
+    /// The key-holder service, authenticated by `secret`.
+    pub fn key_holder(&self, secret: &str) -> pb_metering::key_holder_service_client::KeyHolderServiceClient<Authed> {
+        let bearer = Bearer { token: secret.to_owned(), actor: None };
+        pb_metering::key_holder_service_client::KeyHolderServiceClient::with_interceptor(self.metering_channel(), bearer)
     }
 
     fn bearer(&self) -> Bearer {
@@ -300,7 +351,7 @@ impl Harness {
 
     /// Starts the graceful shutdown of every server.
     pub fn begin_shutdown(&self) {
-        for server in self.server.iter().chain(&self.authz_servers) {
+        for server in self.server.iter().chain(&self.authz_servers).chain(&self.metering_servers) {
             server.shutdown.cancel();
         }
     }
@@ -319,6 +370,9 @@ impl Harness {
 
     /// Shuts every server down and waits for them to stop.
     pub async fn stop(self) {
+        for metering in self.metering_servers {
+            metering.stop().await;
+        }
         for authz in self.authz_servers {
             authz.stop().await;
         }

@@ -7,6 +7,7 @@ mod authz_faults;
 mod cross_account;
 mod key_state;
 mod keys_api;
+mod metering;
 mod secrets;
 mod server;
 mod validation;
