@@ -15,8 +15,8 @@ use tollgate::{
 };
 use tollgate_core::clock::{Clock, ManualClock, SystemClock};
 use tollgate_proto::authz::v1 as pb_authz;
-use tollgate_proto::metering::v1 as pb_metering;
 use tollgate_proto::keys::v1 as pb;
+use tollgate_proto::metering::v1 as pb_metering;
 use tollgate_state::redis::RedisConfig;
 use tollgate_test_support::{TestDatabase, TestRedis};
 use tonic::service::Interceptor;
@@ -304,7 +304,10 @@ impl Harness {
     /// The key-holder service, authenticated by `secret`.
     pub fn key_holder(&self, secret: &str) -> pb_metering::key_holder_service_client::KeyHolderServiceClient<Authed> {
         let bearer = Bearer { token: secret.to_owned(), actor: None };
-        pb_metering::key_holder_service_client::KeyHolderServiceClient::with_interceptor(self.metering_channel(), bearer)
+        pb_metering::key_holder_service_client::KeyHolderServiceClient::with_interceptor(
+            self.metering_channel(),
+            bearer,
+        )
     }
 
     fn bearer(&self) -> Bearer {

@@ -159,16 +159,16 @@ mod tests {
         let prices = TokenPrices { input: 1_000_000, output: 2_000_000, cached_input: 250_000 };
         let cases = [
             // input, output, cached, multiplier, expected credits
-            (0, 0, 0, "1", 0),              // nothing used, nothing charged
-            (1, 0, 0, "1", 1),              // exact
-            (1, 1, 0, "1", 3),              // 1 + 2
-            (0, 0, 1, "1", 1),              // 0.25 rounds up
-            (0, 0, 4, "1", 1),              // 4 × 0.25 = 1, exact
-            (1, 0, 2, "1", 2),              // 1 + 0.5 rounds up once, not 1 + 1
-            (1, 1, 1, "1.5", 5),            // (1 + 2 + 0.25) × 1.5 = 4.875
-            (10, 10, 10, "0.1", 4),         // 32.5 × 0.1 = 3.25
+            (0, 0, 0, "1", 0),                         // nothing used, nothing charged
+            (1, 0, 0, "1", 1),                         // exact
+            (1, 1, 0, "1", 3),                         // 1 + 2
+            (0, 0, 1, "1", 1),                         // 0.25 rounds up
+            (0, 0, 4, "1", 1),                         // 4 × 0.25 = 1, exact
+            (1, 0, 2, "1", 2),                         // 1 + 0.5 rounds up once, not 1 + 1
+            (1, 1, 1, "1.5", 5),                       // (1 + 2 + 0.25) × 1.5 = 4.875
+            (10, 10, 10, "0.1", 4),                    // 32.5 × 0.1 = 3.25
             (1_000_000, 500_000, 0, "0.8", 1_600_000), // (1e6 + 1e6) × 0.8
-            (7, 3, 0, "0", 0),              // a free group
+            (7, 3, 0, "0", 0),                         // a free group
         ];
         for (input, output, cached, multiplier, expected) in cases {
             let m = PriceMultiplier::parse(multiplier).unwrap().micros();

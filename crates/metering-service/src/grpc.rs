@@ -53,7 +53,10 @@ impl pb::metering_service_server::MeteringService for MeteringGrpc {
         Ok(Response::new(pb::BatchRecordUsageResponse { accepted: accepted as i32 }))
     }
 
-    async fn list_usage(&self, request: Request<pb::ListUsageRequest>) -> Result<Response<pb::ListUsageResponse>, Status> {
+    async fn list_usage(
+        &self,
+        request: Request<pb::ListUsageRequest>,
+    ) -> Result<Response<pb::ListUsageResponse>, Status> {
         Ok(Response::new(self.core.list_usage(request.get_ref()).await?))
     }
 
@@ -64,7 +67,10 @@ impl pb::metering_service_server::MeteringService for MeteringGrpc {
         Ok(Response::new(self.core.usage_summary(request.get_ref()).await?))
     }
 
-    async fn add_credits(&self, request: Request<pb::AddCreditsRequest>) -> Result<Response<pb::AddCreditsResponse>, Status> {
+    async fn add_credits(
+        &self,
+        request: Request<pb::AddCreditsRequest>,
+    ) -> Result<Response<pb::AddCreditsResponse>, Status> {
         let actor = actor(request.metadata());
         let balance = self.core.add_credits(request.into_inner(), &actor).await?;
         Ok(Response::new(pb::AddCreditsResponse { balance: Some(balance) }))

@@ -25,11 +25,14 @@ pub struct PricedKey {
     pub multiplier_micros: i64,
 }
 
+/// The catalog's prices and when they were loaded (`None`: never).
+type LoadedPrices = (Option<Instant>, Arc<HashMap<String, TokenPrices>>);
+
 /// Prices calls, caching what it reads.
 pub struct Pricer {
     directory: Arc<dyn KeyDirectory>,
     keys: Cache<(String, String), Arc<PricedKey>>,
-    catalog: Mutex<(Option<Instant>, Arc<HashMap<String, TokenPrices>>)>,
+    catalog: Mutex<LoadedPrices>,
 }
 
 impl Pricer {
@@ -50,7 +53,8 @@ impl Pricer {
         let Some(state) = self.directory.key_by_id(account_id, key_id).await? else { return Ok(None) };
         let multiplier = PriceMultiplier::parse(&state.price_multiplier)
             .map_err(|e| DirectoryError(format!("key {key_id}: bad multiplier: {e}")))?;
-        let priced = Arc::new(PricedKey { application_id: state.application_id, multiplier_micros: multiplier.micros() });
+        let priced =
+            Arc::new(PricedKey { application_id: state.application_id, multiplier_micros: multiplier.micros() });
         self.keys.insert(id, priced.clone()).await;
         Ok(Some(priced))
     }

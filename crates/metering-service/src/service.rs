@@ -101,17 +101,20 @@ impl MeteringCore {
 
     /// An account's balance and credit limit.
     pub async fn account_balance(&self, account: &str) -> MeteringResult<pb::AccountBalance> {
-        let account_id =
-            names::parse_account(account).ok_or_else(|| MeteringError::invalid("account", "must be accounts/{account}"))?;
+        let account_id = names::parse_account(account)
+            .ok_or_else(|| MeteringError::invalid("account", "must be accounts/{account}"))?;
         let credit_limit = self.credit_limit(account_id).await?;
         let balance = self.store.balance(account_id).await?;
         Ok(Self::balance_proto(account_id, balance, credit_limit))
     }
 
     /// One page of dead letters, oldest first.
-    pub async fn dead_letters(&self, request: &pb::ListDeadLettersRequest) -> MeteringResult<pb::ListDeadLettersResponse> {
-        let limit =
-            page_token::page_size(request.page_size).ok_or_else(|| MeteringError::invalid("page_size", "must be 0 to 1000"))?;
+    pub async fn dead_letters(
+        &self,
+        request: &pb::ListDeadLettersRequest,
+    ) -> MeteringResult<pb::ListDeadLettersResponse> {
+        let limit = page_token::page_size(request.page_size)
+            .ok_or_else(|| MeteringError::invalid("page_size", "must be 0 to 1000"))?;
         let after = page_token::decode("deadLetters", &request.page_token)
             .ok_or_else(|| MeteringError::invalid("page_token", "is not a token of this list"))?;
         let mut letters = self.queue.dead_letters(after.as_deref(), limit as usize + 1).await?;

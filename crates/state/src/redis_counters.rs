@@ -10,9 +10,7 @@ use tollgate_core::counters::{CounterCheck, CounterOutcome, RateOutcome};
 use tollgate_core::windows::Windows;
 
 use crate::StateError;
-use crate::counters::{
-    CounterCall, CounterKeys, CounterRestore, Counters, KeySpend, SETTLED_MEMORY_MS, Settlement,
-};
+use crate::counters::{CounterCall, CounterKeys, CounterRestore, Counters, KeySpend, SETTLED_MEMORY_MS, Settlement};
 use crate::redis::RedisState;
 
 /// Counters on the Redis behind a [`RedisState`].

@@ -12,8 +12,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use redis::aio::ConnectionManager;
 use redis::streams::{
-    StreamAutoClaimOptions, StreamAutoClaimReply, StreamId, StreamPendingCountReply, StreamRangeReply, StreamReadOptions,
-    StreamReadReply,
+    StreamAutoClaimOptions, StreamAutoClaimReply, StreamId, StreamPendingCountReply, StreamRangeReply,
+    StreamReadOptions, StreamReadReply,
 };
 use redis::{AsyncCommands, FromRedisValue, RedisError};
 use tollgate_core::time::Micros;
@@ -69,7 +69,8 @@ impl RedisUsageQueue {
 
     async fn ensure_group(&self) -> Result<(), StateError> {
         let mut conn = self.conn.clone();
-        let created: Result<(), RedisError> = self.bounded(conn.xgroup_create_mkstream(&self.stream, GROUP, "0")).await?;
+        let created: Result<(), RedisError> =
+            self.bounded(conn.xgroup_create_mkstream(&self.stream, GROUP, "0")).await?;
         match created {
             Ok(()) => Ok(()),
             Err(error) if error.code() == Some("BUSYGROUP") => Ok(()),
@@ -238,7 +239,10 @@ impl UsageQueue for RedisUsageQueue {
         let mut pipe = redis::pipe();
         pipe.atomic();
         for entry in &entries {
-            pipe.xadd(&self.stream, "*", &[("r", field_bytes(entry, "r"))]).ignore().xdel(&self.dead, &[&entry.id]).ignore();
+            pipe.xadd(&self.stream, "*", &[("r", field_bytes(entry, "r"))])
+                .ignore()
+                .xdel(&self.dead, &[&entry.id])
+                .ignore();
         }
         self.bounded(pipe.query_async::<()>(&mut conn)).await?.map_err(unavailable)?;
         Ok(entries.len() as u32)

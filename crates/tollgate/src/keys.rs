@@ -35,13 +35,19 @@ impl Default for KeysSettings {
     }
 }
 
+/// The adapters the keys service runs over.
+pub(crate) struct KeysAdapters {
+    pub store: Arc<dyn KeysStore>,
+    pub cache: Arc<dyn KeyStateCache>,
+    pub bus: Arc<dyn InvalidationBus>,
+    /// Read for each key's spend.
+    pub counters: Arc<dyn Counters>,
+}
+
 /// Builds the keys service over its adapters and adds it to `services`.
 pub(crate) async fn add(
     services: &mut Services,
-    store: Arc<dyn KeysStore>,
-    cache: Arc<dyn KeyStateCache>,
-    bus: Arc<dyn InvalidationBus>,
-    counters: Arc<dyn Counters>,
+    adapters: KeysAdapters,
     secrets: &Secrets,
     settings: &KeysSettings,
     shutdown: &CancellationToken,
@@ -52,7 +58,9 @@ pub(crate) async fn add(
         credits_per_usd: settings.credits_per_usd,
         default_rotation_grace: tollgate_core::time::duration_micros(settings.rotation_grace),
     };
-    let keys = KeysServer::new(store, cache, bus, counters, config).await.context("starting the keys service")?;
+    let keys = KeysServer::new(adapters.store, adapters.cache, adapters.bus, adapters.counters, config)
+        .await
+        .context("starting the keys service")?;
     keys.add_services(&mut services.routes, tollgate_auth::BearerAuth::new(&secrets.admin_token));
     services.names.extend(KeysServer::service_names());
     keys.spawn_background(shutdown.child_token());

@@ -17,11 +17,11 @@ use anyhow::Context;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tollgate_core::clock::Clock;
+use tollgate_metering_service::directory::GrpcKeyDirectory;
 use tollgate_state::memory::MemoryState;
 use tollgate_state::memory_counters::MemoryCounters;
 use tollgate_state::redis::{RedisConfig, RedisState};
 use tollgate_state::redis_counters::RedisCounters;
-use tollgate_metering_service::directory::GrpcKeyDirectory;
 use tollgate_state::redis_usage_queue::RedisUsageQueue;
 use tollgate_store::keys::SqlKeysStore;
 use tollgate_store::metering::SqlMeteringStore;
@@ -107,21 +107,18 @@ pub async fn run_dev(listener: TcpListener, config: DevConfig, shutdown: Cancell
     let counters = Arc::new(MemoryCounters::new());
 
     let mut services = Services { routes: RoutesBuilder::default(), names: Vec::new() };
-    let keys = keys::add(
-        &mut services,
-        Arc::new(store),
-        state.clone(),
-        state.clone(),
-        counters.clone(),
-        &config.secrets,
-        &config.keys,
-        &shutdown,
-    )
-    .await?;
+    let adapters = keys::KeysAdapters {
+        store: Arc::new(store),
+        cache: state.clone(),
+        bus: state.clone(),
+        counters: counters.clone(),
+    };
+    let keys = keys::add(&mut services, adapters, &config.secrets, &config.keys, &shutdown).await?;
     let source = Arc::new(authz::InProcessKeys(keys.service()));
     let metering_url = format!("sqlite://{}", config.data_dir.join("metering.db").display());
-    let metering_store = SqlMeteringStore::new(Database::connect(&DatabaseConfig::new(metering_url, "metering")).await?)
-        .with_claim_idle(config.metering.claim_idle);
+    let metering_store =
+        SqlMeteringStore::new(Database::connect(&DatabaseConfig::new(metering_url, "metering")).await?)
+            .with_claim_idle(config.metering.claim_idle);
     metering_store.migrate().await.context("migrating the metering database")?;
     let metering_store = Arc::new(metering_store);
     let adapters = metering::MeteringAdapters {
@@ -162,8 +159,8 @@ pub async fn run_keys(
 
     let mut services = Services { routes: RoutesBuilder::default(), names: Vec::new() };
     let counters = Arc::new(RedisCounters::new(&redis, config.redis.op_timeout));
-    keys::add(&mut services, Arc::new(store), redis.clone(), redis, counters, &config.secrets, &config.keys, &shutdown)
-        .await?;
+    let adapters = keys::KeysAdapters { store: Arc::new(store), cache: redis.clone(), bus: redis, counters };
+    keys::add(&mut services, adapters, &config.secrets, &config.keys, &shutdown).await?;
     server::serve(listener, services, config.drain, shutdown).await
 }
 
@@ -231,12 +228,8 @@ pub async fn run_metering(
     let queue = RedisUsageQueue::new(&redis, config.metering.claim_idle, config.redis.op_timeout)
         .await
         .context("creating the usage stream's consumer group")?;
-    let adapters = metering::MeteringAdapters {
-        store,
-        queue: Arc::new(queue),
-        counters,
-        directory: metering_directory(&config)?,
-    };
+    let adapters =
+        metering::MeteringAdapters { store, queue: Arc::new(queue), counters, directory: metering_directory(&config)? };
     let mut services = Services { routes: RoutesBuilder::default(), names: Vec::new() };
     metering::add(&mut services, adapters, &config.secrets, &config.metering, config.clock.clone(), &shutdown)?;
     server::serve(listener, services, config.drain, shutdown).await
@@ -262,7 +255,10 @@ pub async fn reconcile(config: ReconcileConfig) -> anyhow::Result<tollgate_meter
     let counters = Arc::new(RedisCounters::new(&redis, config.redis.op_timeout));
     let queue = RedisUsageQueue::new(&redis, Duration::from_secs(30), config.redis.op_timeout).await?;
     // Reconciling reads the ledger and writes counters only: no keys service, no secrets.
-    let secrets = Secrets { admin_token: tollgate_core::ids::new_id(), key_pepper: format!("{:0>64}", tollgate_core::ids::new_id()) };
+    let secrets = Secrets {
+        admin_token: tollgate_core::ids::new_id(),
+        key_pepper: format!("{:0>64}", tollgate_core::ids::new_id()),
+    };
     let adapters = metering::MeteringAdapters {
         store: Arc::new(store),
         queue: Arc::new(queue),

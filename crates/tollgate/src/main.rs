@@ -5,7 +5,9 @@ use anyhow::Context;
 use clap::Parser;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tollgate::cli::{AuthzArgs, Cli, Command, KeysArgs, MeteringArgs, MeteringCommand, SecretArgs, ServeArgs, ServiceKind};
+use tollgate::cli::{
+    AuthzArgs, Cli, Command, KeysArgs, MeteringArgs, MeteringCommand, SecretArgs, ServeArgs, ServiceKind,
+};
 use tollgate::{
     AuthzServeConfig, AuthzSettings, DevConfig, KeysServeConfig, KeysSettings, MeteringServeConfig, MeteringSettings,
     ReconcileConfig, Secrets, dev, server, telemetry,
@@ -61,7 +63,11 @@ async fn main() -> anyhow::Result<()> {
         Command::Metering(MeteringCommand::Reconcile(args)) => {
             let config = ReconcileConfig {
                 database_url: args.database_url,
-                redis: RedisConfig { url: args.redis_url, prefix: args.redis_prefix, op_timeout: Duration::from_secs(5) },
+                redis: RedisConfig {
+                    url: args.redis_url,
+                    prefix: args.redis_prefix,
+                    op_timeout: Duration::from_secs(5),
+                },
                 time_zone: args.time_zone,
             };
             let done = tollgate::reconcile(config).await?;

@@ -293,7 +293,8 @@ async fn holds_are_settled_by_usage_and_expire_without_it(h: &Harness, clock: &M
 async fn day_and_month_windows_follow_the_zone(h: &Harness, clock: &ManualClock) {
     let now = clock.now_micros();
     let w = world(h, "windows").await;
-    let key = pb::Key { quota: Some(100_000), daily_budget: Some(1_000), monthly_budget: Some(5_000), ..w.key("Budgets") };
+    let key =
+        pb::Key { quota: Some(100_000), daily_budget: Some(1_000), monthly_budget: Some(5_000), ..w.key("Budgets") };
     let (key, secret) = create_key(h, &w, key).await;
     // 23:30 on the month's last day in Tokyo, then 00:30 on the next: a day and a month apart.
     let at = |micros: i64| metering::UsageReport {
@@ -323,7 +324,10 @@ async fn day_and_month_windows_follow_the_zone(h: &Harness, clock: &ManualClock)
     let own = h.key_holder(&secret).get_key_balance(metering::GetKeyBalanceRequest { days: 2 }).await.unwrap();
     let own = own.into_inner();
     assert_eq!((own.quota_used, own.daily_used, own.monthly_used), (45, 30, 30));
-    assert_eq!((own.daily_remaining, own.monthly_remaining, own.quota_remaining), (Some(970), Some(4_970), Some(99_955)));
+    assert_eq!(
+        (own.daily_remaining, own.monthly_remaining, own.quota_remaining),
+        (Some(970), Some(4_970), Some(99_955))
+    );
     let days: Vec<(i64, i64)> = own
         .daily
         .iter()
@@ -408,7 +412,11 @@ async fn usage_lists_page_and_filter(h: &Harness, clock: &ManualClock) {
         let at = now - (10 - i) * MINUTE;
         reports.push(merge(
             report(&w, key, &format!("l-{i}"), 1, 0, 0),
-            metering::UsageReport { start_time: Some(timestamp(at)), end_time: Some(timestamp(at)), ..Default::default() },
+            metering::UsageReport {
+                start_time: Some(timestamp(at)),
+                end_time: Some(timestamp(at)),
+                ..Default::default()
+            },
         ));
     }
     h.metering().batch_record_usage(metering::BatchRecordUsageRequest { reports }).await.expect("batch");
@@ -446,7 +454,8 @@ async fn usage_lists_page_and_filter(h: &Harness, clock: &ManualClock) {
     // Another account sees none of it.
     let other = world(h, "lists-other").await;
     assert!(usage(h, &other).await.is_empty());
-    let foreign = metering::ListUsageRequest { parent: other.account.clone(), key: a.name.clone(), ..Default::default() };
+    let foreign =
+        metering::ListUsageRequest { parent: other.account.clone(), key: a.name.clone(), ..Default::default() };
     let status = assert_code(h.metering().list_usage(foreign).await, Code::InvalidArgument);
     assert_eq!(violated_fields(&status), ["key"]);
 }
@@ -511,7 +520,8 @@ async fn bad_input_names_the_field(h: &Harness, clock: &ManualClock) {
     let batch = |reports| metering::BatchRecordUsageRequest { reports };
     let status = assert_code(m.clone().batch_record_usage(batch(vec![])).await, Code::InvalidArgument);
     assert_eq!(violated_fields(&status), ["reports"]);
-    let status = assert_code(m.clone().batch_record_usage(batch(vec![good.clone(); 1001])).await, Code::InvalidArgument);
+    let status =
+        assert_code(m.clone().batch_record_usage(batch(vec![good.clone(); 1001])).await, Code::InvalidArgument);
     assert_eq!(violated_fields(&status), ["reports"]);
     let second_bad = vec![good.clone(), metering::UsageReport { output_tokens: -3, ..good.clone() }];
     let status = assert_code(m.clone().batch_record_usage(batch(second_bad)).await, Code::InvalidArgument);

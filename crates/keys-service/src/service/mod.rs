@@ -56,7 +56,12 @@ pub struct KeysService {
 }
 
 impl KeysService {
-    pub fn new(store: Arc<dyn KeysStore>, sync: Arc<StateSync>, counters: Arc<dyn Counters>, config: KeysConfig) -> Self {
+    pub fn new(
+        store: Arc<dyn KeysStore>,
+        sync: Arc<StateSync>,
+        counters: Arc<dyn Counters>,
+        config: KeysConfig,
+    ) -> Self {
         let sealer = Sealer::new(&config.pepper);
         Self { store, counters, sync, config, sealer }
     }

@@ -12,7 +12,9 @@ pub(super) async fn balance<'e>(executor: impl Executor<'e, Database = Any>, acc
         .fetch_optional(executor)
         .await?;
     match row {
-        Some(row) => Ok(Balance { credits_added: row.try_get("credits_added")?, credits_spent: row.try_get("credits_spent")? }),
+        Some(row) => {
+            Ok(Balance { credits_added: row.try_get("credits_added")?, credits_spent: row.try_get("credits_spent")? })
+        }
         None => Ok(Balance::default()),
     }
 }

@@ -23,14 +23,13 @@ fn parse_ids(ids: &[String]) -> Result<Vec<i64>, StateError> {
 impl SqlMeteringStore {
     async fn take_visible(&self, max: usize, now: Micros) -> Result<Vec<QueuedReport>, StateError> {
         let mut tx = self.db.pool.begin().await.map_err(state_error)?;
-        let rows = sqlx::query(
-            "SELECT id, payload, deliveries FROM usage_inbox WHERE visible_at <= $1 ORDER BY id LIMIT $2",
-        )
-        .bind(now)
-        .bind(max as i64)
-        .fetch_all(&mut *tx)
-        .await
-        .map_err(state_error)?;
+        let rows =
+            sqlx::query("SELECT id, payload, deliveries FROM usage_inbox WHERE visible_at <= $1 ORDER BY id LIMIT $2")
+                .bind(now)
+                .bind(max as i64)
+                .fetch_all(&mut *tx)
+                .await
+                .map_err(state_error)?;
         if rows.is_empty() {
             return Ok(Vec::new());
         }
@@ -66,7 +65,8 @@ impl UsageQueue for SqlMeteringStore {
         }
         let mut tx = self.db.pool.begin().await.map_err(state_error)?;
         for chunk in payloads.chunks(500) {
-            let sql = format!("INSERT INTO usage_inbox (payload, visible_at) VALUES {}", placeholders(chunk.len(), 2, 1));
+            let sql =
+                format!("INSERT INTO usage_inbox (payload, visible_at) VALUES {}", placeholders(chunk.len(), 2, 1));
             let mut query = sqlx::query(AssertSqlSafe(sql));
             for payload in chunk {
                 query = query.bind(payload.as_slice()).bind(0_i64);

@@ -178,11 +178,8 @@ impl super::MeteringStore for SqlMeteringStore {
         let (totals, spend) = totals_of(entries.iter().filter(|e| is_new(e)));
         add_totals(&mut tx, &totals).await?;
         add_spend(&mut tx, &spend).await?;
-        let duplicates: Vec<(&str, &str)> = entries
-            .iter()
-            .filter(|e| !is_new(e))
-            .map(|e| (e.account_id.as_str(), e.request_id.as_str()))
-            .collect();
+        let duplicates: Vec<(&str, &str)> =
+            entries.iter().filter(|e| !is_new(e)).map(|e| (e.account_id.as_str(), e.request_id.as_str())).collect();
         let stored = if duplicates.is_empty() { HashMap::new() } else { stored_charges(&mut tx, &duplicates).await? };
         tx.commit().await?;
         entries
@@ -198,9 +195,10 @@ impl super::MeteringStore for SqlMeteringStore {
                         new: true,
                     });
                 }
-                stored.get(&(e.account_id.clone(), e.request_id.clone())).cloned().ok_or_else(|| {
-                    StoreError::Internal(format!("ledger row of request {:?} vanished", e.request_id))
-                })
+                stored
+                    .get(&(e.account_id.clone(), e.request_id.clone()))
+                    .cloned()
+                    .ok_or_else(|| StoreError::Internal(format!("ledger row of request {:?} vanished", e.request_id)))
             })
             .collect()
     }

@@ -22,7 +22,8 @@ fn usage_entry(row: &AnyRow) -> StoreResult<UsageEntry> {
         output_tokens: row.try_get("output_tokens")?,
         cached_input_tokens: row.try_get("cached_input_tokens")?,
         credits: row.try_get("credits")?,
-        outcome: Outcome::parse(&outcome).ok_or_else(|| StoreError::Internal(format!("unknown outcome {outcome:?}")))?,
+        outcome: Outcome::parse(&outcome)
+            .ok_or_else(|| StoreError::Internal(format!("unknown outcome {outcome:?}")))?,
         start_time: row.try_get("start_time")?,
         end_time: row.try_get("end_time")?,
         day: row.try_get("day")?,
@@ -115,8 +116,11 @@ pub(super) async fn key_totals(
     day: &str,
     month: &str,
 ) -> StoreResult<KeyTotals> {
-    let (used, day_scope, month_scope) =
-        (format!("k/{account_id}/{key_id}"), format!("kd/{account_id}/{key_id}/{day}"), format!("km/{account_id}/{key_id}/{month}"));
+    let (used, day_scope, month_scope) = (
+        format!("k/{account_id}/{key_id}"),
+        format!("kd/{account_id}/{key_id}/{day}"),
+        format!("km/{account_id}/{key_id}/{month}"),
+    );
     let rows = sqlx::query("SELECT scope, credits FROM usage_totals WHERE scope IN ($1, $2, $3)")
         .bind(&used)
         .bind(&day_scope)
@@ -139,13 +143,12 @@ pub(super) async fn key_totals(
 }
 
 pub(super) async fn all_key_totals(db: &Database, day: &str, month: &str) -> StoreResult<Vec<KeyCounterRow>> {
-    let rows = sqlx::query(
-        "SELECT scope, credits FROM usage_totals WHERE scope LIKE 'k/%' OR scope LIKE $1 OR scope LIKE $2",
-    )
-    .bind(format!("kd/%/{day}"))
-    .bind(format!("km/%/{month}"))
-    .fetch_all(&db.pool)
-    .await?;
+    let rows =
+        sqlx::query("SELECT scope, credits FROM usage_totals WHERE scope LIKE 'k/%' OR scope LIKE $1 OR scope LIKE $2")
+            .bind(format!("kd/%/{day}"))
+            .bind(format!("km/%/{month}"))
+            .fetch_all(&db.pool)
+            .await?;
     let mut keys: HashMap<(String, String), KeyTotals> = HashMap::new();
     for row in rows {
         let scope: String = row.try_get("scope")?;
@@ -163,10 +166,8 @@ pub(super) async fn all_key_totals(db: &Database, day: &str, month: &str) -> Sto
             _ => {}
         }
     }
-    let mut rows: Vec<KeyCounterRow> = keys
-        .into_iter()
-        .map(|((account_id, key_id), totals)| KeyCounterRow { account_id, key_id, totals })
-        .collect();
+    let mut rows: Vec<KeyCounterRow> =
+        keys.into_iter().map(|((account_id, key_id), totals)| KeyCounterRow { account_id, key_id, totals }).collect();
     rows.sort_by(|a, b| (&a.account_id, &a.key_id).cmp(&(&b.account_id, &b.key_id)));
     Ok(rows)
 }
