@@ -201,3 +201,98 @@ impl Drop for PrivateRedis {
         self.kill();
     }
 }
+
+/// A Postgres cluster of the test's own (`initdb` + `pg_ctl`) on a free loopback port, for
+/// fault tests that stop and restart it. Stopped and removed on drop. As root, the server
+/// runs as the `postgres` user, since Postgres refuses to run as root.
+#[derive(Debug)]
+pub struct PrivatePostgres {
+    pub port: u16,
+    bin: std::path::PathBuf,
+    dir: tempfile::TempDir,
+    as_postgres: bool,
+}
+
+impl PrivatePostgres {
+    /// Initialises and starts one, or returns `None` (skip) when Postgres's server programs
+    /// are not installed.
+    pub async fn start() -> Option<Self> {
+        let bin = std::fs::read_dir("/usr/lib/postgresql").ok().and_then(|versions| {
+            versions.filter_map(Result::ok).map(|v| v.path().join("bin")).find(|b| b.join("initdb").exists())
+        });
+        let Some(bin) = bin else {
+            unavailable("initdb", "no /usr/lib/postgresql/*/bin/initdb");
+            return None;
+        };
+        let dir = tempfile::tempdir().expect("temp dir");
+        let as_postgres =
+            std::process::Command::new("id").arg("-u").output().is_ok_and(|o| o.stdout.starts_with(b"0\n"));
+        if as_postgres {
+            let status = std::process::Command::new("chown").args(["-R", "postgres:postgres"]).arg(dir.path()).status();
+            assert!(status.is_ok_and(|s| s.success()), "chown the cluster dir to postgres");
+        }
+        let port =
+            std::net::TcpListener::bind("127.0.0.1:0").expect("bind a probe socket").local_addr().unwrap().port();
+        let mut postgres = Self { port, bin, dir, as_postgres };
+        let data = postgres.data();
+        let init = postgres.run("initdb", &["-D", &data, "-A", "trust", "-U", "postgres", "--no-sync"]);
+        if let Err(error) = init {
+            unavailable("initdb", error);
+            return None;
+        }
+        if let Err(error) = postgres.restart().await {
+            unavailable("a private Postgres", error);
+            return None;
+        }
+        Some(postgres)
+    }
+
+    fn data(&self) -> String {
+        self.dir.path().join("data").display().to_string()
+    }
+
+    fn run(&self, program: &str, args: &[&str]) -> Result<(), String> {
+        let path = self.bin.join(program);
+        let output = if self.as_postgres {
+            std::process::Command::new("runuser").args(["-u", "postgres", "--"]).arg(&path).args(args).output()
+        } else {
+            std::process::Command::new(&path).args(args).output()
+        }
+        .map_err(|e| format!("cannot run {program}: {e}"))?;
+        if output.status.success() {
+            Ok(())
+        } else {
+            Err(format!("{program} failed: {}", String::from_utf8_lossy(&output.stderr)))
+        }
+    }
+
+    /// `postgres://postgres@127.0.0.1:<port>/postgres`.
+    pub fn url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+    }
+
+    /// Stops the server at once, as a crash would (`pg_ctl stop -m immediate`).
+    pub fn stop(&mut self) {
+        let _ = self.run("pg_ctl", &["-D", &self.data(), "stop", "-m", "immediate", "-w"]);
+    }
+
+    /// Starts the server (again) and waits until it accepts connections.
+    pub async fn restart(&mut self) -> Result<(), String> {
+        let options = format!("-p {} -c listen_addresses=127.0.0.1 -k {}", self.port, self.dir.path().display());
+        let log = self.dir.path().join("log").display().to_string();
+        self.run("pg_ctl", &["-D", &self.data(), "-o", &options, "-l", &log, "-w", "start"])?;
+        for _ in 0..200 {
+            if PgConnection::connect(&self.url()).await.is_ok() {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Err("the private Postgres did not accept connections".into())
+    }
+}
+
+impl Drop for PrivatePostgres {
+    fn drop(&mut self) {
+        let _ = self.run("pg_ctl", &["-D", &self.data(), "stop", "-m", "immediate"]);
+    }
+}

@@ -61,7 +61,8 @@ async fn commands_during<F: Future<Output = ()>>(redis: &PrivateRedis, work: F) 
     let mut commands = Vec::new();
     while let Ok(Some(line)) = lines.next_line().await {
         // `1700000000.123456 [0 127.0.0.1:5555] "EVALSHA" …`; scripts' own calls say `[0 lua]`.
-        if !line.contains(" lua] ") {
+        // The metering workers' polls of the usage stream (`{usage}` keys) are not authz's.
+        if !line.contains(" lua] ") && !line.contains("{usage}") {
             commands.push(line.split_whitespace().nth(3).unwrap_or_default().trim_matches('"').to_uppercase());
         }
     }

@@ -1,0 +1,351 @@
+//! Metering under failure, in production shape (Postgres, Redis, separate processes): a
+//! worker process killed with SIGKILL mid-batch under load, and Postgres stopped and started
+//! under load. Either way every distinct report is charged exactly once: the ledger's count
+//! and sum, the key's counter and the account's balance all match what was sent.
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use sqlx::Connection;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tollgate::{KeysServeConfig, KeysSettings, MeteringServeConfig, MeteringSettings, Secrets};
+use tollgate_core::clock::SystemClock;
+use tollgate_proto::keys::v1 as keys;
+use tollgate_proto::metering::v1 as metering;
+use tollgate_state::redis::RedisConfig;
+use tollgate_test_support::{PrivatePostgres, TestDatabase, TestRedis};
+use tonic::service::Interceptor;
+use tonic::transport::Channel;
+
+#[derive(Clone)]
+struct Bearer(String);
+
+impl Interceptor for Bearer {
+    fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        request.metadata_mut().insert("authorization", format!("Bearer {}", self.0).parse().unwrap());
+        Ok(request)
+    }
+}
+
+fn secrets() -> Secrets {
+    Secrets {
+        admin_token: format!("admin-{}", tollgate_core::ids::new_id()),
+        key_pepper: format!("pepper-{}-{}", tollgate_core::ids::new_id(), tollgate_core::ids::new_id()),
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+async fn wait_serving(address: &str) -> Channel {
+    let channel = Channel::from_shared(format!("http://{address}")).unwrap().connect_lazy();
+    let mut health = tonic_health::pb::health_client::HealthClient::new(channel.clone());
+    for _ in 0..600 {
+        let check = health.check(tonic_health::pb::HealthCheckRequest { service: String::new() }).await;
+        if check.is_ok_and(|r| r.get_ref().status == 1) {
+            return channel;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("{address} did not become ready");
+}
+
+/// Starts `run` in this process on an ephemeral port; returns its channel and address.
+async fn spawn_in_process<F, Fut>(run: F, shutdown: &CancellationToken) -> (Channel, String)
+where
+    F: FnOnce(TcpListener, CancellationToken) -> Fut,
+    Fut: Future<Output = anyhow::Result<()>> + Send + 'static,
+{
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap().to_string();
+    tokio::spawn(run(listener, shutdown.child_token()));
+    (wait_serving(&address).await, address)
+}
+
+/// An account with one key whose calls cost one credit per token (multiplier 1).
+async fn seed(channel: &Channel, token: &str) -> String {
+    let auth = Bearer(token.to_owned());
+    let account = "crash";
+    keys::account_service_client::AccountServiceClient::with_interceptor(channel.clone(), auth.clone())
+        .create_account(keys::CreateAccountRequest {
+            account_id: account.into(),
+            account: Some(keys::Account {
+                display_name: "Crash test".into(),
+                unlimited_credit: true,
+                ..Default::default()
+            }),
+            initial_key: None,
+        })
+        .await
+        .unwrap();
+    keys::application_service_client::ApplicationServiceClient::with_interceptor(channel.clone(), auth.clone())
+        .create_application(keys::CreateApplicationRequest {
+            parent: format!("accounts/{account}"),
+            application_id: "app".into(),
+            application: Some(keys::Application { display_name: "App".into(), ..Default::default() }),
+        })
+        .await
+        .unwrap();
+    keys::group_service_client::GroupServiceClient::with_interceptor(channel.clone(), auth.clone())
+        .create_group(keys::CreateGroupRequest {
+            group_id: "one".into(),
+            group: Some(keys::Group { display_name: "One".into(), price_multiplier: "1".into(), ..Default::default() }),
+        })
+        .await
+        .unwrap();
+    keys::model_service_client::ModelServiceClient::with_interceptor(channel.clone(), auth.clone())
+        .create_model(keys::CreateModelRequest {
+            model_id: "unit".into(),
+            model: Some(keys::Model {
+                capability: keys::Capability::Text as i32,
+                input_price: 1_000_000,
+                output_price: 1_000_000,
+                ..Default::default()
+            }),
+        })
+        .await
+        .unwrap();
+    let created = keys::key_service_client::KeyServiceClient::with_interceptor(channel.clone(), auth)
+        .create_key(keys::CreateKeyRequest {
+            parent: format!("accounts/{account}"),
+            key: Some(keys::Key {
+                application: format!("accounts/{account}/applications/app"),
+                display_name: "Crash key".into(),
+                group: "groups/one".into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    created.created.unwrap().key.unwrap().name
+}
+
+/// Report `i` of the load: distinct request ids, `i % 7 + 1` tokens, so `i % 7 + 1` credits.
+fn report(key: &str, i: u64) -> metering::UsageReport {
+    metering::UsageReport {
+        request_id: format!("load-{i}"),
+        key: key.into(),
+        model: "unit".into(),
+        input_tokens: (i % 7 + 1) as i64,
+        outcome: metering::UsageOutcome::Success as i32,
+        ..Default::default()
+    }
+}
+
+fn cost(i: u64) -> i64 {
+    (i % 7 + 1) as i64
+}
+
+/// Sends reports `range` in batches of 50, each batch also repeating 5 reports of the one
+/// before (a gateway retrying), pausing between batches so the load spans the fault.
+async fn send(channel: &Channel, token: &str, key: &str, range: std::ops::Range<u64>) {
+    let mut client = metering::metering_service_client::MeteringServiceClient::with_interceptor(
+        channel.clone(),
+        Bearer(token.into()),
+    );
+    let ids: Vec<u64> = range.collect();
+    for chunk in ids.chunks(50) {
+        let mut reports: Vec<_> = chunk.iter().map(|i| report(key, *i)).collect();
+        reports.extend(chunk.iter().take(5).map(|i| report(key, i.saturating_sub(50))));
+        loop {
+            match client.batch_record_usage(metering::BatchRecordUsageRequest { reports: reports.clone() }).await {
+                Ok(_) => break,
+                // Not accepted means not durable: the gateway retries, and so do we.
+                Err(status) => {
+                    eprintln!("retrying a batch: {status:?}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(40)).await;
+    }
+}
+
+/// Waits until the ledger and the counters hold exactly reports `0..n`.
+async fn assert_exactly_once(metering_db: &str, redis: &TestRedis, key: &str, n: u64) {
+    let expected: i64 = (0..n).map(cost).sum();
+    let mut db = sqlx::PgConnection::connect(metering_db).await.unwrap();
+    let client = redis::Client::open(redis.url.as_str()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let key_id = key.rsplit('/').next().unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
+    loop {
+        let (count, sum): (i64, Option<i64>) =
+            sqlx::query_as("SELECT COUNT(*), CAST(SUM(credits) AS BIGINT) FROM metering.usage_ledger")
+                .fetch_one(&mut db)
+                .await
+                .unwrap_or((0, None));
+        let used: Option<i64> = redis::cmd("HGET")
+            .arg(format!("{}:{{crash}}:k:{key_id}", redis.prefix))
+            .arg("used")
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        if count as u64 == n && used == Some(expected) {
+            assert_eq!(sum, Some(expected), "ledger sum = sum of the distinct reports");
+            let balance: Option<i64> =
+                redis::cmd("GET").arg(format!("{}:{{crash}}:bal", redis.prefix)).query_async(&mut conn).await.unwrap();
+            assert_eq!(balance, Some(-expected), "the balance counter took each charge once");
+            let (spent,): (i64,) =
+                sqlx::query_as("SELECT credits_spent FROM metering.account_balances WHERE account_id = 'crash'")
+                    .fetch_one(&mut db)
+                    .await
+                    .unwrap();
+            assert_eq!(spent, expected);
+            return;
+        }
+        assert!(count as u64 <= n, "{count} ledger rows for {n} distinct reports");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not applied in time: {count} of {n} rows, key used {used:?} of {expected}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// A `tollgate serve metering` process.
+fn worker_process(config: &MeteringServeConfig, port: u16) -> tokio::process::Child {
+    tokio::process::Command::new(env!("CARGO_BIN_EXE_tollgate"))
+        .args(["serve", "metering", "--listen", &format!("127.0.0.1:{port}")])
+        .env("TOLLGATE_DATABASE_URL", &config.database_url)
+        .env("TOLLGATE_REDIS_URL", &config.redis.url)
+        .env("TOLLGATE_REDIS_PREFIX", &config.redis.prefix)
+        .env("TOLLGATE_KEYS_URL", &config.keys_url)
+        .env("TOLLGATE_ADMIN_TOKEN", &config.secrets.admin_token)
+        .env("TOLLGATE_KEY_PEPPER", &config.secrets.key_pepper)
+        .env("TOLLGATE_METERING_WORKERS", "2")
+        .env("TOLLGATE_METERING_BATCH_SIZE", "100")
+        .env("TOLLGATE_METERING_CLAIM_IDLE", "1s")
+        .env("TOLLGATE_SHUTDOWN_DRAIN", "0s")
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start tollgate serve metering")
+}
+
+/// The keys service and an ingest-only metering server (no workers) in this process.
+struct Deployment {
+    shutdown: CancellationToken,
+    /// The ingest server.
+    ingest: Channel,
+    key: String,
+    /// Settings for metering servers of this deployment.
+    metering: MeteringServeConfig,
+}
+
+impl Drop for Deployment {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+async fn deploy(keys_db: &TestDatabase, metering_db: &str, redis: &TestRedis) -> Deployment {
+    let secrets = secrets();
+    let shutdown = CancellationToken::new();
+    let redis_config =
+        RedisConfig { url: redis.url.clone(), prefix: redis.prefix.clone(), op_timeout: Duration::from_secs(2) };
+    let keys_config = KeysServeConfig {
+        database_url: keys_db.url.clone(),
+        db_max_connections: 4,
+        migrate_on_start: true,
+        redis: redis_config.clone(),
+        secrets: secrets.clone(),
+        keys: KeysSettings::default(),
+        drain: Duration::ZERO,
+    };
+    let (keys_channel, keys_address) = spawn_in_process(|l, s| tollgate::run_keys(l, keys_config, s), &shutdown).await;
+    let key = seed(&keys_channel, &secrets.admin_token).await;
+    let metering = MeteringServeConfig {
+        database_url: metering_db.to_owned(),
+        db_max_connections: 4,
+        migrate_on_start: true,
+        redis: redis_config,
+        keys_url: format!("http://{keys_address}"),
+        secrets,
+        metering: MeteringSettings {
+            workers: 0,
+            claim_idle: Duration::from_secs(1),
+            batch_size: 100,
+            ..Default::default()
+        },
+        drain: Duration::ZERO,
+        clock: std::sync::Arc::new(SystemClock),
+    };
+    let ingest_config = metering.clone();
+    let (ingest, _) = spawn_in_process(|l, s| tollgate::run_metering(l, ingest_config, s), &shutdown).await;
+    Deployment { shutdown, ingest, key, metering }
+}
+
+async fn ledger_rows(url: &str) -> i64 {
+    let Ok(mut db) = sqlx::PgConnection::connect(url).await else { return 0 };
+    sqlx::query_as::<_, (i64,)>("SELECT COUNT(*) FROM metering.usage_ledger")
+        .fetch_one(&mut db)
+        .await
+        .map_or(0, |r| r.0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_killed_mid_batch_loses_and_doubles_nothing() {
+    let (Some(keys_db), Some(metering_db), Some(redis)) =
+        (TestDatabase::create().await, TestDatabase::create().await, TestRedis::create().await)
+    else {
+        return;
+    };
+    let d = deploy(&keys_db, &metering_db.url, &redis).await;
+    let token = d.metering.secrets.admin_token.clone();
+    let mut first = worker_process(&d.metering, free_port());
+    const N: u64 = 3_000;
+    let load = tokio::spawn({
+        let (ingest, key) = (d.ingest.clone(), d.key.clone());
+        async move { send(&ingest, &token, &key, 0..N).await }
+    });
+    // Kill the worker process while it is busy with a stream of batches.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while ledger_rows(&metering_db.url).await < 300 {
+        assert!(tokio::time::Instant::now() < deadline, "the first worker applied nothing");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    first.start_kill().expect("SIGKILL the worker");
+    first.wait().await.unwrap();
+    let at_kill = ledger_rows(&metering_db.url).await;
+    let mut second = worker_process(&d.metering, free_port());
+    load.await.unwrap();
+    assert_exactly_once(&metering_db.url, &redis, &d.key, N).await;
+    assert!(at_kill < N as i64, "the kill came before the end of the load");
+    second.start_kill().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_stopped_and_started_under_load_loses_nothing() {
+    let (Some(keys_db), Some(redis)) = (TestDatabase::create().await, TestRedis::create().await) else { return };
+    let Some(mut postgres) = PrivatePostgres::start().await else { return };
+    let metering_url = postgres.url();
+    let d = deploy(&keys_db, &metering_url, &redis).await;
+    let workers = MeteringServeConfig {
+        metering: MeteringSettings { workers: 2, ..d.metering.metering.clone() },
+        ..d.metering.clone()
+    };
+    spawn_in_process(|l, s| tollgate::run_metering(l, workers, s), &d.shutdown).await;
+    const N: u64 = 2_000;
+    let token = d.metering.secrets.admin_token.clone();
+    let load = tokio::spawn({
+        let (ingest, key) = (d.ingest.clone(), d.key.clone());
+        async move { send(&ingest, &token, &key, 0..N).await }
+    });
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while ledger_rows(&metering_url).await < 200 {
+        assert!(tokio::time::Instant::now() < deadline, "nothing applied before the outage");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    postgres.stop();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    postgres.restart().await.expect("Postgres starts again");
+    load.await.unwrap();
+    assert_exactly_once(&metering_url, &redis, &d.key, N).await;
+}
