@@ -1,0 +1,137 @@
+//! The usage-queue conformance suite: the same checks on the SQL table (`tollgate dev`, on
+//! SQLite and Postgres) and on the Redis Stream (production).
+
+use std::time::Duration;
+
+use tollgate_state::redis::{RedisConfig, RedisState};
+use tollgate_state::redis_usage_queue::RedisUsageQueue;
+use tollgate_state::usage_queue::UsageQueue;
+use tollgate_store::metering::SqlMeteringStore;
+use tollgate_store::{Database, DatabaseConfig};
+use tollgate_test_support::{TestDatabase, TestRedis};
+
+/// How long an unacknowledged entry stays with its consumer in these tests.
+const CLAIM_IDLE: Duration = Duration::from_millis(300);
+
+#[allow(dead_code)]
+enum Guard {
+    Sqlite(tempfile::TempDir),
+    Postgres(TestDatabase),
+    Redis(TestRedis),
+}
+
+async fn sqlite_queue() -> Option<(Box<dyn UsageQueue>, Guard)> {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("metering.db").display());
+    let store = SqlMeteringStore::new(Database::connect(&DatabaseConfig::new(url, "metering")).await.unwrap())
+        .with_claim_idle(CLAIM_IDLE);
+    store.migrate().await.unwrap();
+    Some((Box::new(store), Guard::Sqlite(dir)))
+}
+
+async fn postgres_queue() -> Option<(Box<dyn UsageQueue>, Guard)> {
+    let db = TestDatabase::create().await?;
+    let store =
+        SqlMeteringStore::new(Database::connect(&DatabaseConfig::new(db.url.clone(), "metering")).await.unwrap())
+            .with_claim_idle(CLAIM_IDLE);
+    store.migrate().await.unwrap();
+    Some((Box::new(store), Guard::Postgres(db)))
+}
+
+async fn redis_queue() -> Option<(Box<dyn UsageQueue>, Guard)> {
+    let redis = TestRedis::create().await?;
+    let config =
+        RedisConfig { url: redis.url.clone(), prefix: redis.prefix.clone(), op_timeout: Duration::from_secs(2) };
+    let state = RedisState::connect(&config).await.unwrap();
+    let queue = RedisUsageQueue::new(&state, CLAIM_IDLE, Duration::from_secs(2)).await.unwrap();
+    Some((Box::new(queue), Guard::Redis(redis)))
+}
+
+macro_rules! conformance {
+    ($($check:ident),* $(,)?) => {
+        $(
+            mod $check {
+                #[tokio::test]
+                async fn sqlite() {
+                    if let Some((queue, _guard)) = super::sqlite_queue().await {
+                        super::$check(queue.as_ref()).await;
+                    }
+                }
+                #[tokio::test]
+                async fn postgres() {
+                    if let Some((queue, _guard)) = super::postgres_queue().await {
+                        super::$check(queue.as_ref()).await;
+                    }
+                }
+                #[tokio::test]
+                async fn redis() {
+                    if let Some((queue, _guard)) = super::redis_queue().await {
+                        super::$check(queue.as_ref()).await;
+                    }
+                }
+            }
+        )*
+    };
+}
+
+conformance!(
+    entries_are_received_in_order_and_acked_once,
+    unacknowledged_entries_come_back_with_their_delivery_count,
+    dead_letters_list_and_replay,
+);
+
+fn payloads(n: usize) -> Vec<Vec<u8>> {
+    (0..n).map(|i| format!("report-{i}").into_bytes()).collect()
+}
+
+async fn entries_are_received_in_order_and_acked_once(queue: &dyn UsageQueue) {
+    queue.enqueue(&payloads(5)).await.unwrap();
+    let first = queue.receive("c1", 3, Duration::from_millis(100)).await.unwrap();
+    assert_eq!(first.iter().map(|e| e.payload.clone()).collect::<Vec<_>>(), payloads(3));
+    assert!(first.iter().all(|e| e.deliveries == 1));
+    let rest = queue.receive("c2", 10, Duration::from_millis(100)).await.unwrap();
+    assert_eq!(rest.len(), 2, "another consumer gets what the first did not take");
+    let ids: Vec<String> = first.iter().chain(&rest).map(|e| e.id.clone()).collect();
+    queue.ack(&ids).await.unwrap();
+    tokio::time::sleep(CLAIM_IDLE * 2).await;
+    assert!(queue.receive("c1", 10, Duration::from_millis(100)).await.unwrap().is_empty(), "acked entries are gone");
+}
+
+async fn unacknowledged_entries_come_back_with_their_delivery_count(queue: &dyn UsageQueue) {
+    queue.enqueue(&payloads(2)).await.unwrap();
+    let taken = queue.receive("crashed", 10, Duration::from_millis(100)).await.unwrap();
+    assert_eq!(taken.len(), 2);
+    assert!(queue.receive("other", 10, Duration::from_millis(50)).await.unwrap().is_empty(), "held while fresh");
+    tokio::time::sleep(CLAIM_IDLE + Duration::from_millis(100)).await;
+    let again = queue.receive("other", 10, Duration::from_millis(100)).await.unwrap();
+    assert_eq!(again.iter().map(|e| e.payload.clone()).collect::<Vec<_>>(), payloads(2));
+    assert!(again.iter().all(|e| e.deliveries == 2), "{again:?}");
+    queue.ack(&again.iter().map(|e| e.id.clone()).collect::<Vec<_>>()).await.unwrap();
+}
+
+async fn dead_letters_list_and_replay(queue: &dyn UsageQueue) {
+    queue.enqueue(&payloads(3)).await.unwrap();
+    let taken = queue.receive("c1", 10, Duration::from_millis(100)).await.unwrap();
+    queue.dead_letter(&taken[0], "unknown key", 42).await.unwrap();
+    queue.dead_letter(&taken[2], "unknown model", 43).await.unwrap();
+    queue.ack(&[taken[1].id.clone()]).await.unwrap();
+    let letters = queue.dead_letters(None, 10).await.unwrap();
+    let summary: Vec<(Vec<u8>, &str, u32, i64)> =
+        letters.iter().map(|l| (l.payload.clone(), l.reason.as_str(), l.attempts, l.time)).collect();
+    assert_eq!(
+        summary,
+        [(payloads(1)[0].clone(), "unknown key", 1, 42), (payloads(3)[2].clone(), "unknown model", 1, 43)]
+    );
+    let after_first = queue.dead_letters(Some(&letters[0].id), 10).await.unwrap();
+    assert_eq!(after_first.len(), 1);
+    tokio::time::sleep(CLAIM_IDLE * 2).await;
+    assert!(
+        queue.receive("c1", 10, Duration::from_millis(50)).await.unwrap().is_empty(),
+        "dead letters are off the queue"
+    );
+    assert_eq!(queue.replay(&[letters[1].id.clone()]).await.unwrap(), 1);
+    let back = queue.receive("c1", 10, Duration::from_millis(200)).await.unwrap();
+    assert_eq!(back.iter().map(|e| e.payload.clone()).collect::<Vec<_>>(), [payloads(3)[2].clone()]);
+    assert_eq!(queue.replay(&[]).await.unwrap(), 1, "replaying all puts back the rest");
+    assert!(queue.dead_letters(None, 10).await.unwrap().is_empty());
+}
