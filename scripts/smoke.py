@@ -2,8 +2,9 @@
 """A grpcurl stand-in smoke test of a running Tollgate, using only server reflection.
 
 It walks the README's quick tour (account → application → group → model → key create,
-list, Authorize and ExplainAuthorize, disable, rotate, delete) with the same JSON bodies the README passes to grpcurl, and
-checks each answer. No .proto files: every message type comes from reflection, as it does
+list, Authorize and ExplainAuthorize, usage reports, balances and usage queries, the key
+holder's own balance, disable, rotate, delete) with the same JSON bodies the README passes to
+grpcurl, and checks each answer. No .proto files: every message type comes from reflection, as it does
 for grpcurl, Postman and evans.
 
     pip install grpcio grpcio-reflection
@@ -12,6 +13,7 @@ for grpcurl, Postman and evans.
 
 import json
 import sys
+import time
 import uuid
 
 import grpc
@@ -28,7 +30,7 @@ class Tollgate:
         self.pool = DescriptorPool(ProtoReflectionDescriptorDatabase(self.channel))
         self.metadata = [("authorization", f"Bearer {token}")]
 
-    def call(self, method, body):
+    def call(self, method, body, token=None):
         service_name, rpc = method.rsplit("/", 1)
         method_desc = self.pool.FindServiceByName(service_name).FindMethodByName(rpc)
         request_type = message_factory.GetMessageClass(method_desc.input_type)
@@ -39,7 +41,8 @@ class Tollgate:
             response_deserializer=response_type.FromString,
         )
         request = json_format.Parse(json.dumps(body), request_type())
-        response = stub(request, metadata=self.metadata, timeout=10)
+        metadata = [("authorization", f"Bearer {token}")] if token else self.metadata
+        response = stub(request, metadata=metadata, timeout=10)
         return json_format.MessageToDict(response)
 
 
@@ -89,6 +92,30 @@ def main():
     assert allowed["decision"] == "DECISION_ALLOW", allowed
     assert allowed["headroom"]["rpm"]["limit"] == "600", allowed
     assert int(allowed["headroom"]["quotaRemaining"]) < 5000000, "the call holds its estimated cost"
+    # The gateway reports what the call used; metering charges it once, in the background.
+    report = {"request_id": f"req-{suffix}", "key": key["name"], "model": model,
+              "input_tokens": 1000, "output_tokens": 200, "outcome": "USAGE_OUTCOME_SUCCESS"}
+    t.call("tollgate.metering.v1.MeteringService/RecordUsage", {"report": report})
+    t.call("tollgate.metering.v1.MeteringService/RecordUsage", {"report": report})  # a retry
+    for _ in range(100):
+        usage = t.call("tollgate.metering.v1.MeteringService/ListUsage", {"parent": f"accounts/{account}"})
+        if usage.get("records"):
+            break
+        time.sleep(0.1)
+    # (1000 × 75,000 + 200 × 300,000) / 10^6 × 0.8 = 108 credits.
+    assert [(r["requestId"], r["credits"]) for r in usage["records"]] == [(f"req-{suffix}", "108")], usage
+    now = time.time()
+    summary = t.call("tollgate.metering.v1.MeteringService/GetUsageSummary", {
+        "scope": f"accounts/{account}", "granularity": "GRANULARITY_HOUR",
+        "start_time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now - 3600)),
+        "end_time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now + 60))})
+    assert summary["totals"]["credits"] == "108", summary
+    topped = t.call("tollgate.metering.v1.MeteringService/AddCredits",
+                    {"account": f"accounts/{account}", "credits": 1000000, "reason": "welcome credit",
+                     "request_id": f"topup-{suffix}"})["balance"]
+    assert topped["balance"] == str(1000000 - 108), topped
+    own = t.call("tollgate.metering.v1.KeyHolderService/GetKeyBalance", {"days": 7}, token=secret)
+    assert own["quotaUsed"] == "108" and own["status"] == "KEY_STATUS_ENABLED", own
     outsider = dict(call, client_ip="198.51.100.1", request_id=f"req2-{suffix}")
     explained = t.call("tollgate.authz.v1.AuthzService/ExplainAuthorize", {"request": outsider})
     assert explained["reason"] == "DENY_REASON_IP_NOT_ALLOWED", explained
