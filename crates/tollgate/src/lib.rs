@@ -127,7 +127,11 @@ pub async fn run_dev(listener: TcpListener, config: DevConfig, shutdown: Cancell
         counters: counters.clone(),
         directory: Arc::new(metering::InProcessDirectory(keys.service())),
     };
-    metering::add(&mut services, adapters, &config.secrets, &config.metering, config.clock.clone(), &shutdown)?;
+    let metering =
+        metering::add(&mut services, adapters, &config.secrets, &config.metering, config.clock.clone(), &shutdown)?;
+    // In-process counters start empty: rebuild spend and balances from the ledger the SQLite
+    // file kept, so a restart does not reset quotas.
+    metering.core().reconcile().await.map_err(|e| anyhow::anyhow!("rebuilding counters from the ledger: {e}"))?;
     authz::add(
         &mut services,
         state.clone(),

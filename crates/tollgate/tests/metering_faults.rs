@@ -349,3 +349,45 @@ async fn postgres_stopped_and_started_under_load_loses_nothing() {
     load.await.unwrap();
     assert_exactly_once(&metering_url, &redis, &d.key, N).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reconcile_rebuilds_the_counters_after_redis_lost_them() {
+    let (Some(keys_db), Some(metering_db), Some(redis)) =
+        (TestDatabase::create().await, TestDatabase::create().await, TestRedis::create().await)
+    else {
+        return;
+    };
+    let d = deploy(&keys_db, &metering_db.url, &redis).await;
+    let workers = MeteringServeConfig {
+        metering: MeteringSettings { workers: 1, ..d.metering.metering.clone() },
+        ..d.metering.clone()
+    };
+    spawn_in_process(|l, s| tollgate::run_metering(l, workers, s), &d.shutdown).await;
+    const N: u64 = 200;
+    send(&d.ingest, &d.metering.secrets.admin_token, &d.key, 0..N).await;
+    assert_exactly_once(&metering_db.url, &redis, &d.key, N).await;
+    // Redis loses the account's counters (a restart without persistence, say).
+    let client = redis::Client::open(redis.url.as_str()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let lost: Vec<String> =
+        redis::cmd("KEYS").arg(format!("{}:{{crash}}:*", redis.prefix)).query_async(&mut conn).await.unwrap();
+    assert!(!lost.is_empty());
+    let _: () = redis::cmd("DEL").arg(&lost).query_async(&mut conn).await.unwrap();
+    let done = tollgate::reconcile(tollgate::ReconcileConfig {
+        database_url: metering_db.url.clone(),
+        redis: d.metering.redis.clone(),
+        time_zone: "UTC".into(),
+    })
+    .await
+    .expect("reconcile");
+    assert_eq!((done.accounts, done.keys), (1, 1));
+    assert_exactly_once(&metering_db.url, &redis, &d.key, N).await;
+    let key_id = d.key.rsplit('/').next().unwrap();
+    let today = tollgate_core::windows::Calendar::utc().windows(tollgate_core::time::now_micros()).day;
+    let day: Option<i64> = redis::cmd("GET")
+        .arg(format!("{}:{{crash}}:k:{key_id}:d:{today}", redis.prefix))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(day, Some((0..N).map(cost).sum::<i64>()), "today's spend is back too");
+}
