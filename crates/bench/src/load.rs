@@ -130,7 +130,7 @@ pub async fn closed_loop(
             let mut client = clients[task % clients.len()].clone();
             let counters = counters.clone();
             tokio::spawn(async move {
-                let mut rng = Rng(0x9E37_79B9_7F4A_7C15 ^ ((task as u64 + 1) * 0x1234_5678_9ABC_DEF1));
+                let mut rng = Rng(0x9E37_79B9_7F4A_7C15 ^ (task as u64 + 1).wrapping_mul(0x1234_5678_9ABC_DEF1));
                 let mut sequence = 0u64;
                 while Instant::now() < end {
                     sequence += 1;
@@ -170,7 +170,7 @@ pub async fn open_loop(
             let scenario = scenario.clone();
             let mut client = clients[task % clients.len()].clone();
             tokio::spawn(async move {
-                let mut rng = Rng(0xD1B5_4A32_D192_ED03 ^ ((task as u64 + 7) * 0x9E37_79B9));
+                let mut rng = Rng(0xD1B5_4A32_D192_ED03 ^ (task as u64 + 7).wrapping_mul(0x9E37_79B9));
                 let mut latencies = Vec::new();
                 // Spread the callers' phases over one interval.
                 let mut next = tokio::time::Instant::now() + interval.mul_f64(task as f64 / concurrency as f64);

@@ -4,11 +4,13 @@
 //!     cargo build --release -p tollgate -p tollgate-bench
 //!     target/release/tollgate-bench authz
 //!     target/release/tollgate-bench propagation
+//!     target/release/tollgate-bench metering
 //!
 //! Each run starts its own Redis, Postgres database and `tollgate` processes, and removes them
 //! when done. Results go to stdout as Markdown, ready for docs/BENCHMARKS.md.
 
 mod load;
+mod metering;
 mod processes;
 mod raw;
 mod seed;
@@ -50,6 +52,9 @@ enum Command {
     Authz(AuthzArgs),
     /// How long until two authz replicas obey a key change made through the keys service.
     Propagation(PropagationArgs),
+    /// Usage reports applied per second against a raw batched INSERT, statements and round
+    /// trips per report, and the lag to updated counters while Authorize runs at half load.
+    Metering(metering::MeteringArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -536,6 +541,7 @@ async fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Authz(args) => authz_bench(&cli.postgres, args).await,
         Command::Propagation(args) => propagation(&cli.postgres, args).await,
+        Command::Metering(args) => metering::run(args).await,
     }
     .context("benchmark failed")
 }

@@ -109,6 +109,18 @@ impl Admin {
         key: pb::Key,
         quantity: usize,
     ) -> anyhow::Result<Vec<String>> {
+        let named = self.named_keys_with(account, application, key, quantity).await?;
+        Ok(named.into_iter().map(|(_, secret)| secret).collect())
+    }
+
+    /// `quantity` keys with these settings; returns their names and secrets.
+    pub async fn named_keys_with(
+        &self,
+        account: &str,
+        application: &str,
+        key: pb::Key,
+        quantity: usize,
+    ) -> anyhow::Result<Vec<(String, String)>> {
         let mut secrets = Vec::with_capacity(quantity);
         let mut left = quantity;
         while left > 0 {
@@ -123,7 +135,7 @@ impl Admin {
                 })
                 .await?
                 .into_inner();
-            secrets.extend(response.created.into_iter().map(|c| c.secret));
+            secrets.extend(response.created.into_iter().map(|c| (c.key.map(|k| k.name).unwrap_or_default(), c.secret)));
             left -= batch;
         }
         Ok(secrets)

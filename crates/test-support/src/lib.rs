@@ -211,12 +211,19 @@ pub struct PrivatePostgres {
     bin: std::path::PathBuf,
     dir: tempfile::TempDir,
     as_postgres: bool,
+    /// Extra server options, e.g. `-c shared_preload_libraries=pg_stat_statements`.
+    options: String,
 }
 
 impl PrivatePostgres {
     /// Initialises and starts one, or returns `None` (skip) when Postgres's server programs
     /// are not installed.
     pub async fn start() -> Option<Self> {
+        Self::start_with("").await
+    }
+
+    /// [`PrivatePostgres::start`] with extra server options (`-c name=value …`).
+    pub async fn start_with(options: &str) -> Option<Self> {
         let bin = std::fs::read_dir("/usr/lib/postgresql").ok().and_then(|versions| {
             versions.filter_map(Result::ok).map(|v| v.path().join("bin")).find(|b| b.join("initdb").exists())
         });
@@ -233,7 +240,7 @@ impl PrivatePostgres {
         }
         let port =
             std::net::TcpListener::bind("127.0.0.1:0").expect("bind a probe socket").local_addr().unwrap().port();
-        let mut postgres = Self { port, bin, dir, as_postgres };
+        let mut postgres = Self { port, bin, dir, as_postgres, options: options.to_owned() };
         let data = postgres.data();
         let init = postgres.run("initdb", &["-D", &data, "-A", "trust", "-U", "postgres", "--no-sync"]);
         if let Err(error) = init {
@@ -278,7 +285,8 @@ impl PrivatePostgres {
 
     /// Starts the server (again) and waits until it accepts connections.
     pub async fn restart(&mut self) -> Result<(), String> {
-        let options = format!("-p {} -c listen_addresses=127.0.0.1 -k {}", self.port, self.dir.path().display());
+        let options =
+            format!("-p {} -c listen_addresses=127.0.0.1 -k {} {}", self.port, self.dir.path().display(), self.options);
         let log = self.dir.path().join("log").display().to_string();
         self.run("pg_ctl", &["-D", &self.data(), "-o", &options, "-l", &log, "-w", "start"])?;
         for _ in 0..200 {

@@ -1,0 +1,458 @@
+//! The metering benchmark: how fast workers apply usage reports against a raw batched INSERT
+//! of the same rows into the same Postgres (interleaved rounds), Postgres statements and Redis
+//! round trips per report on the consumer side, and the lag from an accepted report to
+//! updated counters at a steady report rate while Authorize runs at half its maximum.
+//!
+//! It runs a Postgres of its own (with `pg_stat_statements`, to count statements), a Redis of
+//! its own, and `tollgate` processes: keys, authz, an ingest-only metering server, and a
+//! metering worker process.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use sqlx::{AssertSqlSafe, Connection, PgConnection};
+use tollgate_proto::metering::v1 as metering;
+use tollgate_proto::time::timestamp;
+
+use crate::load::{Pool, Scenario, Target, closed_loop, open_loop, quantile};
+use crate::processes::{self, Process, cpu_micros, free_port};
+use crate::raw::RawClient;
+use crate::seed::{Admin, Authed, MODEL, counted_key};
+use crate::{ADMIN_TOKEN, Deployment, PEPPER, calls, channel, median};
+
+#[derive(Debug, clap::Args)]
+pub struct MeteringArgs {
+    /// Interleaved rounds of the throughput comparison.
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
+    /// Reports applied per round.
+    #[arg(long, default_value_t = 30_000)]
+    events: usize,
+    /// Stream workers of the worker process (and connections of the raw baseline).
+    #[arg(long, default_value_t = 2)]
+    workers: usize,
+    /// Reports per batch (and rows per raw INSERT).
+    #[arg(long, default_value_t = 500)]
+    batch_size: usize,
+    /// Reports per second during the lag measurement.
+    #[arg(long, default_value_t = 5_000)]
+    rate: usize,
+    /// Seconds of the lag measurement.
+    #[arg(long, default_value_t = 15)]
+    lag_secs: u64,
+}
+
+/// Keys the reports are for, spread over accounts.
+const ACCOUNTS: usize = 10;
+const KEYS_PER_ACCOUNT: usize = 100;
+
+type MeteringClient = metering::metering_service_client::MeteringServiceClient<Authed>;
+
+fn client(port: u16) -> anyhow::Result<MeteringClient> {
+    let bearer = crate::seed::Bearer(format!("Bearer {ADMIN_TOKEN}").parse()?);
+    Ok(metering::metering_service_client::MeteringServiceClient::with_interceptor(channel(port)?, bearer))
+}
+
+fn report(key: &str, request_id: String, end_time: i64) -> metering::UsageReport {
+    metering::UsageReport {
+        request_id,
+        key: key.to_owned(),
+        model: MODEL.into(),
+        input_tokens: 800,
+        output_tokens: 200,
+        cached_input_tokens: 0,
+        outcome: metering::UsageOutcome::Success as i32,
+        start_time: Some(timestamp(end_time - 1_000_000)),
+        end_time: Some(timestamp(end_time)),
+    }
+}
+
+/// A `tollgate serve metering` process with `workers` workers.
+async fn metering_process(d: &Deployment, workers: usize, batch_size: usize) -> anyhow::Result<(Process, u16)> {
+    let port = free_port();
+    let env = vec![
+        ("TOLLGATE_ADMIN_TOKEN", ADMIN_TOKEN.to_owned()),
+        ("TOLLGATE_KEY_PEPPER", PEPPER.to_owned()),
+        ("TOLLGATE_REDIS_URL", format!("redis://127.0.0.1:{}", d.redis_port)),
+        ("TOLLGATE_DATABASE_URL", d.database.url.clone()),
+        ("TOLLGATE_KEYS_URL", format!("http://127.0.0.1:{}", d.keys_port)),
+        ("TOLLGATE_LISTEN", format!("127.0.0.1:{port}")),
+        ("TOLLGATE_METERING_WORKERS", workers.to_string()),
+        ("TOLLGATE_METERING_BATCH_SIZE", batch_size.to_string()),
+        ("TOLLGATE_SHUTDOWN_DRAIN", "0s".to_owned()),
+    ];
+    let process = processes::tollgate(&["serve", "metering", "--migrate-on-start"], &env, port).await?;
+    Ok((process, port))
+}
+
+async fn scalar(db: &mut PgConnection, sql: &str) -> anyhow::Result<i64> {
+    let row: (i64,) = sqlx::query_as(AssertSqlSafe(sql.to_owned())).fetch_one(db).await?;
+    Ok(row.0)
+}
+
+/// Statements Postgres ran in the benchmark's database, the benchmark's own reads excluded.
+async fn statements(db: &mut PgConnection) -> anyhow::Result<i64> {
+    scalar(
+        db,
+        "SELECT COALESCE(SUM(calls), 0)::BIGINT FROM pg_stat_statements \
+         WHERE dbid = (SELECT oid FROM pg_database WHERE datname = current_database()) \
+         AND query NOT ILIKE '%pg_stat_statements%' AND query NOT ILIKE '%count(*)%' \
+         AND query NOT ILIKE '%state_outbox%' AND query NOT ILIKE '%raw_ledger%'",
+    )
+    .await
+}
+
+/// Enqueues reports `0..n` of round `round` through the ingest server, 1000 per call.
+async fn enqueue(ingest: &MeteringClient, keys: &[String], round: usize, n: usize) -> anyhow::Result<()> {
+    let now = tollgate_core::time::now_micros();
+    let reports: Vec<_> =
+        (0..n).map(|i| report(&keys[i % keys.len()], format!("t{round}-{i}"), now - 60_000_000)).collect();
+    let mut sends = tokio::task::JoinSet::new();
+    for chunk in reports.chunks(1000) {
+        let mut client = ingest.clone();
+        let chunk = chunk.to_vec();
+        sends.spawn(async move { client.batch_record_usage(metering::BatchRecordUsageRequest { reports: chunk }).await });
+        if sends.len() >= 4 {
+            sends.join_next().await.context("a send task")???;
+        }
+    }
+    while let Some(sent) = sends.join_next().await {
+        sent??;
+    }
+    Ok(())
+}
+
+/// What one drain of the queue measured.
+#[derive(Debug, Default, Clone)]
+struct Drain {
+    rate: f64,
+    statements: f64,
+    round_trips: f64,
+    evalsha: f64,
+    cpu_micros: f64,
+}
+
+/// Starts a worker process on a full queue and times the ledger from 10 % to 90 % of `n`.
+async fn drain(d: &Deployment, db: &mut PgConnection, args: &MeteringArgs, n: usize) -> anyhow::Result<Drain> {
+    let before = scalar(db, "SELECT count(*) FROM metering.usage_ledger").await?;
+    let statements_before = statements(db).await?;
+    let redis_before = d.redis_commands().await?;
+    let (worker, _) = metering_process(d, args.workers, args.batch_size).await?;
+    let cpu_before = cpu_micros(worker.pid())?;
+    let (low, high) = (before + n as i64 / 10, before + n as i64 * 9 / 10);
+    let (mut t_low, mut t_high) = (None, None);
+    let deadline = Instant::now() + Duration::from_secs(600);
+    loop {
+        let count = scalar(db, "SELECT count(*) FROM metering.usage_ledger").await?;
+        if t_low.is_none() && count >= low {
+            t_low = Some((Instant::now(), count));
+        }
+        if t_high.is_none() && count >= high {
+            t_high = Some((Instant::now(), count));
+        }
+        if count >= before + n as i64 {
+            break;
+        }
+        anyhow::ensure!(Instant::now() < deadline, "the queue did not drain: {count} of {n}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Let the last settlements and acknowledgements land before counting.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let cpu = cpu_micros(worker.pid())? - cpu_before;
+    drop(worker);
+    let ((t0, c0), (t1, c1)) = (t_low.context("10 %")?, t_high.context("90 %")?);
+    let redis_after = d.redis_commands().await?;
+    let delta = |name: &str| {
+        redis_after.get(name).copied().unwrap_or(0) as f64 - redis_before.get(name).copied().unwrap_or(0) as f64
+    };
+    // One receive is XAUTOCLAIM (+ XPENDING when it took something over) then XREADGROUP; one
+    // batch is one settle pipeline of EVALSHAs and one XACK + XDEL pipeline.
+    let round_trips = delta("xautoclaim") + delta("xpending") + delta("xreadgroup") + 2.0 * delta("xack");
+    let statements = statements(db).await? - statements_before;
+    Ok(Drain {
+        rate: (c1 - c0) as f64 / (t1 - t0).as_secs_f64(),
+        statements: statements as f64 / n as f64,
+        round_trips: round_trips / n as f64,
+        evalsha: delta("evalsha") / n as f64,
+        cpu_micros: cpu as f64 / n as f64,
+    })
+}
+
+/// The same rows the ledger gets, inserted raw: `workers` connections, `batch_size` rows per
+/// INSERT, one transaction each; rows per second.
+async fn raw_inserts(url: &str, keys: &[String], args: &MeteringArgs, round: usize, n: usize) -> anyhow::Result<f64> {
+    let now = tollgate_core::time::now_micros();
+    let rows: Arc<Vec<(String, String, String)>> = Arc::new(
+        (0..n)
+            .map(|i| {
+                let (account, key) = keys[i % keys.len()].split_once("/keys/").unwrap_or_default();
+                (format!("r{round}-{i}"), account.trim_start_matches("accounts/").to_owned(), key.to_owned())
+            })
+            .collect(),
+    );
+    let started = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for worker in 0..args.workers {
+        let (rows, url, batch, workers) = (rows.clone(), url.to_owned(), args.batch_size, args.workers);
+        tasks.spawn(async move {
+            let mut conn = PgConnection::connect(&url).await?;
+            for chunk in rows.chunks(batch).skip(worker).step_by(workers) {
+                let values: Vec<String> = (0..chunk.len())
+                    .map(|r| format!("({})", (1..=15).map(|c| format!("${}", r * 15 + c)).collect::<Vec<_>>().join(", ")))
+                    .collect();
+                let sql = format!(
+                    "INSERT INTO raw_ledger (request_id, account_id, application_id, key_id, model, input_tokens, \
+                     output_tokens, cached_input_tokens, credits, outcome, start_time, end_time, day, month, apply_time) \
+                     VALUES {}",
+                    values.join(", ")
+                );
+                let mut query = sqlx::query(AssertSqlSafe(sql));
+                for (request_id, account, key) in chunk {
+                    query = query
+                        .bind(request_id)
+                        .bind(account)
+                        .bind("bench")
+                        .bind(key)
+                        .bind(MODEL)
+                        .bind(800_i64)
+                        .bind(200_i64)
+                        .bind(0_i64)
+                        .bind(1_400_i64)
+                        .bind("success")
+                        .bind(now - 1_000_000)
+                        .bind(now)
+                        .bind("20270101")
+                        .bind("202701")
+                        .bind(now);
+                }
+                let mut tx = conn.begin().await?;
+                query.execute(&mut *tx).await?;
+                tx.commit().await?;
+            }
+            anyhow::Ok(())
+        });
+    }
+    while let Some(done) = tasks.join_next().await {
+        done??;
+    }
+    Ok(n as f64 / started.elapsed().as_secs_f64())
+}
+
+/// What the lag phase measured.
+struct Lag {
+    /// Accepted → counters updated, microseconds, sorted.
+    probes: Vec<u64>,
+    /// Authorize latencies at half load, microseconds, sorted.
+    authorize: Vec<u64>,
+    authorize_rate: f64,
+    reports_per_sec: f64,
+}
+
+/// A probe: reports for its own key, each timed from acceptance until the key's counter in
+/// Redis shows it.
+async fn probe(
+    ingest: MeteringClient,
+    redis_port: u16,
+    key: String,
+    until: Instant,
+) -> anyhow::Result<Vec<u64>> {
+    let (account, key_id) = key.trim_start_matches("accounts/").split_once("/keys/").context("key name")?;
+    let counter = format!("tollgate:{{{account}}}:k:{key_id}");
+    let redis = redis::Client::open(format!("redis://127.0.0.1:{redis_port}"))?;
+    let mut conn = redis.get_multiplexed_async_connection().await?;
+    let mut ingest = ingest;
+    let mut samples = Vec::new();
+    let mut sequence = 0;
+    while Instant::now() < until {
+        let used = |conn: &mut redis::aio::MultiplexedConnection| {
+            let mut conn = conn.clone();
+            let counter = counter.clone();
+            async move { redis::cmd("HGET").arg(counter).arg("used").query_async::<Option<i64>>(&mut conn).await }
+        };
+        let before = used(&mut conn).await?.unwrap_or(0);
+        sequence += 1;
+        let now = tollgate_core::time::now_micros();
+        let report = report(&key, format!("probe-{key_id}-{sequence}"), now);
+        ingest.record_usage(metering::RecordUsageRequest { report: Some(report) }).await?;
+        let accepted = Instant::now();
+        while used(&mut conn).await?.unwrap_or(0) == before {
+            anyhow::ensure!(accepted.elapsed() < Duration::from_secs(30), "a probe report was never applied");
+            tokio::time::sleep(Duration::from_micros(250)).await;
+        }
+        samples.push(accepted.elapsed().as_micros() as u64);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok(samples)
+}
+
+/// Reports at `rate` per second for `duration`, 100 sends a second.
+async fn steady_reports(ingest: MeteringClient, keys: Arc<Vec<String>>, rate: usize, duration: Duration) -> anyhow::Result<u64> {
+    let per_tick = (rate / 100).max(1);
+    let mut tick = tokio::time::interval(Duration::from_millis(10));
+    let end = Instant::now() + duration;
+    let mut sent = 0u64;
+    let mut sends = tokio::task::JoinSet::new();
+    while Instant::now() < end {
+        tick.tick().await;
+        let now = tollgate_core::time::now_micros();
+        let reports: Vec<_> = (0..per_tick)
+            .map(|i| report(&keys[(sent as usize + i) % keys.len()], format!("s-{}", sent + i as u64), now))
+            .collect();
+        sent += reports.len() as u64;
+        let mut client = ingest.clone();
+        sends.spawn(async move { client.batch_record_usage(metering::BatchRecordUsageRequest { reports }).await });
+        while sends.len() > 16 {
+            sends.join_next().await.context("send task")???;
+        }
+    }
+    while let Some(done) = sends.join_next().await {
+        done??;
+    }
+    Ok(sent)
+}
+
+async fn lag(
+    d: &Deployment,
+    args: &MeteringArgs,
+    ingest: &MeteringClient,
+    keys: Arc<Vec<String>>,
+    probe_keys: &[String],
+    authorize: Arc<Scenario>,
+) -> anyhow::Result<Lag> {
+    let (_worker, _) = metering_process(d, args.workers, args.batch_size).await?;
+    let mut clients = Vec::new();
+    for _ in 0..4 {
+        clients.push(RawClient::connect(d.authz[0].1).await?);
+    }
+    eprintln!("Authorize's maximum rate…");
+    let max = closed_loop(authorize.clone(), &clients, 64, Duration::from_secs(4)).await;
+    let authorize_rate = max.total() as f64 / 4.0 / 2.0;
+    eprintln!("lag: {} reports/s with Authorize at {authorize_rate:.0} calls/s for {} s…", args.rate, args.lag_secs);
+    let duration = Duration::from_secs(args.lag_secs);
+    let until = Instant::now() + duration;
+    let authz_load = tokio::spawn({
+        let clients = clients.clone();
+        async move { open_loop(authorize, &clients, 64, authorize_rate, duration).await }
+    });
+    let reports = tokio::spawn(steady_reports(ingest.clone(), keys, args.rate, duration));
+    let probes: Vec<_> =
+        probe_keys.iter().map(|key| tokio::spawn(probe(ingest.clone(), d.redis_port, key.clone(), until))).collect();
+    let started = Instant::now();
+    let sent = reports.await??;
+    let reports_per_sec = sent as f64 / started.elapsed().as_secs_f64();
+    let mut samples = Vec::new();
+    for probe in probes {
+        samples.extend(probe.await??);
+    }
+    samples.sort_unstable();
+    let authorize = authz_load.await?;
+    Ok(Lag { probes: samples, authorize, authorize_rate, reports_per_sec })
+}
+
+/// `tollgate-bench metering`.
+pub async fn run(args: MeteringArgs) -> anyhow::Result<()> {
+    eprintln!("starting a Postgres with pg_stat_statements, Redis, keys, authz and metering…");
+    let postgres = tollgate_test_support::PrivatePostgres::start_with("-c shared_preload_libraries=pg_stat_statements")
+        .await
+        .context("a private Postgres (initdb and pg_ctl must be installed)")?;
+    let d = Deployment::start(&postgres.url(), 1).await?;
+    let (_ingest_process, ingest_port) = metering_process(&d, 0, args.batch_size).await?;
+    let ingest = client(ingest_port)?;
+    let mut db = PgConnection::connect(&d.database.url).await?;
+    sqlx::query("CREATE EXTENSION IF NOT EXISTS pg_stat_statements").execute(&mut db).await?;
+    // The port opens before the migrations are done.
+    for _ in 0..400 {
+        if scalar(&mut db, "SELECT (to_regclass('metering.usage_totals') IS NOT NULL)::INT::BIGINT").await? == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    sqlx::query("CREATE TABLE raw_ledger (LIKE metering.usage_ledger INCLUDING ALL)").execute(&mut db).await?;
+
+    let admin = Admin::new(channel(d.keys_port)?, ADMIN_TOKEN);
+    admin.catalog().await?;
+    let mut keys = Vec::new();
+    let mut secrets = Vec::new();
+    for a in 0..ACCOUNTS {
+        let account = format!("meter-{a:02}");
+        let app = admin.account(&account, true).await?;
+        for (name, secret) in
+            admin.named_keys_with(&format!("accounts/{account}"), &app, counted_key("Metered"), KEYS_PER_ACCOUNT).await?
+        {
+            keys.push(name);
+            secrets.push(secret);
+        }
+    }
+    let mut probe_keys = Vec::new();
+    for p in 0..4 {
+        let account = format!("probe-{p}");
+        let app = admin.account(&account, true).await?;
+        let named = admin.named_keys_with(&format!("accounts/{account}"), &app, counted_key("Probe"), 1).await?;
+        probe_keys.push(named[0].0.clone());
+    }
+    let keys = Arc::new(keys);
+
+    let mut drains = Vec::new();
+    let mut raws = Vec::new();
+    for round in 1..=args.rounds {
+        sqlx::query("TRUNCATE raw_ledger").execute(&mut db).await?;
+        let raw = raw_inserts(&d.database.url, &keys, &args, round, args.events).await?;
+        enqueue(&ingest, &keys, round, args.events).await?;
+        let drained = drain(&d, &mut db, &args, args.events).await?;
+        eprintln!("round {round}: raw INSERT {raw:.0} rows/s, metering {:.0} reports/s", drained.rate);
+        raws.push(raw);
+        drains.push(drained);
+    }
+    let authorize = Arc::new(Scenario {
+        name: "A",
+        target: Target::Authorize,
+        pools: vec![Pool::new(1.0, calls(&secrets), true)],
+    });
+    let lag = lag(&d, &args, &ingest, keys.clone(), &probe_keys, authorize).await?;
+    print_report(&args, &raws, &drains, &lag);
+    Ok(())
+}
+
+fn print_report(args: &MeteringArgs, raws: &[f64], drains: &[Drain], lag: &Lag) {
+    let med = |f: &dyn Fn(&Drain) -> f64| median(&mut drains.iter().map(f).collect::<Vec<_>>());
+    let raw = median(&mut raws.to_vec());
+    let applied = med(&|d| d.rate);
+    let ratios: Vec<f64> = drains.iter().zip(raws).map(|(d, r)| d.rate / r).collect();
+    println!(
+        "## Metering ({} rounds × {} reports, {} workers, batches of {})\n",
+        args.rounds, args.events, args.workers, args.batch_size
+    );
+    println!("| round | raw INSERT rows/s | reports applied/s | ratio |");
+    println!("|---|---|---|---|");
+    for (i, (d, r)) in drains.iter().zip(raws).enumerate() {
+        println!("| {} | {:.0} | {:.0} | {:.2} |", i + 1, r, d.rate, d.rate / r);
+    }
+    println!(
+        "\n| per report, consumer side (median of rounds) | measured | target |\n|---|---|---|\n\
+         | Postgres statements | {:.4} | ≤ 0.01 |\n| Redis round trips | {:.4} | ≤ 0.05 |\n\
+         | EVALSHA (inside the settle pipelines) | {:.3} | — |\n| worker process CPU | {:.1} µs | — |",
+        med(&|d| d.statements),
+        med(&|d| d.round_trips),
+        med(&|d| d.evalsha),
+        med(&|d| d.cpu_micros),
+    );
+    let p = |sorted: &[u64], q: f64| quantile(sorted, q) as f64 / 1000.0;
+    println!(
+        "\nLag from an accepted report to updated counters, {} probe samples, at {:.0} reports/s \
+         with Authorize at {:.0} calls/s (half its maximum): p50 {:.1} ms, p99 {:.1} ms. \
+         Authorize meanwhile: p50 {:.2} ms, p99 {:.2} ms.",
+        lag.probes.len(),
+        lag.reports_per_sec,
+        lag.authorize_rate,
+        p(&lag.probes, 0.5),
+        p(&lag.probes, 0.99),
+        p(&lag.authorize, 0.5),
+        p(&lag.authorize, 0.99),
+    );
+    let ratio = median(&mut ratios.clone());
+    println!(
+        "\nApplied / raw INSERT: median {ratio:.2} (raw {raw:.0} rows/s, applied {applied:.0} reports/s): {}.",
+        if ratio >= 0.5 { "target ≥ 0.5 met" } else { "target ≥ 0.5 NOT met" }
+    );
+}
