@@ -112,7 +112,9 @@ async fn enqueue(ingest: &MeteringClient, keys: &[String], round: usize, n: usiz
     for chunk in reports.chunks(1000) {
         let mut client = ingest.clone();
         let chunk = chunk.to_vec();
-        sends.spawn(async move { client.batch_record_usage(metering::BatchRecordUsageRequest { reports: chunk }).await });
+        sends.spawn(
+            async move { client.batch_record_usage(metering::BatchRecordUsageRequest { reports: chunk }).await },
+        );
         if sends.len() >= 4 {
             sends.join_next().await.context("a send task")???;
         }
@@ -251,12 +253,7 @@ struct Lag {
 
 /// A probe: reports for its own key, each timed from acceptance until the key's counter in
 /// Redis shows it.
-async fn probe(
-    ingest: MeteringClient,
-    redis_port: u16,
-    key: String,
-    until: Instant,
-) -> anyhow::Result<Vec<u64>> {
+async fn probe(ingest: MeteringClient, redis_port: u16, key: String, until: Instant) -> anyhow::Result<Vec<u64>> {
     let (account, key_id) = key.trim_start_matches("accounts/").split_once("/keys/").context("key name")?;
     let counter = format!("tollgate:{{{account}}}:k:{key_id}");
     let redis = redis::Client::open(format!("redis://127.0.0.1:{redis_port}"))?;
@@ -287,7 +284,12 @@ async fn probe(
 }
 
 /// Reports at `rate` per second for `duration`, 100 sends a second.
-async fn steady_reports(ingest: MeteringClient, keys: Arc<Vec<String>>, rate: usize, duration: Duration) -> anyhow::Result<u64> {
+async fn steady_reports(
+    ingest: MeteringClient,
+    keys: Arc<Vec<String>>,
+    rate: usize,
+    duration: Duration,
+) -> anyhow::Result<u64> {
     let per_tick = (rate / 100).max(1);
     let mut tick = tokio::time::interval(Duration::from_millis(10));
     let end = Instant::now() + duration;
@@ -377,8 +379,9 @@ pub async fn run(args: MeteringArgs) -> anyhow::Result<()> {
     for a in 0..ACCOUNTS {
         let account = format!("meter-{a:02}");
         let app = admin.account(&account, true).await?;
-        for (name, secret) in
-            admin.named_keys_with(&format!("accounts/{account}"), &app, counted_key("Metered"), KEYS_PER_ACCOUNT).await?
+        for (name, secret) in admin
+            .named_keys_with(&format!("accounts/{account}"), &app, counted_key("Metered"), KEYS_PER_ACCOUNT)
+            .await?
         {
             keys.push(name);
             secrets.push(secret);
@@ -404,11 +407,8 @@ pub async fn run(args: MeteringArgs) -> anyhow::Result<()> {
         raws.push(raw);
         drains.push(drained);
     }
-    let authorize = Arc::new(Scenario {
-        name: "A",
-        target: Target::Authorize,
-        pools: vec![Pool::new(1.0, calls(&secrets), true)],
-    });
+    let authorize =
+        Arc::new(Scenario { name: "A", target: Target::Authorize, pools: vec![Pool::new(1.0, calls(&secrets), true)] });
     let lag = lag(&d, &args, &ingest, keys.clone(), &probe_keys, authorize).await?;
     print_report(&args, &raws, &drains, &lag);
     Ok(())

@@ -19,9 +19,9 @@ pub struct DirectoryError(pub String);
 /// The keys service, as metering reads it.
 #[async_trait]
 pub trait KeyDirectory: Send + Sync {
-    /// A key's state by name, deleted keys included (`deleted` set); `None` when the account
-    /// has no such key.
-    async fn key_by_id(&self, account_id: &str, key_id: &str) -> Result<Option<keys::KeyState>, DirectoryError>;
+    /// The states of keys by (account, key id), deleted keys included (`deleted` set); keys
+    /// the account does not have are left out. At most 1000 at a time.
+    async fn keys_by_id(&self, keys: &[(String, String)]) -> Result<Vec<keys::KeyState>, DirectoryError>;
     /// The state of the key a secret belongs to; `None` when unknown or deleted.
     async fn key_by_secret(&self, hash: &SecretHash) -> Result<Option<keys::KeyState>, DirectoryError>;
     /// The whole model catalog with prices.
@@ -84,11 +84,11 @@ impl GrpcKeyDirectory {
 
 #[async_trait]
 impl KeyDirectory for GrpcKeyDirectory {
-    async fn key_by_id(&self, account_id: &str, key_id: &str) -> Result<Option<keys::KeyState>, DirectoryError> {
-        let request = keys::LookupKeyStateRequest { key: tollgate_core::names::key(account_id, key_id) };
-        match self.key_state.clone().lookup_key_state(request).await {
-            Ok(response) => Ok(response.into_inner().state),
-            Err(status) if status.code() == Code::NotFound => Ok(None),
+    async fn keys_by_id(&self, ids: &[(String, String)]) -> Result<Vec<keys::KeyState>, DirectoryError> {
+        let names = ids.iter().map(|(account_id, key_id)| tollgate_core::names::key(account_id, key_id)).collect();
+        let request = keys::LookupKeyStatesRequest { keys: names };
+        match self.key_state.clone().lookup_key_states(request).await {
+            Ok(response) => Ok(response.into_inner().states),
             Err(status) => Err(unavailable(status)),
         }
     }

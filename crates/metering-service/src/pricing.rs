@@ -44,19 +44,33 @@ impl Pricer {
         }
     }
 
+    /// Reads the keys not cached yet, in one call of the keys service per 1000.
+    pub async fn prefetch(&self, ids: &[(String, String)]) -> Result<(), DirectoryError> {
+        let mut missing: Vec<(String, String)> = Vec::new();
+        for id in ids {
+            if !self.keys.contains_key(id) && !missing.contains(id) {
+                missing.push(id.clone());
+            }
+        }
+        for chunk in missing.chunks(1000) {
+            for state in self.directory.keys_by_id(chunk).await? {
+                let multiplier = PriceMultiplier::parse(&state.price_multiplier)
+                    .map_err(|e| DirectoryError(format!("key {}: bad multiplier: {e}", state.key_id)))?;
+                let priced = PricedKey { application_id: state.application_id, multiplier_micros: multiplier.micros() };
+                self.keys.insert((state.account_id, state.key_id), Arc::new(priced)).await;
+            }
+        }
+        Ok(())
+    }
+
     /// The key's pricing facts; `None` when the account has no such key.
     pub async fn key(&self, account_id: &str, key_id: &str) -> Result<Option<Arc<PricedKey>>, DirectoryError> {
         let id = (account_id.to_owned(), key_id.to_owned());
         if let Some(found) = self.keys.get(&id).await {
             return Ok(Some(found));
         }
-        let Some(state) = self.directory.key_by_id(account_id, key_id).await? else { return Ok(None) };
-        let multiplier = PriceMultiplier::parse(&state.price_multiplier)
-            .map_err(|e| DirectoryError(format!("key {key_id}: bad multiplier: {e}")))?;
-        let priced =
-            Arc::new(PricedKey { application_id: state.application_id, multiplier_micros: multiplier.micros() });
-        self.keys.insert(id, priced.clone()).await;
-        Ok(Some(priced))
+        self.prefetch(std::slice::from_ref(&id)).await?;
+        Ok(self.keys.get(&id).await)
     }
 
     /// A model's prices; `None` when the catalog does not have it even after a reload.

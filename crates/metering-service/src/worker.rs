@@ -112,8 +112,18 @@ async fn dead_letter(core: &MeteringCore, entry: &QueuedReport, reason: &str) ->
 async fn price(core: &MeteringCore, batch: &[QueuedReport], acks: &mut Vec<String>) -> Result<Vec<Priced>, Retry> {
     let mut priced = Vec::with_capacity(batch.len());
     let mut seen = HashSet::new();
-    for entry in batch {
-        let Ok(report) = pb::UsageReport::decode(entry.payload.as_slice()) else {
+    let reports: Vec<Option<pb::UsageReport>> =
+        batch.iter().map(|entry| pb::UsageReport::decode(entry.payload.as_slice()).ok()).collect();
+    // Every key of the batch in one call of the keys service, not one per key.
+    let ids: Vec<(String, String)> = reports
+        .iter()
+        .flatten()
+        .filter_map(|r| names::parse_key(&r.key))
+        .map(|(account_id, key_id)| (account_id.to_owned(), key_id.to_owned()))
+        .collect();
+    core.pricer.prefetch(&ids).await.map_err(|e| Retry(e.to_string()))?;
+    for (entry, report) in batch.iter().zip(reports) {
+        let Some(report) = report else {
             dead_letter(core, entry, "the entry is not a usage report").await?;
             continue;
         };

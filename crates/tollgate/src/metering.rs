@@ -56,12 +56,8 @@ fn directory_error(error: KeysError) -> DirectoryError {
 
 #[async_trait]
 impl KeyDirectory for InProcessDirectory {
-    async fn key_by_id(&self, account_id: &str, key_id: &str) -> Result<Option<keys::KeyState>, DirectoryError> {
-        match self.0.key_state_by_id(account_id, key_id).await {
-            Ok(state) => Ok(Some(state)),
-            Err(KeysError::NotFound(_)) => Ok(None),
-            Err(error) => Err(directory_error(error)),
-        }
+    async fn keys_by_id(&self, ids: &[(String, String)]) -> Result<Vec<keys::KeyState>, DirectoryError> {
+        self.0.key_states_by_id(ids).await.map_err(directory_error)
     }
 
     async fn key_by_secret(&self, hash: &SecretHash) -> Result<Option<keys::KeyState>, DirectoryError> {
@@ -90,7 +86,7 @@ pub(crate) struct NoDirectory;
 
 #[async_trait]
 impl KeyDirectory for NoDirectory {
-    async fn key_by_id(&self, _: &str, _: &str) -> Result<Option<keys::KeyState>, DirectoryError> {
+    async fn keys_by_id(&self, _: &[(String, String)]) -> Result<Vec<keys::KeyState>, DirectoryError> {
         Err(DirectoryError("no keys service configured".into()))
     }
 

@@ -1,4 +1,4 @@
-use tollgate_core::{SecretHash, names};
+use tollgate_core::{SecretHash, Violations, names};
 use tollgate_proto::keys::v1 as pb;
 use tonic::{Request, Response, Status};
 
@@ -17,14 +17,23 @@ impl pb::key_state_service_server::KeyStateService for KeysGrpc {
         Ok(Response::new(pb::GetKeyStateResponse { state: Some(state) }))
     }
 
-    async fn lookup_key_state(
+    async fn lookup_key_states(
         &self,
-        request: Request<pb::LookupKeyStateRequest>,
-    ) -> Result<Response<pb::LookupKeyStateResponse>, Status> {
-        let (account_id, key_id) = names::parse_key(&request.get_ref().key)
-            .ok_or_else(|| KeysError::invalid("key", "must be accounts/{account}/keys/{key}"))?;
-        let state = self.service.key_state_by_id(account_id, key_id).await?;
-        Ok(Response::new(pb::LookupKeyStateResponse { state: Some(state) }))
+        request: Request<pb::LookupKeyStatesRequest>,
+    ) -> Result<Response<pb::LookupKeyStatesResponse>, Status> {
+        let names = &request.get_ref().keys;
+        let mut v = Violations::new();
+        v.check((1..=1000).contains(&names.len()), "keys", "must name 1 to 1000 keys");
+        let mut keys = Vec::with_capacity(names.len());
+        for (i, name) in names.iter().enumerate() {
+            match names::parse_key(name) {
+                Some((account_id, key_id)) => keys.push((account_id.to_owned(), key_id.to_owned())),
+                None => v.add(format!("keys[{i}]"), "must be accounts/{account}/keys/{key}"),
+            }
+        }
+        v.into_result().map_err(KeysError::InvalidArgument)?;
+        let states = self.service.key_states_by_id(&keys).await?;
+        Ok(Response::new(pb::LookupKeyStatesResponse { states }))
     }
 
     async fn get_model_catalog(

@@ -36,18 +36,16 @@ impl KeysService {
         Ok(snapshot::key_state(&source, secret.expire_time, &self.config.caps))
     }
 
-    /// The state of a key by id, deleted keys included (`deleted` set), for metering. A key
-    /// of another account is NOT_FOUND.
-    pub async fn key_state_by_id(&self, account_id: &str, key_id: &str) -> KeysResult<pb::KeyState> {
-        let source = self
-            .store
-            .load_key_states(&[key_id.to_owned()])
-            .await
-            .map_err(KeysError::from_store("key"))?
-            .pop()
-            .filter(|source| source.key.account_id == account_id)
-            .ok_or(KeysError::NotFound("key"))?;
-        Ok(snapshot::key_state(&source, None, &self.config.caps))
+    /// The states of keys by (account, key id), deleted keys included (`deleted` set), for
+    /// metering; unknown keys and keys of another account are left out.
+    pub async fn key_states_by_id(&self, keys: &[(String, String)]) -> KeysResult<Vec<pb::KeyState>> {
+        let ids: Vec<String> = keys.iter().map(|(_, key_id)| key_id.clone()).collect();
+        let sources = self.store.load_key_states(&ids).await.map_err(KeysError::from_store("key"))?;
+        Ok(sources
+            .iter()
+            .filter(|source| keys.iter().any(|(a, k)| *a == source.key.account_id && *k == source.key.id))
+            .map(|source| snapshot::key_state(source, None, &self.config.caps))
+            .collect())
     }
 
     async fn cache_writes(&self, writes: &[KeyStateWrite]) -> Result<(), tollgate_state::StateError> {

@@ -1,5 +1,7 @@
 //! Account balances and the credit grants that fund them.
 
+use std::collections::BTreeMap;
+
 use sqlx::{Any, Executor, Row};
 
 use super::{Balance, CreditGrant};
@@ -7,16 +9,18 @@ use crate::db::Database;
 use crate::error::StoreResult;
 
 pub(super) async fn balance<'e>(executor: impl Executor<'e, Database = Any>, account_id: &str) -> StoreResult<Balance> {
-    let row = sqlx::query("SELECT credits_added, credits_spent FROM account_balances WHERE account_id = $1")
-        .bind(account_id)
-        .fetch_optional(executor)
-        .await?;
-    match row {
-        Some(row) => {
-            Ok(Balance { credits_added: row.try_get("credits_added")?, credits_spent: row.try_get("credits_spent")? })
-        }
-        None => Ok(Balance::default()),
-    }
+    let row = sqlx::query(
+        "SELECT (SELECT credits_added FROM account_balances WHERE account_id = $1) AS added, \
+         (SELECT credits FROM usage_totals WHERE scope = $2) AS spent",
+    )
+    .bind(account_id)
+    .bind(format!("c/{account_id}"))
+    .fetch_one(executor)
+    .await?;
+    Ok(Balance {
+        credits_added: row.try_get::<Option<i64>, _>("added")?.unwrap_or(0),
+        credits_spent: row.try_get::<Option<i64>, _>("spent")?.unwrap_or(0),
+    })
 }
 
 pub(super) async fn add_credits(db: &Database, grant: &CreditGrant) -> StoreResult<(bool, Balance)> {
@@ -36,12 +40,11 @@ pub(super) async fn add_credits(db: &Database, grant: &CreditGrant) -> StoreResu
     .is_some();
     if inserted {
         sqlx::query(
-            "INSERT INTO account_balances (account_id, credits_added, credits_spent) VALUES ($1, $2, $3) \
+            "INSERT INTO account_balances (account_id, credits_added) VALUES ($1, $2) \
              ON CONFLICT (account_id) DO UPDATE SET credits_added = account_balances.credits_added + excluded.credits_added",
         )
         .bind(&grant.account_id)
         .bind(grant.credits)
-        .bind(0_i64)
         .execute(&mut *tx)
         .await?;
     }
@@ -51,15 +54,15 @@ pub(super) async fn add_credits(db: &Database, grant: &CreditGrant) -> StoreResu
 }
 
 pub(super) async fn all_balances(db: &Database) -> StoreResult<Vec<(String, Balance)>> {
-    let rows = sqlx::query("SELECT account_id, credits_added, credits_spent FROM account_balances ORDER BY account_id")
-        .fetch_all(&db.pool)
-        .await?;
-    rows.iter()
-        .map(|row| {
-            Ok((
-                row.try_get("account_id")?,
-                Balance { credits_added: row.try_get("credits_added")?, credits_spent: row.try_get("credits_spent")? },
-            ))
-        })
-        .collect()
+    let mut balances: BTreeMap<String, Balance> = BTreeMap::new();
+    for row in sqlx::query("SELECT account_id, credits_added FROM account_balances").fetch_all(&db.pool).await? {
+        balances.entry(row.try_get("account_id")?).or_default().credits_added = row.try_get("credits_added")?;
+    }
+    for row in sqlx::query("SELECT scope, credits FROM usage_totals WHERE scope LIKE 'c/%'").fetch_all(&db.pool).await?
+    {
+        let scope: String = row.try_get("scope")?;
+        let account_id = scope.trim_start_matches("c/").to_owned();
+        balances.entry(account_id).or_default().credits_spent = row.try_get("credits")?;
+    }
+    Ok(balances.into_iter().collect())
 }

@@ -1,5 +1,5 @@
-//! Charging a batch: ledger rows, running totals and balances in one transaction, with a
-//! handful of multi-row statements whatever the batch size.
+//! Charging a batch: ledger rows and running totals (an account's spend among them) in one
+//! transaction, with two multi-row statements per 500 reports.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
@@ -86,24 +86,6 @@ async fn add_totals(tx: &mut Transaction<'static, Any>, totals: &BTreeMap<String
     Ok(())
 }
 
-/// Adds spend to account balances, one upsert per chunk of accounts.
-async fn add_spend(tx: &mut Transaction<'static, Any>, spend: &BTreeMap<&str, i64>) -> StoreResult<()> {
-    let spend: Vec<(&&str, &i64)> = spend.iter().collect();
-    for chunk in spend.chunks(ROWS_PER_STATEMENT) {
-        let sql = format!(
-            "INSERT INTO account_balances (account_id, credits_added, credits_spent) VALUES {} \
-             ON CONFLICT (account_id) DO UPDATE SET credits_spent = account_balances.credits_spent + excluded.credits_spent",
-            placeholders(chunk.len(), 3, 1)
-        );
-        let mut query = sqlx::query(AssertSqlSafe(sql));
-        for (account_id, credits) in chunk {
-            query = query.bind(**account_id).bind(0_i64).bind(**credits);
-        }
-        query.execute(&mut **tx).await?;
-    }
-    Ok(())
-}
-
 /// The stored rows of calls charged before (duplicates), by (account, request id).
 async fn stored_charges(
     tx: &mut Transaction<'static, Any>,
@@ -139,10 +121,9 @@ fn stored_charge(row: &AnyRow) -> StoreResult<Charge> {
     })
 }
 
-/// The running totals a set of new ledger rows adds.
-fn totals_of<'a>(entries: impl Iterator<Item = &'a UsageEntry>) -> (BTreeMap<String, Totals>, BTreeMap<&'a str, i64>) {
+/// The running totals a set of new ledger rows adds (`c/{account}` is what the account spent).
+fn totals_of<'a>(entries: impl Iterator<Item = &'a UsageEntry>) -> BTreeMap<String, Totals> {
     let mut totals: BTreeMap<String, Totals> = BTreeMap::new();
-    let mut spend: BTreeMap<&str, i64> = BTreeMap::new();
     for e in entries {
         let call = Totals {
             requests: 1,
@@ -161,9 +142,8 @@ fn totals_of<'a>(entries: impl Iterator<Item = &'a UsageEntry>) -> (BTreeMap<Str
         ] {
             totals.entry(scope).or_default().add(&call);
         }
-        *spend.entry(e.account_id.as_str()).or_default() += e.credits;
     }
-    (totals, spend)
+    totals
 }
 
 #[async_trait]
@@ -175,9 +155,7 @@ impl super::MeteringStore for SqlMeteringStore {
         let mut tx = self.db.pool.begin().await?;
         let inserted = insert_ledger(&mut tx, entries, now).await?;
         let is_new = |e: &UsageEntry| inserted.contains(&(e.account_id.clone(), e.request_id.clone()));
-        let (totals, spend) = totals_of(entries.iter().filter(|e| is_new(e)));
-        add_totals(&mut tx, &totals).await?;
-        add_spend(&mut tx, &spend).await?;
+        add_totals(&mut tx, &totals_of(entries.iter().filter(|e| is_new(e)))).await?;
         let duplicates: Vec<(&str, &str)> =
             entries.iter().filter(|e| !is_new(e)).map(|e| (e.account_id.as_str(), e.request_id.as_str())).collect();
         let stored = if duplicates.is_empty() { HashMap::new() } else { stored_charges(&mut tx, &duplicates).await? };

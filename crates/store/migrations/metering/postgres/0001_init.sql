@@ -36,11 +36,11 @@ CREATE TABLE usage_totals (
     credits             BIGINT NOT NULL
 );
 
--- Balance = credits_added - credits_spent.
+-- Credits added per account; what it spent is the `c/{account}` running total, so charging
+-- a batch writes no row here. Balance = credits added - credits spent.
 CREATE TABLE account_balances (
     account_id    TEXT PRIMARY KEY,
-    credits_added BIGINT NOT NULL,
-    credits_spent BIGINT NOT NULL
+    credits_added BIGINT NOT NULL
 );
 
 -- Every credit change an admin made; the idempotency id makes a retry add nothing.
