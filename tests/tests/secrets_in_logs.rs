@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex};
 
 use prost_types::FieldMask;
 use tollgate_proto::keys::v1 as pb;
+use tollgate_proto::metering::v1 as metering;
 use tollgate_tests::fixtures::{create_key, world};
 use tollgate_tests::{Harness, Options};
 use tracing_subscriber::EnvFilter;
@@ -31,7 +32,9 @@ async fn no_secret_reaches_the_logs() {
     let captured = Captured::default();
     let writer = captured.clone();
     tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::new("debug,tollgate=trace,tollgate_keys_service=trace,tollgate_store=trace"))
+        .with_env_filter(EnvFilter::new(
+            "debug,tollgate=trace,tollgate_keys_service=trace,tollgate_store=trace,tollgate_metering_service=trace",
+        ))
         .with_writer(move || writer.clone())
         .with_ansi(false)
         .init();
@@ -54,6 +57,12 @@ async fn no_secret_reaches_the_logs() {
         };
         h.keys().update_key(update).await.unwrap();
         h.key_state().get_key_state(pb::GetKeyStateRequest { secret_hash: h.secret_hash(&secret) }).await.unwrap();
+        // The key holder's own balance, by the secret, and usage reports that name it wrongly.
+        let own = metering::GetKeyBalanceRequest::default();
+        h.key_holder(&secret).get_key_balance(own).await.unwrap();
+        let _ = h.key_holder(&format!("{secret}x")).get_key_balance(own).await;
+        let report = metering::UsageReport { request_id: secret.clone(), key: secret.clone(), ..Default::default() };
+        let _ = h.metering().record_usage(metering::RecordUsageRequest { report: Some(report) }).await;
         // Failing calls carrying the secret where it does not belong.
         let _ = h.keys().create_key(w.create(pb::Key { ip_allowlist: vec![secret.clone()], ..w.key("Bad") })).await;
         let _ = h.keys().get_key(pb::GetKeyRequest { name: secret.clone() }).await;

@@ -132,16 +132,35 @@ struct Drain {
     statements: f64,
     round_trips: f64,
     evalsha: f64,
+    /// CPU µs per report of the worker process, Redis and Postgres.
     cpu_micros: f64,
+    redis_cpu: f64,
+    postgres_cpu: f64,
+}
+
+/// What one raw INSERT run measured.
+#[derive(Debug, Default, Clone)]
+struct Raw {
+    rate: f64,
+    /// Postgres CPU µs per row.
+    postgres_cpu: f64,
 }
 
 /// Starts a worker process on a full queue and times the ledger from 10 % to 90 % of `n`.
-async fn drain(d: &Deployment, db: &mut PgConnection, args: &MeteringArgs, n: usize) -> anyhow::Result<Drain> {
+async fn drain(
+    d: &Deployment,
+    postmaster: u32,
+    db: &mut PgConnection,
+    args: &MeteringArgs,
+    n: usize,
+) -> anyhow::Result<Drain> {
     let before = scalar(db, "SELECT count(*) FROM metering.usage_ledger").await?;
     let statements_before = statements(db).await?;
     let redis_before = d.redis_commands().await?;
     let (worker, _) = metering_process(d, args.workers, args.batch_size).await?;
     let cpu_before = cpu_micros(worker.pid())?;
+    let redis_cpu_before = cpu_micros(d.redis.pid())?;
+    let postgres_cpu_before = processes::tree_cpu_micros(postmaster);
     let (low, high) = (before + n as i64 / 10, before + n as i64 * 9 / 10);
     let (mut t_low, mut t_high) = (None, None);
     let deadline = Instant::now() + Duration::from_secs(600);
@@ -162,6 +181,8 @@ async fn drain(d: &Deployment, db: &mut PgConnection, args: &MeteringArgs, n: us
     // Let the last settlements and acknowledgements land before counting.
     tokio::time::sleep(Duration::from_millis(500)).await;
     let cpu = cpu_micros(worker.pid())? - cpu_before;
+    let redis_cpu = cpu_micros(d.redis.pid())? - redis_cpu_before;
+    let postgres_cpu = processes::tree_cpu_micros(postmaster) - postgres_cpu_before;
     drop(worker);
     let ((t0, c0), (t1, c1)) = (t_low.context("10 %")?, t_high.context("90 %")?);
     let redis_after = d.redis_commands().await?;
@@ -178,12 +199,22 @@ async fn drain(d: &Deployment, db: &mut PgConnection, args: &MeteringArgs, n: us
         round_trips: round_trips / n as f64,
         evalsha: delta("evalsha") / n as f64,
         cpu_micros: cpu as f64 / n as f64,
+        redis_cpu: redis_cpu as f64 / n as f64,
+        postgres_cpu: postgres_cpu as f64 / n as f64,
     })
 }
 
 /// The same rows the ledger gets, inserted raw: `workers` connections, `batch_size` rows per
 /// INSERT, one transaction each; rows per second.
-async fn raw_inserts(url: &str, keys: &[String], args: &MeteringArgs, round: usize, n: usize) -> anyhow::Result<f64> {
+async fn raw_inserts(
+    url: &str,
+    postmaster: u32,
+    keys: &[String],
+    args: &MeteringArgs,
+    round: usize,
+    n: usize,
+) -> anyhow::Result<Raw> {
+    let postgres_cpu_before = processes::tree_cpu_micros(postmaster);
     let now = tollgate_core::time::now_micros();
     let rows: Arc<Vec<(String, String, String)>> = Arc::new(
         (0..n)
@@ -238,7 +269,11 @@ async fn raw_inserts(url: &str, keys: &[String], args: &MeteringArgs, round: usi
     while let Some(done) = tasks.join_next().await {
         done??;
     }
-    Ok(n as f64 / started.elapsed().as_secs_f64())
+    let rate = n as f64 / started.elapsed().as_secs_f64();
+    // The backends have exited; the postmaster has reaped their CPU time.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let postgres_cpu = (processes::tree_cpu_micros(postmaster) - postgres_cpu_before) as f64 / n as f64;
+    Ok(Raw { rate, postgres_cpu })
 }
 
 /// What the lag phase measured.
@@ -359,6 +394,7 @@ pub async fn run(args: MeteringArgs) -> anyhow::Result<()> {
         .await
         .context("a private Postgres (initdb and pg_ctl must be installed)")?;
     let d = Deployment::start(&postgres.url(), 1).await?;
+    let postmaster = postgres.postmaster_pid().context("the private Postgres's pid")?;
     let (_ingest_process, ingest_port) = metering_process(&d, 0, args.batch_size).await?;
     let ingest = client(ingest_port)?;
     let mut db = PgConnection::connect(&d.database.url).await?;
@@ -400,10 +436,10 @@ pub async fn run(args: MeteringArgs) -> anyhow::Result<()> {
     let mut raws = Vec::new();
     for round in 1..=args.rounds {
         sqlx::query("TRUNCATE raw_ledger").execute(&mut db).await?;
-        let raw = raw_inserts(&d.database.url, &keys, &args, round, args.events).await?;
+        let raw = raw_inserts(&d.database.url, postmaster, &keys, &args, round, args.events).await?;
         enqueue(&ingest, &keys, round, args.events).await?;
-        let drained = drain(&d, &mut db, &args, args.events).await?;
-        eprintln!("round {round}: raw INSERT {raw:.0} rows/s, metering {:.0} reports/s", drained.rate);
+        let drained = drain(&d, postmaster, &mut db, &args, args.events).await?;
+        eprintln!("round {round}: raw INSERT {:.0} rows/s, metering {:.0} reports/s", raw.rate, drained.rate);
         raws.push(raw);
         drains.push(drained);
     }
@@ -414,11 +450,12 @@ pub async fn run(args: MeteringArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn print_report(args: &MeteringArgs, raws: &[f64], drains: &[Drain], lag: &Lag) {
+fn print_report(args: &MeteringArgs, raws: &[Raw], drains: &[Drain], lag: &Lag) {
     let med = |f: &dyn Fn(&Drain) -> f64| median(&mut drains.iter().map(f).collect::<Vec<_>>());
-    let raw = median(&mut raws.to_vec());
+    let raw = median(&mut raws.iter().map(|r| r.rate).collect::<Vec<_>>());
+    let raw_cpu = median(&mut raws.iter().map(|r| r.postgres_cpu).collect::<Vec<_>>());
     let applied = med(&|d| d.rate);
-    let ratios: Vec<f64> = drains.iter().zip(raws).map(|(d, r)| d.rate / r).collect();
+    let ratios: Vec<f64> = drains.iter().zip(raws).map(|(d, r)| d.rate / r.rate).collect();
     println!(
         "## Metering ({} rounds × {} reports, {} workers, batches of {})\n",
         args.rounds, args.events, args.workers, args.batch_size
@@ -426,16 +463,20 @@ fn print_report(args: &MeteringArgs, raws: &[f64], drains: &[Drain], lag: &Lag) 
     println!("| round | raw INSERT rows/s | reports applied/s | ratio |");
     println!("|---|---|---|---|");
     for (i, (d, r)) in drains.iter().zip(raws).enumerate() {
-        println!("| {} | {:.0} | {:.0} | {:.2} |", i + 1, r, d.rate, d.rate / r);
+        println!("| {} | {:.0} | {:.0} | {:.2} |", i + 1, r.rate, d.rate, d.rate / r.rate);
     }
     println!(
         "\n| per report, consumer side (median of rounds) | measured | target |\n|---|---|---|\n\
          | Postgres statements | {:.4} | ≤ 0.01 |\n| Redis round trips | {:.4} | ≤ 0.05 |\n\
-         | EVALSHA (inside the settle pipelines) | {:.3} | — |\n| worker process CPU | {:.1} µs | — |",
+         | EVALSHA (inside the settle pipelines) | {:.3} | — |\n\
+         | CPU: worker process | {:.1} µs | — |\n| CPU: Redis | {:.1} µs | — |\n\
+         | CPU: Postgres | {:.1} µs (raw INSERT: {raw_cpu:.1} µs a row) | — |",
         med(&|d| d.statements),
         med(&|d| d.round_trips),
         med(&|d| d.evalsha),
         med(&|d| d.cpu_micros),
+        med(&|d| d.redis_cpu),
+        med(&|d| d.postgres_cpu),
     );
     let p = |sorted: &[u64], q: f64| quantile(sorted, q) as f64 / 1000.0;
     println!(

@@ -128,3 +128,27 @@ pub fn cpu_micros(pid: u32) -> anyhow::Result<u64> {
     // Linux reports in clock ticks of 1/100 s.
     Ok(ticks * 10_000)
 }
+
+/// CPU time of a process and all its children (a Postgres server and its backends), in
+/// microseconds: its own, what its exited children used (which it reaped), and what its
+/// live children used so far.
+pub fn tree_cpu_micros(root: u32) -> u64 {
+    let reaped = std::fs::read_to_string(format!("/proc/{root}/stat")).ok().and_then(|stat| {
+        let after = stat.rsplit_once(')')?.1.to_owned();
+        let fields: Vec<&str> = after.split_whitespace().collect();
+        Some((fields.get(13)?.parse::<u64>().ok()? + fields.get(14)?.parse::<u64>().ok()?) * 10_000)
+    });
+    let mut total = cpu_micros(root).unwrap_or(0) + reaped.unwrap_or(0);
+    if let Ok(entries) = std::fs::read_dir("/proc") {
+        for entry in entries.flatten() {
+            let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else { continue };
+            let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { continue };
+            let parent =
+                stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().nth(1)?.parse::<u32>().ok());
+            if parent == Some(root) {
+                total += cpu_micros(pid).unwrap_or(0);
+            }
+        }
+    }
+    total
+}

@@ -12,6 +12,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use prost::Message;
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tollgate_core::money::{TokenUsage, usage_cost};
 use tollgate_core::names;
@@ -61,18 +62,23 @@ struct Priced {
 }
 
 /// Runs one worker until `shutdown`.
+///
+/// While the counters of one batch are brought up to date and it is acknowledged (Redis), the
+/// next batch is priced and committed (Postgres): at most one batch per worker is between its
+/// commit and its acknowledgement.
 pub async fn run(core: Arc<MeteringCore>, consumer: String, shutdown: CancellationToken) {
     let mut backoff = Duration::from_millis(100);
+    let mut finishing: Option<JoinHandle<Result<(), Retry>>> = None;
     while !shutdown.is_cancelled() {
         let received = tokio::select! {
-            _ = shutdown.cancelled() => return,
+            _ = shutdown.cancelled() => break,
             received = core.queue.receive(&consumer, core.workers.batch_size, core.workers.poll_wait) => received,
         };
         let batch = match received {
             Ok(batch) => batch,
             Err(error) => {
                 tracing::warn!(%error, "usage queue unavailable; retrying");
-                tokio::select! { _ = shutdown.cancelled() => return, _ = tokio::time::sleep(backoff) => {} }
+                tokio::select! { _ = shutdown.cancelled() => break, _ = tokio::time::sleep(backoff) => {} }
                 backoff = (backoff * 2).min(Duration::from_secs(5));
                 continue;
             }
@@ -80,14 +86,33 @@ pub async fn run(core: Arc<MeteringCore>, consumer: String, shutdown: Cancellati
         if batch.is_empty() {
             continue;
         }
-        match apply_batch(&core, &batch, &shutdown).await {
-            Ok(()) => backoff = Duration::from_millis(100),
+        match commit(&core, &batch, &shutdown).await {
+            Ok(committed) => {
+                backoff = Duration::from_millis(100);
+                if let Some(previous) = finishing.take() {
+                    log_finish(previous.await);
+                }
+                finishing = Some(tokio::spawn(finish(core.clone(), committed)));
+            }
             Err(Retry(reason)) => {
                 tracing::warn!(%reason, entries = batch.len(), "usage batch not applied; it will be retried");
-                tokio::select! { _ = shutdown.cancelled() => return, _ = tokio::time::sleep(backoff) => {} }
+                tokio::select! { _ = shutdown.cancelled() => break, _ = tokio::time::sleep(backoff) => {} }
                 backoff = (backoff * 2).min(Duration::from_secs(5));
             }
         }
+    }
+    if let Some(previous) = finishing {
+        log_finish(previous.await);
+    }
+}
+
+fn log_finish(finished: Result<Result<(), Retry>, tokio::task::JoinError>) {
+    match finished {
+        Ok(Ok(())) => {}
+        Ok(Err(Retry(reason))) => {
+            tracing::warn!(%reason, "committed usage not yet settled or acknowledged; it will come back")
+        }
+        Err(error) => tracing::error!(%error, "a batch's settlement task failed"),
     }
 }
 
@@ -210,31 +235,48 @@ async fn charge(core: &MeteringCore, priced: &[Priced], shutdown: &CancellationT
     }
 }
 
-async fn apply_batch(core: &MeteringCore, batch: &[QueuedReport], shutdown: &CancellationToken) -> Result<(), Retry> {
+/// A committed batch: what the counters must take, and the entries to acknowledge after.
+struct Committed {
+    charges: Vec<Charge>,
+    acks: Vec<String>,
+}
+
+/// Prices and commits a batch. Entries that cannot be priced are set aside or left for later;
+/// in-batch duplicates are acknowledged with it.
+async fn commit(core: &MeteringCore, batch: &[QueuedReport], shutdown: &CancellationToken) -> Result<Committed, Retry> {
+    let started = std::time::Instant::now();
     let mut acks = Vec::new();
     let priced = price(core, batch, &mut acks).await?;
-    if !priced.is_empty() {
-        let charges = charge(core, &priced, shutdown).await?;
-        let windows: Vec<_> = charges.iter().map(|c| core.calendar.windows(c.end_time)).collect();
-        let settlements: Vec<Settlement<'_>> = charges
-            .iter()
-            .zip(&windows)
-            .map(|(c, w)| Settlement {
-                account_id: &c.account_id,
-                key_id: &c.key_id,
-                request_id: &c.request_id,
-                cost: c.credits,
-                windows: w,
-            })
-            .collect();
-        // Committed but not settled: leave the entries unacknowledged, so the counters are
-        // brought up to date when they come back (the ledger skips them then).
-        core.counters.settle_batch(&settlements).await.map_err(|e| Retry(format!("counters: {e}")))?;
-        let new = charges.iter().filter(|c| c.new).count() as u64;
-        core.stats.applied.fetch_add(new, Ordering::Relaxed);
-        core.stats.duplicates.fetch_add(charges.len() as u64 - new, Ordering::Relaxed);
-        acks.extend(priced.into_iter().map(|p| p.entry_id));
-    }
+    let charges = if priced.is_empty() { Vec::new() } else { charge(core, &priced, shutdown).await? };
+    acks.extend(priced.into_iter().map(|p| p.entry_id));
+    tracing::debug!(entries = batch.len(), charged = charges.len(), elapsed = ?started.elapsed(), "usage batch committed");
+    Ok(Committed { charges, acks })
+}
+
+/// Brings the counters authz reads up to date with a committed batch, then acknowledges it.
+/// If either fails the entries stay pending and come back: the ledger skips them then, and the
+/// counters' settled markers skip what was settled.
+async fn finish(core: Arc<MeteringCore>, committed: Committed) -> Result<(), Retry> {
+    let started = std::time::Instant::now();
+    let Committed { charges, acks } = committed;
+    let windows: Vec<_> = charges.iter().map(|c| core.calendar.windows(c.end_time)).collect();
+    let settlements: Vec<Settlement<'_>> = charges
+        .iter()
+        .zip(&windows)
+        .map(|(c, w)| Settlement {
+            account_id: &c.account_id,
+            key_id: &c.key_id,
+            request_id: &c.request_id,
+            cost: c.credits,
+            windows: w,
+        })
+        .collect();
+    core.counters.settle_batch(&settlements).await.map_err(|e| Retry(format!("counters: {e}")))?;
+    let new = charges.iter().filter(|c| c.new).count() as u64;
+    core.stats.applied.fetch_add(new, Ordering::Relaxed);
+    core.stats.duplicates.fetch_add(charges.len() as u64 - new, Ordering::Relaxed);
     core.stats.batches.fetch_add(1, Ordering::Relaxed);
-    core.queue.ack(&acks).await.map_err(|e| Retry(format!("ack: {e}")))
+    core.queue.ack(&acks).await.map_err(|e| Retry(format!("ack: {e}")))?;
+    tracing::debug!(settled = charges.len(), elapsed = ?started.elapsed(), "usage batch settled and acknowledged");
+    Ok(())
 }

@@ -102,23 +102,40 @@ async fn a_batch_charges_once_and_duplicates_return_the_stored_charge(store: Sql
 }
 
 async fn totals_windows_and_balances_add_up(store: SqlMeteringStore) {
-    let mut later = entry("a", "k1", "r3", 3, T0 + 2);
-    later.day = "20270116".into();
-    let batch = vec![entry("a", "k1", "r1", 10, T0), entry("a", "k2", "r2", 5, T0 + 1), later];
-    store.apply_usage(&batch, T0).await.unwrap();
+    let on = |mut e: UsageEntry, day: &str, month: &str| {
+        (e.day, e.month) = (day.into(), month.into());
+        e
+    };
+    store.apply_usage(&[entry("a", "k1", "r1", 10, T0), entry("a", "k2", "r2", 5, T0 + 1)], T0).await.unwrap();
     let k1 = store.key_totals("a", "k1", "20270115", "202701").await.unwrap();
-    assert_eq!((k1.used, k1.day, k1.month), (13, 10, 13));
-    let k1_next_day = store.key_totals("a", "k1", "20270116", "202701").await.unwrap();
-    assert_eq!(k1_next_day.day, 3);
+    assert_eq!((k1.used, k1.day, k1.month), (10, 10, 10));
+    // The next day, in one batch with a late call of the day before: the new day starts
+    // with the new call; the late one counts in the month and in the key's life.
+    let batch = vec![
+        on(entry("a", "k1", "r3", 3, T0 + 2), "20270116", "202701"),
+        on(entry("a", "k1", "r4", 4, T0 + 3), "20270115", "202701"),
+    ];
+    store.apply_usage(&batch, T0).await.unwrap();
+    let k1 = store.key_totals("a", "k1", "20270116", "202701").await.unwrap();
+    assert_eq!((k1.used, k1.day, k1.month), (17, 3, 17));
+    assert_eq!(store.key_totals("a", "k1", "20270115", "202701").await.unwrap().day, 0, "a past day is not current");
+    // A late call alone does not move the window back.
+    store.apply_usage(&[on(entry("a", "k1", "r5", 1, T0 + 4), "20270115", "202701")], T0).await.unwrap();
+    let k1 = store.key_totals("a", "k1", "20270116", "202701").await.unwrap();
+    assert_eq!((k1.used, k1.day, k1.month), (18, 3, 18));
+    // A new month starts its window afresh.
+    store.apply_usage(&[on(entry("a", "k1", "r6", 2, T0 + 5), "20270201", "202702")], T0).await.unwrap();
+    let k1 = store.key_totals("a", "k1", "20270201", "202702").await.unwrap();
+    assert_eq!((k1.used, k1.day, k1.month), (20, 2, 2));
     let none = store.key_totals("a", "nope", "20270115", "202701").await.unwrap();
     assert_eq!((none.used, none.day, none.month), (0, 0, 0));
-    let all = store.all_key_totals("20270115", "202701").await.unwrap();
+    let all = store.all_key_totals("20270201", "202702").await.unwrap();
     let rows: Vec<(&str, i64, i64, i64)> =
         all.iter().map(|r| (r.key_id.as_str(), r.totals.used, r.totals.day, r.totals.month)).collect();
-    assert_eq!(rows, [("k1", 13, 10, 13), ("k2", 5, 5, 5)]);
+    assert_eq!(rows, [("k1", 20, 2, 2), ("k2", 5, 0, 0)]);
     let balances = store.all_balances().await.unwrap();
     assert_eq!(balances.len(), 1);
-    assert_eq!((balances[0].0.as_str(), balances[0].1.balance()), ("a", -18));
+    assert_eq!((balances[0].0.as_str(), balances[0].1.balance()), ("a", -25));
 }
 
 async fn credit_grants_apply_once(store: SqlMeteringStore) {

@@ -1,5 +1,6 @@
-//! Charging a batch: ledger rows and running totals (an account's spend among them) in one
-//! transaction, with two multi-row statements per 500 reports.
+//! Charging a batch: ledger rows, each key's totals and windows, and application and account
+//! totals (an account's spend among them) in one transaction, with three multi-row statements
+//! per 500 reports.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
@@ -20,7 +21,7 @@ const LEDGER_COLUMNS: usize = 15;
 /// pairs inserted.
 async fn insert_ledger(
     tx: &mut Transaction<'static, Any>,
-    entries: &[UsageEntry],
+    entries: &[&UsageEntry],
     now: Micros,
 ) -> StoreResult<HashSet<(String, String)>> {
     let mut inserted = HashSet::new();
@@ -121,9 +122,42 @@ fn stored_charge(row: &AnyRow) -> StoreResult<Charge> {
     })
 }
 
-/// The running totals a set of new ledger rows adds (`c/{account}` is what the account spent).
-fn totals_of<'a>(entries: impl Iterator<Item = &'a UsageEntry>) -> BTreeMap<String, Totals> {
-    let mut totals: BTreeMap<String, Totals> = BTreeMap::new();
+/// What a batch adds to one key: totals, and spend in the latest day and month of its calls
+/// (calls of earlier windows count in the totals only; their windows are past).
+#[derive(Debug, Default)]
+struct KeyDelta {
+    totals: Totals,
+    day: String,
+    day_credits: i64,
+    month: String,
+    month_credits: i64,
+}
+
+impl KeyDelta {
+    fn add(&mut self, e: &UsageEntry, call: &Totals) {
+        self.totals.add(call);
+        if e.day > self.day {
+            (self.day, self.day_credits) = (e.day.clone(), 0);
+        }
+        if e.day == self.day {
+            self.day_credits += e.credits;
+        }
+        if e.month > self.month {
+            (self.month, self.month_credits) = (e.month.clone(), 0);
+        }
+        if e.month == self.month {
+            self.month_credits += e.credits;
+        }
+    }
+}
+
+type KeyDeltas = BTreeMap<(String, String), KeyDelta>;
+
+/// What a set of new ledger rows adds: per key, and per application and account scope
+/// (`c/{account}` is what the account spent).
+fn totals_of<'a>(entries: impl Iterator<Item = &'a UsageEntry>) -> (KeyDeltas, BTreeMap<String, Totals>) {
+    let mut keys: KeyDeltas = BTreeMap::new();
+    let mut scopes: BTreeMap<String, Totals> = BTreeMap::new();
     for e in entries {
         let call = Totals {
             requests: 1,
@@ -132,18 +166,56 @@ fn totals_of<'a>(entries: impl Iterator<Item = &'a UsageEntry>) -> BTreeMap<Stri
             cached_input_tokens: e.cached_input_tokens,
             credits: e.credits,
         };
-        let (a, k) = (&e.account_id, &e.key_id);
-        for scope in [
-            format!("k/{a}/{k}"),
-            format!("a/{a}/{}", e.application_id),
-            format!("c/{a}"),
-            format!("kd/{a}/{k}/{}", e.day),
-            format!("km/{a}/{k}/{}", e.month),
-        ] {
-            totals.entry(scope).or_default().add(&call);
+        keys.entry((e.account_id.clone(), e.key_id.clone())).or_default().add(e, &call);
+        let a = &e.account_id;
+        for scope in [format!("a/{a}/{}", e.application_id), format!("c/{a}")] {
+            scopes.entry(scope).or_default().add(&call);
         }
     }
-    totals
+    (keys, scopes)
+}
+
+/// Adds to each key's row. A window newer than the stored one replaces it; an older one
+/// (a late report) adds to the totals only.
+async fn add_key_totals(tx: &mut Transaction<'static, Any>, keys: &KeyDeltas) -> StoreResult<()> {
+    let keys: Vec<(&(String, String), &KeyDelta)> = keys.iter().collect();
+    for chunk in keys.chunks(ROWS_PER_STATEMENT) {
+        let sql = format!(
+            "INSERT INTO key_totals (account_id, key_id, requests, input_tokens, output_tokens, cached_input_tokens, \
+             credits, day, day_credits, month, month_credits) VALUES {} ON CONFLICT (account_id, key_id) DO UPDATE SET \
+             requests = key_totals.requests + excluded.requests, \
+             input_tokens = key_totals.input_tokens + excluded.input_tokens, \
+             output_tokens = key_totals.output_tokens + excluded.output_tokens, \
+             cached_input_tokens = key_totals.cached_input_tokens + excluded.cached_input_tokens, \
+             credits = key_totals.credits + excluded.credits, \
+             day_credits = CASE WHEN excluded.day > key_totals.day THEN excluded.day_credits \
+                 WHEN excluded.day = key_totals.day THEN key_totals.day_credits + excluded.day_credits \
+                 ELSE key_totals.day_credits END, \
+             day = CASE WHEN excluded.day > key_totals.day THEN excluded.day ELSE key_totals.day END, \
+             month_credits = CASE WHEN excluded.month > key_totals.month THEN excluded.month_credits \
+                 WHEN excluded.month = key_totals.month THEN key_totals.month_credits + excluded.month_credits \
+                 ELSE key_totals.month_credits END, \
+             month = CASE WHEN excluded.month > key_totals.month THEN excluded.month ELSE key_totals.month END",
+            placeholders(chunk.len(), 11, 1)
+        );
+        let mut query = sqlx::query(AssertSqlSafe(sql));
+        for ((account_id, key_id), d) in chunk {
+            query = query
+                .bind(account_id.as_str())
+                .bind(key_id.as_str())
+                .bind(d.totals.requests)
+                .bind(d.totals.input_tokens)
+                .bind(d.totals.output_tokens)
+                .bind(d.totals.cached_input_tokens)
+                .bind(d.totals.credits)
+                .bind(d.day.as_str())
+                .bind(d.day_credits)
+                .bind(d.month.as_str())
+                .bind(d.month_credits);
+        }
+        query.execute(&mut **tx).await?;
+    }
+    Ok(())
 }
 
 #[async_trait]
@@ -152,10 +224,16 @@ impl super::MeteringStore for SqlMeteringStore {
         if entries.is_empty() {
             return Ok(Vec::new());
         }
+        // Rows in one order in every batch, so two workers inserting the same calls (a
+        // redelivery) wait for each other instead of deadlocking.
+        let mut ordered: Vec<&UsageEntry> = entries.iter().collect();
+        ordered.sort_by(|a, b| (&a.account_id, &a.request_id).cmp(&(&b.account_id, &b.request_id)));
         let mut tx = self.db.pool.begin().await?;
-        let inserted = insert_ledger(&mut tx, entries, now).await?;
+        let inserted = insert_ledger(&mut tx, &ordered, now).await?;
         let is_new = |e: &UsageEntry| inserted.contains(&(e.account_id.clone(), e.request_id.clone()));
-        add_totals(&mut tx, &totals_of(entries.iter().filter(|e| is_new(e)))).await?;
+        let (keys, scopes) = totals_of(entries.iter().filter(|e| is_new(e)));
+        add_key_totals(&mut tx, &keys).await?;
+        add_totals(&mut tx, &scopes).await?;
         let duplicates: Vec<(&str, &str)> =
             entries.iter().filter(|e| !is_new(e)).map(|e| (e.account_id.as_str(), e.request_id.as_str())).collect();
         let stored = if duplicates.is_empty() { HashMap::new() } else { stored_charges(&mut tx, &duplicates).await? };

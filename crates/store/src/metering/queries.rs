@@ -1,7 +1,5 @@
 //! Reading the ledger and the running totals: usage rows, time series, a key's spend.
 
-use std::collections::HashMap;
-
 use sqlx::Row;
 use sqlx::any::AnyRow;
 use tollgate_core::time::Micros;
@@ -116,58 +114,41 @@ pub(super) async fn key_totals(
     day: &str,
     month: &str,
 ) -> StoreResult<KeyTotals> {
-    let (used, day_scope, month_scope) = (
-        format!("k/{account_id}/{key_id}"),
-        format!("kd/{account_id}/{key_id}/{day}"),
-        format!("km/{account_id}/{key_id}/{month}"),
-    );
-    let rows = sqlx::query("SELECT scope, credits FROM usage_totals WHERE scope IN ($1, $2, $3)")
-        .bind(&used)
-        .bind(&day_scope)
-        .bind(&month_scope)
-        .fetch_all(&db.pool)
-        .await?;
-    let mut totals = KeyTotals::default();
-    for row in rows {
-        let scope: String = row.try_get("scope")?;
-        let credits: i64 = row.try_get("credits")?;
-        if scope == used {
-            totals.used = credits;
-        } else if scope == day_scope {
-            totals.day = credits;
-        } else {
-            totals.month = credits;
-        }
-    }
-    Ok(totals)
+    let row = sqlx::query(
+        "SELECT credits, day, day_credits, month, month_credits FROM key_totals WHERE account_id = $1 AND key_id = $2",
+    )
+    .bind(account_id)
+    .bind(key_id)
+    .fetch_optional(&db.pool)
+    .await?;
+    row.as_ref().map_or(Ok(KeyTotals::default()), |row| key_totals_row(row, day, month))
+}
+
+/// A key's spend, counting its stored windows only when they are the ones asked for.
+fn key_totals_row(row: &AnyRow, day: &str, month: &str) -> StoreResult<KeyTotals> {
+    let stored_day: String = row.try_get("day")?;
+    let stored_month: String = row.try_get("month")?;
+    Ok(KeyTotals {
+        used: row.try_get("credits")?,
+        day: if stored_day == day { row.try_get("day_credits")? } else { 0 },
+        month: if stored_month == month { row.try_get("month_credits")? } else { 0 },
+    })
 }
 
 pub(super) async fn all_key_totals(db: &Database, day: &str, month: &str) -> StoreResult<Vec<KeyCounterRow>> {
-    let rows =
-        sqlx::query("SELECT scope, credits FROM usage_totals WHERE scope LIKE 'k/%' OR scope LIKE $1 OR scope LIKE $2")
-            .bind(format!("kd/%/{day}"))
-            .bind(format!("km/%/{month}"))
-            .fetch_all(&db.pool)
-            .await?;
-    let mut keys: HashMap<(String, String), KeyTotals> = HashMap::new();
-    for row in rows {
-        let scope: String = row.try_get("scope")?;
-        let credits: i64 = row.try_get("credits")?;
-        let parts: Vec<&str> = scope.split('/').collect();
-        let (kind, account_id, key_id) = match parts.as_slice() {
-            [kind, account_id, key_id, ..] => (*kind, account_id.to_string(), key_id.to_string()),
-            _ => continue,
-        };
-        let totals = keys.entry((account_id, key_id)).or_default();
-        match kind {
-            "k" => totals.used = credits,
-            "kd" => totals.day = credits,
-            "km" => totals.month = credits,
-            _ => {}
-        }
-    }
-    let mut rows: Vec<KeyCounterRow> =
-        keys.into_iter().map(|((account_id, key_id), totals)| KeyCounterRow { account_id, key_id, totals }).collect();
-    rows.sort_by(|a, b| (&a.account_id, &a.key_id).cmp(&(&b.account_id, &b.key_id)));
-    Ok(rows)
+    let rows = sqlx::query(
+        "SELECT account_id, key_id, credits, day, day_credits, month, month_credits FROM key_totals \
+         ORDER BY account_id, key_id",
+    )
+    .fetch_all(&db.pool)
+    .await?;
+    rows.iter()
+        .map(|row| {
+            Ok(KeyCounterRow {
+                account_id: row.try_get("account_id")?,
+                key_id: row.try_get("key_id")?,
+                totals: key_totals_row(row, day, month)?,
+            })
+        })
+        .collect()
 }

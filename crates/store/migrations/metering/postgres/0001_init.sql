@@ -25,8 +25,25 @@ CREATE TABLE usage_ledger (
 CREATE INDEX usage_ledger_by_account ON usage_ledger (account_id, end_time, request_id);
 CREATE INDEX usage_ledger_by_key ON usage_ledger (key_id, end_time);
 
--- Running totals: `k/{account}/{key}`, `a/{account}/{application}`, `c/{account}`, and the
--- windows `kd/{account}/{key}/{YYYYMMDD}` and `km/{account}/{key}/{YYYYMM}`.
+-- Each key's running totals, with its spend in the latest day and month it was used in (one
+-- row per key, so a batch upserts one row per key it touches). Older windows are in the
+-- ledger.
+CREATE TABLE key_totals (
+    account_id          TEXT NOT NULL,
+    key_id              TEXT NOT NULL,
+    requests            BIGINT NOT NULL,
+    input_tokens        BIGINT NOT NULL,
+    output_tokens       BIGINT NOT NULL,
+    cached_input_tokens BIGINT NOT NULL,
+    credits             BIGINT NOT NULL,
+    day                 TEXT NOT NULL,
+    day_credits         BIGINT NOT NULL,
+    month               TEXT NOT NULL,
+    month_credits       BIGINT NOT NULL,
+    PRIMARY KEY (account_id, key_id)
+);
+
+-- Running totals of applications, `a/{account}/{application}`, and accounts, `c/{account}`.
 CREATE TABLE usage_totals (
     scope               TEXT PRIMARY KEY,
     requests            BIGINT NOT NULL,
