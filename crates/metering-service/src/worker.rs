@@ -18,7 +18,7 @@ use tollgate_core::money::{TokenUsage, usage_cost};
 use tollgate_core::names;
 use tollgate_proto::metering::v1 as pb;
 use tollgate_proto::time::timestamp_micros;
-use tollgate_state::counters::Settlement;
+use tollgate_state::counters::{SETTLE_AGAIN_WITHIN_MS, Settlement};
 use tollgate_state::usage_queue::QueuedReport;
 use tollgate_store::StoreError;
 use tollgate_store::metering::{Charge, Outcome, UsageEntry};
@@ -258,7 +258,12 @@ async fn commit(core: &MeteringCore, batch: &[QueuedReport], shutdown: &Cancella
 /// counters' settled markers skip what was settled.
 async fn finish(core: Arc<MeteringCore>, committed: Committed) -> Result<(), Retry> {
     let started = std::time::Instant::now();
-    let Committed { charges, acks } = committed;
+    let Committed { mut charges, acks } = committed;
+    // A call committed long ago was settled then; its settled marker may be gone, so settling
+    // it again could count it twice. (If it never was, every worker was down for that long:
+    // `tollgate metering reconcile` puts the counters right.)
+    let now = core.clock.now_micros();
+    charges.retain(|c| c.new || now - c.apply_time < SETTLE_AGAIN_WITHIN_MS * 1000);
     let windows: Vec<_> = charges.iter().map(|c| core.calendar.windows(c.end_time)).collect();
     let settlements: Vec<Settlement<'_>> = charges
         .iter()

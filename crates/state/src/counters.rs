@@ -14,7 +14,7 @@
 //! | `P:{A}:holds` | hash | request id → `key id|credits` |
 //! | `P:{A}:holdexp` | zset | request id by hold expiry (ms) |
 //! | `P:{A}:bal` | int | the account's balance |
-//! | `P:{A}:settled:R` | string | request R was settled (kept 7 days) |
+//! | `P:{A}:settled:R` | string | request R was settled (kept 15 minutes) |
 //! | `P:{A}:credited:R` | string | credit grant R was added to the balance (kept 7 days) |
 
 use async_trait::async_trait;
@@ -70,8 +70,19 @@ pub struct CounterRestore<'a> {
     pub windows: &'a Windows,
 }
 
-/// How long a settlement is remembered, so a repeated one is ignored.
-pub const SETTLED_MEMORY_MS: i64 = 7 * 24 * 3600 * 1000;
+/// How long a settlement is remembered, so a repeated one is ignored. Repeats come from a
+/// worker that died between settling and acknowledging, within the queue's claim time; the
+/// memory is short because it costs a Redis key per call (15 minutes at 5,000 calls/s is
+/// 4.5 million keys). Metering never settles again what it committed longer ago than
+/// [`SETTLE_AGAIN_WITHIN_MS`].
+pub const SETTLED_MEMORY_MS: i64 = 15 * 60 * 1000;
+
+/// How long after its commit a call may be settled again (a redelivery): comfortably inside
+/// [`SETTLED_MEMORY_MS`], so the marker is still there to stop a second count.
+pub const SETTLE_AGAIN_WITHIN_MS: i64 = 10 * 60 * 1000;
+
+/// How long a credit grant is remembered, so a retried AddCredits is not counted twice.
+pub const CREDITED_MEMORY_MS: i64 = 7 * 24 * 3600 * 1000;
 
 /// The counters behind Authorize.
 #[async_trait]

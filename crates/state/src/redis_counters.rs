@@ -10,7 +10,9 @@ use tollgate_core::counters::{CounterCheck, CounterOutcome, RateOutcome};
 use tollgate_core::windows::Windows;
 
 use crate::StateError;
-use crate::counters::{CounterCall, CounterKeys, CounterRestore, Counters, KeySpend, SETTLED_MEMORY_MS, Settlement};
+use crate::counters::{
+    CREDITED_MEMORY_MS, CounterCall, CounterKeys, CounterRestore, Counters, KeySpend, SETTLED_MEMORY_MS, Settlement,
+};
 use crate::redis::RedisState;
 
 /// Counters on the Redis behind a [`RedisState`].
@@ -179,7 +181,7 @@ impl Counters for RedisCounters {
             .key(self.keys.balance(account_id))
             .key(self.keys.credited(account_id, grant_id))
             .arg(credits)
-            .arg(SETTLED_MEMORY_MS);
+            .arg(CREDITED_MEMORY_MS);
         let mut conn = self.conn.clone();
         let applied: i64 = self.bounded(invocation.invoke_async(&mut conn)).await?;
         Ok(applied == 1)

@@ -190,11 +190,10 @@ async fn assert_exactly_once(metering_db: &str, redis: &TestRedis, key: &str, n:
             let balance: Option<i64> =
                 redis::cmd("GET").arg(format!("{}:{{crash}}:bal", redis.prefix)).query_async(&mut conn).await.unwrap();
             assert_eq!(balance, Some(-expected), "the balance counter took each charge once");
-            let (spent,): (i64,) =
-                sqlx::query_as("SELECT credits FROM metering.usage_totals WHERE scope = 'c/crash'")
-                    .fetch_one(&mut db)
-                    .await
-                    .unwrap();
+            let (spent,): (i64,) = sqlx::query_as("SELECT credits FROM metering.usage_totals WHERE scope = 'c/crash'")
+                .fetch_one(&mut db)
+                .await
+                .unwrap();
             assert_eq!(spent, expected);
             return;
         }

@@ -95,7 +95,7 @@ async fn stored_charges(
     let mut found = HashMap::new();
     for chunk in pairs.chunks(ROWS_PER_STATEMENT) {
         let sql = format!(
-            "SELECT account_id, request_id, key_id, credits, end_time FROM usage_ledger \
+            "SELECT account_id, request_id, key_id, credits, end_time, apply_time FROM usage_ledger \
              WHERE (account_id, request_id) IN (VALUES {})",
             placeholders(chunk.len(), 2, 1)
         );
@@ -118,6 +118,7 @@ fn stored_charge(row: &AnyRow) -> StoreResult<Charge> {
         key_id: row.try_get("key_id")?,
         credits: row.try_get("credits")?,
         end_time: row.try_get("end_time")?,
+        apply_time: row.try_get("apply_time")?,
         new: false,
     })
 }
@@ -248,6 +249,7 @@ impl super::MeteringStore for SqlMeteringStore {
                         key_id: e.key_id.clone(),
                         credits: e.credits,
                         end_time: e.end_time,
+                        apply_time: now,
                         new: true,
                     });
                 }

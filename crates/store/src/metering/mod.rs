@@ -74,6 +74,8 @@ pub struct Charge {
     pub key_id: String,
     pub credits: i64,
     pub end_time: Micros,
+    /// When the ledger took the call.
+    pub apply_time: Micros,
     /// False for a duplicate of a call charged before.
     pub new: bool,
 }
