@@ -33,7 +33,7 @@ pub struct MeteringArgs {
     #[arg(long, default_value_t = 2)]
     workers: usize,
     /// Reports per batch (and rows per raw INSERT).
-    #[arg(long, default_value_t = 500)]
+    #[arg(long, default_value_t = 1000)]
     batch_size: usize,
     /// Reports per second during the lag measurement.
     #[arg(long, default_value_t = 5_000)]

@@ -28,6 +28,14 @@ fn totals_proto(t: &Totals) -> pb::UsageTotals {
     }
 }
 
+fn bucket_proto(bucket: series::Bucket) -> pb::UsageBucket {
+    pb::UsageBucket {
+        start_time: Some(timestamp(bucket.start)),
+        model: bucket.model,
+        totals: Some(totals_proto(&bucket.totals)),
+    }
+}
+
 fn record_proto(e: UsageEntry) -> pb::UsageRecord {
     pb::UsageRecord {
         time: Some(timestamp(e.end_time)),
@@ -165,14 +173,7 @@ impl MeteringCore {
         let (totals, buckets) = series::fold(&self.calendar, granularity, start, end, &rows, request.split_by_model);
         Ok(pb::GetUsageSummaryResponse {
             totals: Some(totals_proto(&totals)),
-            buckets: buckets
-                .into_iter()
-                .map(|b| pb::UsageBucket {
-                    start_time: Some(timestamp(b.start)),
-                    model: b.model,
-                    totals: Some(totals_proto(&b.totals)),
-                })
-                .collect(),
+            buckets: buckets.into_iter().map(bucket_proto).collect(),
         })
     }
 
@@ -222,14 +223,7 @@ impl MeteringCore {
             monthly_budget: state.monthly_budget,
             monthly_used: spend.month,
             monthly_remaining: left(state.monthly_budget, spend.month),
-            daily: buckets
-                .into_iter()
-                .map(|b| pb::UsageBucket {
-                    start_time: Some(timestamp(b.start)),
-                    model: b.model,
-                    totals: Some(totals_proto(&b.totals)),
-                })
-                .collect(),
+            daily: buckets.into_iter().map(bucket_proto).collect(),
         })
     }
 }

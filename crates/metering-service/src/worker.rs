@@ -38,7 +38,7 @@ pub struct WorkerSettings {
 
 impl Default for WorkerSettings {
     fn default() -> Self {
-        Self { batch_size: 500, max_deliveries: 5, poll_wait: Duration::from_millis(500) }
+        Self { batch_size: 1000, max_deliveries: 5, poll_wait: Duration::from_millis(500) }
     }
 }
 

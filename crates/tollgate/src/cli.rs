@@ -209,7 +209,7 @@ pub struct MeteringArgs {
     #[arg(long, env = "TOLLGATE_METERING_WORKERS", default_value_t = 2)]
     pub workers: usize,
     /// Most usage reports per batch, i.e. per database transaction (1–1000).
-    #[arg(long, env = "TOLLGATE_METERING_BATCH_SIZE", default_value_t = 500, value_parser = clap::value_parser!(u16).range(1..=1000))]
+    #[arg(long, env = "TOLLGATE_METERING_BATCH_SIZE", default_value_t = 1000, value_parser = clap::value_parser!(u16).range(1..=1000))]
     pub batch_size: u16,
     /// How long a report a worker received but did not acknowledge (it crashed) waits before
     /// another worker takes it over.

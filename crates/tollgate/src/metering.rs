@@ -39,7 +39,7 @@ impl Default for MeteringSettings {
     fn default() -> Self {
         Self {
             workers: 2,
-            batch_size: 500,
+            batch_size: 1000,
             claim_idle: Duration::from_secs(30),
             max_deliveries: 5,
             time_zone: "UTC".into(),

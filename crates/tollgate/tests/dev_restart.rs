@@ -1,6 +1,8 @@
 //! `tollgate dev` keeps usage across a restart: the ledger is in its SQLite file, and the
 //! in-process counters are rebuilt from it at start-up, so a quota is not reset by a restart.
 
+mod common;
+
 use std::time::Duration;
 
 use tokio::net::TcpListener;
@@ -9,18 +11,9 @@ use tollgate::{AuthzSettings, DevConfig, KeysSettings, MeteringSettings, Secrets
 use tollgate_core::clock::SystemClock;
 use tollgate_proto::keys::v1 as keys;
 use tollgate_proto::metering::v1 as metering;
-use tonic::service::Interceptor;
 use tonic::transport::Channel;
 
-#[derive(Clone)]
-struct Bearer(String);
-
-impl Interceptor for Bearer {
-    fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
-        request.metadata_mut().insert("authorization", format!("Bearer {}", self.0).parse().unwrap());
-        Ok(request)
-    }
-}
+use crate::common::Bearer;
 
 async fn start(dir: &std::path::Path, secrets: &Secrets) -> (Channel, CancellationToken, tokio::task::JoinHandle<()>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -59,69 +52,13 @@ async fn a_restart_keeps_what_keys_spent() {
     };
     let auth = Bearer(secrets.admin_token.clone());
     let (channel, shutdown, task) = start(dir.path(), &secrets).await;
-    let keys_client = || keys::key_service_client::KeyServiceClient::with_interceptor(channel.clone(), auth.clone());
-    keys::account_service_client::AccountServiceClient::with_interceptor(channel.clone(), auth.clone())
-        .create_account(keys::CreateAccountRequest {
-            account_id: "acme".into(),
-            account: Some(keys::Account { display_name: "Acme".into(), ..Default::default() }),
-            initial_key: None,
-        })
-        .await
-        .unwrap();
-    keys::application_service_client::ApplicationServiceClient::with_interceptor(channel.clone(), auth.clone())
-        .create_application(keys::CreateApplicationRequest {
-            parent: "accounts/acme".into(),
-            application_id: "web".into(),
-            application: Some(keys::Application { display_name: "Web".into(), ..Default::default() }),
-        })
-        .await
-        .unwrap();
-    keys::group_service_client::GroupServiceClient::with_interceptor(channel.clone(), auth.clone())
-        .create_group(keys::CreateGroupRequest {
-            group_id: "std".into(),
-            group: Some(keys::Group {
-                display_name: "Standard".into(),
-                price_multiplier: "1".into(),
-                ..Default::default()
-            }),
-        })
-        .await
-        .unwrap();
-    keys::model_service_client::ModelServiceClient::with_interceptor(channel.clone(), auth.clone())
-        .create_model(keys::CreateModelRequest {
-            model_id: "m".into(),
-            model: Some(keys::Model {
-                capability: keys::Capability::Text as i32,
-                input_price: 1_000_000,
-                output_price: 1_000_000,
-                ..Default::default()
-            }),
-        })
-        .await
-        .unwrap();
-    let key = keys_client()
-        .create_key(keys::CreateKeyRequest {
-            parent: "accounts/acme".into(),
-            key: Some(keys::Key {
-                application: "accounts/acme/applications/web".into(),
-                display_name: "Quota".into(),
-                group: "groups/std".into(),
-                quota: Some(100),
-                ..Default::default()
-            }),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .created
-        .unwrap()
-        .key
-        .unwrap();
+    let name =
+        common::seed(&channel, &secrets.admin_token, "acme", keys::Key { quota: Some(100), ..Default::default() })
+            .await;
     let report = metering::UsageReport {
         request_id: "r1".into(),
-        key: key.name.clone(),
-        model: "m".into(),
+        key: name.clone(),
+        model: common::MODEL.into(),
         input_tokens: 40,
         outcome: metering::UsageOutcome::Success as i32,
         ..Default::default()
@@ -131,7 +68,7 @@ async fn a_restart_keeps_what_keys_spent() {
         .await
         .unwrap();
     let used = |channel: Channel| {
-        let name = key.name.clone();
+        let name = name.clone();
         let auth = auth.clone();
         async move {
             let client = keys::key_service_client::KeyServiceClient::with_interceptor(channel, auth);

@@ -3,6 +3,8 @@
 //! under load. Either way every distinct report is charged exactly once: the ledger's count
 //! and sum, the key's counter and the account's balance all match what was sent.
 
+mod common;
+
 use std::process::Stdio;
 use std::time::Duration;
 
@@ -14,19 +16,10 @@ use tollgate_core::clock::SystemClock;
 use tollgate_proto::keys::v1 as keys;
 use tollgate_proto::metering::v1 as metering;
 use tollgate_state::redis::RedisConfig;
+
+use crate::common::Bearer;
 use tollgate_test_support::{PrivatePostgres, TestDatabase, TestRedis};
-use tonic::service::Interceptor;
 use tonic::transport::Channel;
-
-#[derive(Clone)]
-struct Bearer(String);
-
-impl Interceptor for Bearer {
-    fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
-        request.metadata_mut().insert("authorization", format!("Bearer {}", self.0).parse().unwrap());
-        Ok(request)
-    }
-}
 
 fn secrets() -> Secrets {
     Secrets {
@@ -64,72 +57,12 @@ where
     (wait_serving(&address).await, address)
 }
 
-/// An account with one key whose calls cost one credit per token (multiplier 1).
-async fn seed(channel: &Channel, token: &str) -> String {
-    let auth = Bearer(token.to_owned());
-    let account = "crash";
-    keys::account_service_client::AccountServiceClient::with_interceptor(channel.clone(), auth.clone())
-        .create_account(keys::CreateAccountRequest {
-            account_id: account.into(),
-            account: Some(keys::Account {
-                display_name: "Crash test".into(),
-                unlimited_credit: true,
-                ..Default::default()
-            }),
-            initial_key: None,
-        })
-        .await
-        .unwrap();
-    keys::application_service_client::ApplicationServiceClient::with_interceptor(channel.clone(), auth.clone())
-        .create_application(keys::CreateApplicationRequest {
-            parent: format!("accounts/{account}"),
-            application_id: "app".into(),
-            application: Some(keys::Application { display_name: "App".into(), ..Default::default() }),
-        })
-        .await
-        .unwrap();
-    keys::group_service_client::GroupServiceClient::with_interceptor(channel.clone(), auth.clone())
-        .create_group(keys::CreateGroupRequest {
-            group_id: "one".into(),
-            group: Some(keys::Group { display_name: "One".into(), price_multiplier: "1".into(), ..Default::default() }),
-        })
-        .await
-        .unwrap();
-    keys::model_service_client::ModelServiceClient::with_interceptor(channel.clone(), auth.clone())
-        .create_model(keys::CreateModelRequest {
-            model_id: "unit".into(),
-            model: Some(keys::Model {
-                capability: keys::Capability::Text as i32,
-                input_price: 1_000_000,
-                output_price: 1_000_000,
-                ..Default::default()
-            }),
-        })
-        .await
-        .unwrap();
-    let created = keys::key_service_client::KeyServiceClient::with_interceptor(channel.clone(), auth)
-        .create_key(keys::CreateKeyRequest {
-            parent: format!("accounts/{account}"),
-            key: Some(keys::Key {
-                application: format!("accounts/{account}/applications/app"),
-                display_name: "Crash key".into(),
-                group: "groups/one".into(),
-                ..Default::default()
-            }),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    created.created.unwrap().key.unwrap().name
-}
-
 /// Report `i` of the load: distinct request ids, `i % 7 + 1` tokens, so `i % 7 + 1` credits.
 fn report(key: &str, i: u64) -> metering::UsageReport {
     metering::UsageReport {
         request_id: format!("load-{i}"),
         key: key.into(),
-        model: "unit".into(),
+        model: common::MODEL.into(),
         input_tokens: (i % 7 + 1) as i64,
         outcome: metering::UsageOutcome::Success as i32,
         ..Default::default()
@@ -238,6 +171,14 @@ struct Deployment {
     metering: MeteringServeConfig,
 }
 
+impl Deployment {
+    /// Sends reports `range` through the ingest server in the background.
+    fn spawn_load(&self, range: std::ops::Range<u64>) -> tokio::task::JoinHandle<()> {
+        let (ingest, key, token) = (self.ingest.clone(), self.key.clone(), self.metering.secrets.admin_token.clone());
+        tokio::spawn(async move { send(&ingest, &token, &key, range).await })
+    }
+}
+
 impl Drop for Deployment {
     fn drop(&mut self) {
         self.shutdown.cancel();
@@ -259,7 +200,7 @@ async fn deploy(keys_db: &TestDatabase, metering_db: &str, redis: &TestRedis) ->
         drain: Duration::ZERO,
     };
     let (keys_channel, keys_address) = spawn_in_process(|l, s| tollgate::run_keys(l, keys_config, s), &shutdown).await;
-    let key = seed(&keys_channel, &secrets.admin_token).await;
+    let key = common::seed(&keys_channel, &secrets.admin_token, "crash", keys::Key::default()).await;
     let metering = MeteringServeConfig {
         database_url: metering_db.to_owned(),
         db_max_connections: 4,
@@ -297,13 +238,9 @@ async fn a_worker_killed_mid_batch_loses_and_doubles_nothing() {
         return;
     };
     let d = deploy(&keys_db, &metering_db.url, &redis).await;
-    let token = d.metering.secrets.admin_token.clone();
     let mut first = worker_process(&d.metering, free_port());
     const N: u64 = 3_000;
-    let load = tokio::spawn({
-        let (ingest, key) = (d.ingest.clone(), d.key.clone());
-        async move { send(&ingest, &token, &key, 0..N).await }
-    });
+    let load = d.spawn_load(0..N);
     // Kill the worker process while it is busy with a stream of batches.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     while ledger_rows(&metering_db.url).await < 300 {
@@ -332,11 +269,7 @@ async fn postgres_stopped_and_started_under_load_loses_nothing() {
     };
     spawn_in_process(|l, s| tollgate::run_metering(l, workers, s), &d.shutdown).await;
     const N: u64 = 2_000;
-    let token = d.metering.secrets.admin_token.clone();
-    let load = tokio::spawn({
-        let (ingest, key) = (d.ingest.clone(), d.key.clone());
-        async move { send(&ingest, &token, &key, 0..N).await }
-    });
+    let load = d.spawn_load(0..N);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     while ledger_rows(&metering_url).await < 200 {
         assert!(tokio::time::Instant::now() < deadline, "nothing applied before the outage");
