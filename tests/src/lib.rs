@@ -41,6 +41,13 @@ pub struct Bearer {
     actor: Option<String>,
 }
 
+impl Bearer {
+    /// Just this token, no actor.
+    pub fn token(token: &str) -> Self {
+        Self { token: token.to_owned(), actor: None }
+    }
+}
+
 impl Interceptor for Bearer {
     fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
         request.metadata_mut().insert("authorization", format!("Bearer {}", self.token).parse().expect("ascii token"));

@@ -2,6 +2,7 @@
 
 use std::sync::Arc;
 
+use tollgate_auth::BearerAuth;
 use tollgate_proto::metering::v1 as pb;
 use tonic::metadata::MetadataMap;
 use tonic::{Request, Response, Status};
@@ -22,15 +23,31 @@ fn actor(metadata: &MetadataMap) -> String {
         .to_owned()
 }
 
-/// `tollgate.metering.v1.MeteringService`; the admin token is checked by an interceptor.
+/// `tollgate.metering.v1.MeteringService`. Every RPC takes the admin token; usage reports
+/// also take the gateway's token when one is configured, so the gateway needs no admin power.
 #[derive(Clone)]
 pub struct MeteringGrpc {
     core: Arc<MeteringCore>,
+    admin: BearerAuth,
+    gateway: Option<BearerAuth>,
 }
 
 impl MeteringGrpc {
-    pub fn new(core: Arc<MeteringCore>) -> Self {
-        Self { core }
+    pub fn new(core: Arc<MeteringCore>, admin: BearerAuth, gateway: Option<BearerAuth>) -> Self {
+        Self { core, admin, gateway }
+    }
+
+    fn admin<T>(&self, request: &Request<T>) -> Result<(), Status> {
+        self.admin.check(request.metadata())
+    }
+
+    /// The admin token, or the gateway's.
+    fn reporter<T>(&self, request: &Request<T>) -> Result<(), Status> {
+        match (self.admin.check(request.metadata()), &self.gateway) {
+            (Ok(()), _) => Ok(()),
+            (Err(_), Some(gateway)) => gateway.check(request.metadata()),
+            (Err(status), None) => Err(status),
+        }
     }
 }
 
@@ -40,6 +57,7 @@ impl pb::metering_service_server::MeteringService for MeteringGrpc {
         &self,
         request: Request<pb::RecordUsageRequest>,
     ) -> Result<Response<pb::RecordUsageResponse>, Status> {
+        self.reporter(&request)?;
         let report = request.into_inner().report.ok_or_else(|| MeteringError::invalid("report", "is required"))?;
         self.core.record(vec![report], "report").await?;
         Ok(Response::new(pb::RecordUsageResponse {}))
@@ -49,6 +67,7 @@ impl pb::metering_service_server::MeteringService for MeteringGrpc {
         &self,
         request: Request<pb::BatchRecordUsageRequest>,
     ) -> Result<Response<pb::BatchRecordUsageResponse>, Status> {
+        self.reporter(&request)?;
         let accepted = self.core.record(request.into_inner().reports, "reports").await?;
         Ok(Response::new(pb::BatchRecordUsageResponse { accepted: accepted as i32 }))
     }
@@ -57,6 +76,7 @@ impl pb::metering_service_server::MeteringService for MeteringGrpc {
         &self,
         request: Request<pb::ListUsageRequest>,
     ) -> Result<Response<pb::ListUsageResponse>, Status> {
+        self.admin(&request)?;
         Ok(Response::new(self.core.list_usage(request.get_ref()).await?))
     }
 
@@ -64,6 +84,7 @@ impl pb::metering_service_server::MeteringService for MeteringGrpc {
         &self,
         request: Request<pb::GetUsageSummaryRequest>,
     ) -> Result<Response<pb::GetUsageSummaryResponse>, Status> {
+        self.admin(&request)?;
         Ok(Response::new(self.core.usage_summary(request.get_ref()).await?))
     }
 
@@ -71,6 +92,7 @@ impl pb::metering_service_server::MeteringService for MeteringGrpc {
         &self,
         request: Request<pb::AddCreditsRequest>,
     ) -> Result<Response<pb::AddCreditsResponse>, Status> {
+        self.admin(&request)?;
         let actor = actor(request.metadata());
         let balance = self.core.add_credits(request.into_inner(), &actor).await?;
         Ok(Response::new(pb::AddCreditsResponse { balance: Some(balance) }))
@@ -80,6 +102,7 @@ impl pb::metering_service_server::MeteringService for MeteringGrpc {
         &self,
         request: Request<pb::GetAccountBalanceRequest>,
     ) -> Result<Response<pb::GetAccountBalanceResponse>, Status> {
+        self.admin(&request)?;
         let balance = self.core.account_balance(&request.get_ref().account).await?;
         Ok(Response::new(pb::GetAccountBalanceResponse { balance: Some(balance) }))
     }
@@ -88,6 +111,7 @@ impl pb::metering_service_server::MeteringService for MeteringGrpc {
         &self,
         request: Request<pb::ListDeadLettersRequest>,
     ) -> Result<Response<pb::ListDeadLettersResponse>, Status> {
+        self.admin(&request)?;
         Ok(Response::new(self.core.dead_letters(request.get_ref()).await?))
     }
 
@@ -95,6 +119,7 @@ impl pb::metering_service_server::MeteringService for MeteringGrpc {
         &self,
         request: Request<pb::ReplayDeadLettersRequest>,
     ) -> Result<Response<pb::ReplayDeadLettersResponse>, Status> {
+        self.admin(&request)?;
         let replayed = self.core.replay(&request.get_ref().ids).await?;
         Ok(Response::new(pb::ReplayDeadLettersResponse { replayed: replayed as i32 }))
     }

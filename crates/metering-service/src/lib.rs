@@ -59,6 +59,9 @@ pub struct MeteringConfig {
     pub clock: Arc<dyn Clock>,
     pub pepper: KeyPepper,
     pub admin_token: String,
+    /// When set, usage reports may also come with this bearer token (the gateway's), which
+    /// allows nothing else.
+    pub gateway_token: Option<String>,
     pub workers: WorkerSettings,
 }
 
@@ -66,6 +69,7 @@ pub struct MeteringConfig {
 pub struct MeteringServer {
     core: Arc<MeteringCore>,
     admin: BearerAuth,
+    gateway: Option<BearerAuth>,
 }
 
 impl MeteringServer {
@@ -88,15 +92,21 @@ impl MeteringServer {
             workers: config.workers,
             stats: WorkerStats::default(),
         });
-        Self { core, admin: BearerAuth::new(&config.admin_token) }
+        Self {
+            core,
+            admin: BearerAuth::new(&config.admin_token),
+            gateway: config.gateway_token.as_deref().map(BearerAuth::new),
+        }
     }
 
-    /// Adds `MeteringService` (admin token) and `KeyHolderService` (the key itself).
+    /// Adds `MeteringService` (admin token; the gateway token for usage reports) and
+    /// `KeyHolderService` (the key itself).
     pub fn add_services(&self, routes: &mut RoutesBuilder) {
-        routes.add_service(pb::metering_service_server::MeteringServiceServer::with_interceptor(
-            MeteringGrpc::new(self.core.clone()),
+        routes.add_service(pb::metering_service_server::MeteringServiceServer::new(MeteringGrpc::new(
+            self.core.clone(),
             self.admin.clone(),
-        ));
+            self.gateway.clone(),
+        )));
         routes.add_service(pb::key_holder_service_server::KeyHolderServiceServer::new(KeyHolderGrpc::new(
             self.core.clone(),
         )));

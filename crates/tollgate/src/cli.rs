@@ -174,8 +174,8 @@ pub struct KeysArgs {
 
 #[derive(Debug, Args)]
 pub struct AuthzArgs {
-    /// Bearer token the gateway must send with Authorize; unset leaves Authorize open to
-    /// whoever can reach it.
+    /// Bearer token the gateway must send with Authorize, and may send with usage reports
+    /// instead of the admin token; unset leaves Authorize open to whoever can reach it.
     #[arg(long, env = "TOLLGATE_GATEWAY_TOKEN", hide_env_values = true)]
     pub gateway_token: Option<String>,
     /// IANA time zone of daily and monthly budgets (the same for authz and metering).

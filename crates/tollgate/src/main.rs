@@ -156,6 +156,7 @@ fn metering_settings(args: &MeteringArgs, authz: &AuthzArgs) -> MeteringSettings
         claim_idle: args.claim_idle,
         max_deliveries: args.max_deliveries,
         time_zone: authz.time_zone.clone(),
+        gateway_token: authz.gateway_token.clone(),
     }
 }
 

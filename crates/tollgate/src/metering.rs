@@ -33,6 +33,8 @@ pub struct MeteringSettings {
     pub max_deliveries: u32,
     /// IANA zone of the day and month windows (the same as authz's).
     pub time_zone: String,
+    /// When set, usage reports may come with this bearer token instead of the admin token.
+    pub gateway_token: Option<String>,
 }
 
 impl Default for MeteringSettings {
@@ -43,6 +45,7 @@ impl Default for MeteringSettings {
             claim_idle: Duration::from_secs(30),
             max_deliveries: 5,
             time_zone: "UTC".into(),
+            gateway_token: None,
         }
     }
 }
@@ -125,6 +128,7 @@ pub(crate) fn add(
         clock,
         pepper: KeyPepper::new(secrets.key_pepper.as_bytes().to_vec()).context("TOLLGATE_KEY_PEPPER")?,
         admin_token: secrets.admin_token.clone(),
+        gateway_token: settings.gateway_token.clone(),
         workers: WorkerSettings {
             batch_size: settings.batch_size.clamp(1, 1000),
             max_deliveries: settings.max_deliveries.max(1),

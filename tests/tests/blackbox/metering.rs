@@ -575,3 +575,73 @@ async fn bad_input_names_the_field(h: &Harness, clock: &ManualClock) {
     let anonymous = metering::metering_service_client::MeteringServiceClient::new(h.metering_channel());
     assert_code(anonymous.clone().list_usage(list(&w.account, 0, "")).await, Code::Unauthenticated);
 }
+
+/// With a gateway token configured, the gateway reports usage with it, and it opens nothing
+/// else.
+async fn the_gateway_token_reports_usage_and_nothing_else(h: &Harness) {
+    let w = world(h, "gateway").await;
+    let (key, _) = create_key(h, &w, pb::Key { quota: Some(1_000), ..w.key("Reported") }).await;
+    let gateway = tollgate_tests::Bearer::token(GATEWAY_TOKEN);
+    let mut client =
+        metering::metering_service_client::MeteringServiceClient::with_interceptor(h.metering_channel(), gateway);
+    let now = tollgate_core::time::now_micros();
+    let at = |report| {
+        merge(
+            report,
+            metering::UsageReport {
+                start_time: Some(timestamp(now)),
+                end_time: Some(timestamp(now)),
+                ..Default::default()
+            },
+        )
+    };
+    let first = at(report(&w, &key, "g-1", 2, 0, 0));
+    client.record_usage(metering::RecordUsageRequest { report: Some(first.clone()) }).await.expect("reported");
+    client
+        .batch_record_usage(metering::BatchRecordUsageRequest { reports: vec![first] })
+        .await
+        .expect("reported in a batch");
+    applied(h, &w, 1).await;
+    let list = metering::ListUsageRequest { parent: w.account.clone(), ..Default::default() };
+    assert_code(client.list_usage(list).await, Code::Unauthenticated);
+    let credits = metering::AddCreditsRequest {
+        account: w.account.clone(),
+        credits: 5,
+        reason: "no".into(),
+        request_id: "g".into(),
+    };
+    assert_code(client.add_credits(credits).await, Code::Unauthenticated);
+    let wrong = tollgate_tests::Bearer::token("not-the-gateway-token");
+    let mut stranger =
+        metering::metering_service_client::MeteringServiceClient::with_interceptor(h.metering_channel(), wrong);
+    let report = report(&w, &key, "g-2", 1, 0, 0);
+    assert_code(
+        stranger.record_usage(metering::RecordUsageRequest { report: Some(report) }).await,
+        Code::Unauthenticated,
+    );
+}
+
+const GATEWAY_TOKEN: &str = "gateway-token-for-usage-reports";
+
+fn gateway_options() -> tollgate_tests::Options {
+    tollgate_tests::Options {
+        authz: tollgate::AuthzSettings { gateway_token: Some(GATEWAY_TOKEN.into()), ..Default::default() },
+        metering: tollgate::MeteringSettings { gateway_token: Some(GATEWAY_TOKEN.into()), ..Default::default() },
+        ..Default::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_gateway_token_reports_usage_and_nothing_else_embedded() {
+    let h = Harness::embedded(gateway_options()).await;
+    the_gateway_token_reports_usage_and_nothing_else(&h).await;
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_gateway_token_reports_usage_and_nothing_else_production() {
+    if let Some(h) = Harness::production(gateway_options()).await {
+        the_gateway_token_reports_usage_and_nothing_else(&h).await;
+        h.stop().await;
+    }
+}
