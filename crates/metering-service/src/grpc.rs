@@ -107,6 +107,14 @@ impl pb::metering_service_server::MeteringService for MeteringGrpc {
         Ok(Response::new(pb::GetAccountBalanceResponse { balance: Some(balance) }))
     }
 
+    async fn list_credit_grants(
+        &self,
+        request: Request<pb::ListCreditGrantsRequest>,
+    ) -> Result<Response<pb::ListCreditGrantsResponse>, Status> {
+        self.admin(&request)?;
+        Ok(Response::new(self.core.credit_grants(request.get_ref()).await?))
+    }
+
     async fn list_dead_letters(
         &self,
         request: Request<pb::ListDeadLettersRequest>,

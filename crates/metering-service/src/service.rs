@@ -108,6 +108,49 @@ impl MeteringCore {
         Ok(Self::balance_proto(account_id, balance, credit_limit))
     }
 
+    /// One page of an account's credit grants, newest first.
+    pub async fn credit_grants(
+        &self,
+        request: &pb::ListCreditGrantsRequest,
+    ) -> MeteringResult<pb::ListCreditGrantsResponse> {
+        let mut v = Violations::new();
+        let account_id = names::parse_account(&request.account);
+        v.check(account_id.is_some(), "account", "must be accounts/{account}");
+        let limit = page_token::page_size(request.page_size);
+        v.check(limit.is_some(), "page_size", "must be 0 to 1000");
+        let after = page_token::decode("creditGrants", &request.page_token).and_then(|key| match key {
+            None => Some(None),
+            Some(key) => {
+                let (time, request_id) = key.split_once('/')?;
+                Some(Some((time.parse().ok()?, request_id.to_owned())))
+            }
+        });
+        v.check(after.is_some(), "page_token", "is not a token of this list");
+        v.into_result()?;
+        let account_id = account_id.expect("checked");
+        self.credit_limit(account_id).await?;
+        let (grants, more) =
+            self.store.list_credit_grants(account_id, after.expect("checked"), limit.expect("checked")).await?;
+        let next_page_token = match (more, grants.last()) {
+            (true, Some(last)) => page_token::encode("creditGrants", &format!("{}/{}", last.time, last.request_id)),
+            _ => String::new(),
+        };
+        Ok(pb::ListCreditGrantsResponse {
+            grants: grants
+                .into_iter()
+                .map(|g| pb::CreditGrant {
+                    account: names::account(&g.account_id),
+                    request_id: g.request_id,
+                    credits: g.credits,
+                    reason: g.reason,
+                    actor: g.actor,
+                    time: Some(timestamp(g.time)),
+                })
+                .collect(),
+            next_page_token,
+        })
+    }
+
     /// One page of dead letters, oldest first.
     pub async fn dead_letters(
         &self,

@@ -153,12 +153,18 @@ async fn credit_grants_apply_once(store: SqlMeteringStore) {
     let (applied, balance) = store.add_credits(&grant).await.unwrap();
     assert!(!applied, "a retry adds nothing");
     assert_eq!(balance.balance(), 100);
-    let take = CreditGrant { request_id: "g2".into(), credits: -30, ..grant.clone() };
+    let take = CreditGrant { request_id: "g2".into(), credits: -30, time: T0 + 1, ..grant.clone() };
     assert_eq!(store.add_credits(&take).await.unwrap().1.balance(), 70);
     store.apply_usage(&[entry("a", "k1", "r1", 20, T0)], T0).await.unwrap();
     let balance = store.balance("a").await.unwrap();
     assert_eq!((balance.credits_added, balance.credits_spent, balance.balance()), (70, 20, 50));
     assert_eq!(store.balance("unknown").await.unwrap().balance(), 0);
+    let (page, more) = store.list_credit_grants("a", None, 1).await.unwrap();
+    assert_eq!((page[0].request_id.as_str(), page[0].credits, more), ("g2", -30, true));
+    let after = Some((page[0].time, page[0].request_id.clone()));
+    let (rest, more) = store.list_credit_grants("a", after, 10).await.unwrap();
+    assert_eq!((rest.len(), rest[0].request_id.as_str(), rest[0].actor.as_str(), more), (1, "g1", "ops", false));
+    assert!(store.list_credit_grants("b", None, 10).await.unwrap().0.is_empty());
 }
 
 async fn usage_lists_newest_first_with_filters_and_cursors(store: SqlMeteringStore) {

@@ -248,7 +248,7 @@ async fn used_up_quota_denies_and_lists_the_key_exhausted(h: &Harness, _clock: &
     assert_eq!(get_key(h, &key).await.status(), pb::KeyStatus::Enabled);
 }
 
-async fn a_prepaid_account_at_zero_denies_its_unlimited_keys(h: &Harness, _clock: &ManualClock) {
+async fn a_prepaid_account_at_zero_denies_its_unlimited_keys(h: &Harness, clock: &ManualClock) {
     let w = world(h, "prepaid").await;
     let (key, secret) = create_key(h, &w, w.key("Unlimited")).await;
     let denied = authorize(h, call(&w, &secret, "p-1")).await;
@@ -266,7 +266,17 @@ async fn a_prepaid_account_at_zero_denies_its_unlimited_keys(h: &Harness, _clock
     let denied = authorize(h, call(&w, &secret, "p-3")).await;
     assert_eq!(denied.reason(), authz::DenyReason::AccountBalanceExhausted, "{denied:?}");
     // Taking credits back is a negative grant.
+    clock.advance(1_000_000);
     assert_eq!(add_credits(h, &w, -10, "clawback-1").await.balance, -60);
+    // Every grant is on record once, with its actor, newest first.
+    let grants =
+        |page_token: String| metering::ListCreditGrantsRequest { account: w.account.clone(), page_size: 1, page_token };
+    let first = h.metering().list_credit_grants(grants(String::new())).await.unwrap().into_inner();
+    let second = h.metering().list_credit_grants(grants(first.next_page_token.clone())).await.unwrap().into_inner();
+    let listed: Vec<(String, i64, String)> =
+        first.grants.iter().chain(&second.grants).map(|g| (g.request_id.clone(), g.credits, g.actor.clone())).collect();
+    assert_eq!(listed, [("clawback-1".into(), -10, "test-suite".into()), ("topup-1".into(), 100, "test-suite".into())]);
+    assert!(second.next_page_token.is_empty());
 }
 
 async fn holds_are_settled_by_usage_and_expire_without_it(h: &Harness, clock: &ManualClock) {
@@ -536,6 +546,9 @@ async fn bad_input_names_the_field(h: &Harness, clock: &ManualClock) {
     let status = assert_code(m.clone().add_credits(credits("acme", 0, "", "")).await, Code::InvalidArgument);
     assert_eq!(violated_fields(&status), ["account", "credits", "reason", "request_id"]);
     assert_code(m.clone().add_credits(credits("accounts/nobody", 5, "gift", "g-1")).await, Code::NotFound);
+    let grants = metering::ListCreditGrantsRequest { account: "acme".into(), page_size: 5000, page_token: "x".into() };
+    let status = assert_code(m.clone().list_credit_grants(grants).await, Code::InvalidArgument);
+    assert_eq!(violated_fields(&status), ["account", "page_size", "page_token"]);
     assert_code(
         m.clone().get_account_balance(metering::GetAccountBalanceRequest { account: "accounts/nobody".into() }).await,
         Code::NotFound,

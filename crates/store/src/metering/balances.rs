@@ -5,6 +5,8 @@ use std::collections::BTreeMap;
 use sqlx::{Any, Executor, Row};
 
 use super::{Balance, CreditGrant};
+use tollgate_core::time::Micros;
+
 use crate::db::Database;
 use crate::error::StoreResult;
 
@@ -65,4 +67,40 @@ pub(super) async fn all_balances(db: &Database) -> StoreResult<Vec<(String, Bala
         balances.entry(account_id).or_default().credits_spent = row.try_get("credits")?;
     }
     Ok(balances.into_iter().collect())
+}
+
+pub(super) async fn list_credit_grants(
+    db: &Database,
+    account_id: &str,
+    after: Option<(Micros, String)>,
+    limit: u32,
+) -> StoreResult<(Vec<CreditGrant>, bool)> {
+    // No cursor is a cursor past every row.
+    let (after_time, after_request) = after.unwrap_or((Micros::MAX, String::new()));
+    let rows = sqlx::query(
+        "SELECT account_id, request_id, credits, reason, actor, time FROM credit_grants WHERE account_id = $1 \
+         AND (time < $2 OR (time = $2 AND request_id < $3)) ORDER BY time DESC, request_id DESC LIMIT $4",
+    )
+    .bind(account_id)
+    .bind(after_time)
+    .bind(&after_request)
+    .bind(i64::from(limit) + 1)
+    .fetch_all(&db.pool)
+    .await?;
+    let mut grants = rows
+        .iter()
+        .map(|row| {
+            Ok(CreditGrant {
+                account_id: row.try_get("account_id")?,
+                request_id: row.try_get("request_id")?,
+                credits: row.try_get("credits")?,
+                reason: row.try_get("reason")?,
+                actor: row.try_get("actor")?,
+                time: row.try_get("time")?,
+            })
+        })
+        .collect::<StoreResult<Vec<_>>>()?;
+    let more = grants.len() > limit as usize;
+    grants.truncate(limit as usize);
+    Ok((grants, more))
 }

@@ -269,6 +269,15 @@ impl super::MeteringStore for SqlMeteringStore {
         super::balances::balance(&self.db.pool, account_id).await
     }
 
+    async fn list_credit_grants(
+        &self,
+        account_id: &str,
+        after: Option<(Micros, String)>,
+        limit: u32,
+    ) -> StoreResult<(Vec<super::CreditGrant>, bool)> {
+        super::balances::list_credit_grants(&self.db, account_id, after, limit).await
+    }
+
     async fn list_usage(
         &self,
         filter: &super::UsageFilter,

@@ -191,6 +191,14 @@ pub trait MeteringStore: Send + Sync {
     async fn add_credits(&self, grant: &CreditGrant) -> StoreResult<(bool, Balance)>;
     /// The account's balance (zeros for an account without money yet).
     async fn balance(&self, account_id: &str) -> StoreResult<Balance>;
+    /// The account's credit grants, newest first, after `after` (time, request id); at most
+    /// `limit`, plus whether more follow.
+    async fn list_credit_grants(
+        &self,
+        account_id: &str,
+        after: Option<(Micros, String)>,
+        limit: u32,
+    ) -> StoreResult<(Vec<CreditGrant>, bool)>;
     /// Ledger rows, newest first, after `after`; at most `limit`, plus whether more follow.
     async fn list_usage(
         &self,
