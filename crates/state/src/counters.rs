@@ -131,6 +131,16 @@ impl CounterKeys {
         Self { prefix: prefix.to_owned() }
     }
 
+    /// An account-level key (`held`, `holds`, `holdexp`, `bal`).
+    pub fn account_key(&self, account_id: &str, suffix: &str) -> String {
+        self.account(account_id, suffix)
+    }
+
+    /// The marker of a settled call.
+    pub fn settled(&self, account_id: &str, request_id: &str) -> String {
+        self.account(account_id, &format!("settled:{request_id}"))
+    }
+
     fn account(&self, account_id: &str, suffix: &str) -> String {
         format!("{}:{{{account_id}}}:{suffix}", self.prefix)
     }
@@ -162,14 +172,6 @@ impl CounterKeys {
     /// The marker of a credit grant applied to the balance.
     pub fn credited(&self, account_id: &str, grant_id: &str) -> String {
         self.account(account_id, &format!("credited:{grant_id}"))
-    }
-
-    /// The keys `settle.lua` takes, in its order.
-    pub fn for_settlement(&self, settlement: &Settlement<'_>) -> [String; 8] {
-        let [counters, day, month, held, holds, holdexp, balance] =
-            self.for_call(settlement.account_id, settlement.key_id, settlement.windows);
-        let marker = self.account(settlement.account_id, &format!("settled:{}", settlement.request_id));
-        [counters, day, month, held, holds, holdexp, balance, marker]
     }
 
     /// The keys `authorize.lua` takes, in its order.

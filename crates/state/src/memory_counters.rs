@@ -50,6 +50,22 @@ impl AccountCounters {
     }
 }
 
+/// Spend in `window` when the kept window (`YYYYMMDD` or `YYYYMM`) is that one.
+fn spend_in(kept: &(String, i64), window: &str) -> i64 {
+    if kept.0 == window { kept.1 } else { 0 }
+}
+
+/// Adds spend to `window`: a newer window replaces the kept one, an older one (a late call)
+/// is past and adds nothing here.
+fn add_in(kept: &mut (String, i64), window: &str, cost: i64) {
+    if window > kept.0.as_str() {
+        *kept = (window.to_owned(), 0);
+    }
+    if window == kept.0 {
+        kept.1 += cost;
+    }
+}
+
 /// Counters of every account, in memory.
 #[derive(Debug, Default)]
 pub struct MemoryCounters {
@@ -72,16 +88,12 @@ impl MemoryCounters {
         let key_held = account.held_by_key.get(call.key_id).copied().unwrap_or(0);
         let (balance, held_total) = (account.balance, account.held_total);
         let key = account.keys.entry(call.key_id.to_owned()).or_default();
-        if key.day.0 != call.windows.day {
-            key.day = (call.windows.day.clone(), 0);
-        }
-        if key.month.0 != call.windows.month {
-            key.month = (call.windows.month.clone(), 0);
-        }
+        let (day_spent, month_spent) =
+            (spend_in(&key.day, &call.windows.day), spend_in(&key.month, &call.windows.month));
         let state = CounterState {
             used: key.used,
-            day_spent: key.day.1,
-            month_spent: key.month.1,
+            day_spent,
+            month_spent,
             key_held,
             balance,
             account_held: held_total,
@@ -135,14 +147,8 @@ impl Counters for MemoryCounters {
         let key = account.keys.entry(settlement.key_id.to_owned()).or_default();
         key.used += cost;
         let windows = settlement.windows;
-        if key.day.0 != windows.day {
-            key.day = (windows.day.clone(), 0);
-        }
-        if key.month.0 != windows.month {
-            key.month = (windows.month.clone(), 0);
-        }
-        key.day.1 += cost;
-        key.month.1 += cost;
+        add_in(&mut key.day, &windows.day, cost);
+        add_in(&mut key.month, &windows.month, cost);
         Ok(true)
     }
 
@@ -175,8 +181,8 @@ impl Counters for MemoryCounters {
             .map(|key_id| match account.and_then(|a| a.keys.get(key_id)) {
                 Some(key) => KeySpend {
                     used: key.used,
-                    day: if key.day.0 == windows.day { key.day.1 } else { 0 },
-                    month: if key.month.0 == windows.month { key.month.1 } else { 0 },
+                    day: spend_in(&key.day, &windows.day),
+                    month: spend_in(&key.month, &windows.month),
                 },
                 None => KeySpend::default(),
             })

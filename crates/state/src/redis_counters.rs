@@ -72,18 +72,66 @@ impl RedisCounters {
         parse(&reply, call)
     }
 
-    fn settle_invocation<'s>(&'s self, settlement: &Settlement<'_>) -> redis::ScriptInvocation<'s> {
-        let mut invocation = self.settle_script.prepare_invoke();
-        for key in self.keys.for_settlement(settlement) {
-            invocation.key(key);
+    /// One `settle.lua` call per account and window pair of `settlements`, each with the
+    /// indexes (into `settlements`) of the calls it settles.
+    fn settle_invocations<'s>(
+        &'s self,
+        settlements: &[Settlement<'_>],
+    ) -> Vec<(redis::ScriptInvocation<'s>, Vec<usize>)> {
+        // (account, day, month) and the indexes of its calls.
+        type Group<'a> = ((&'a str, &'a str, &'a str), Vec<usize>);
+        let mut groups: Vec<Group<'_>> = Vec::new();
+        for (i, s) in settlements.iter().enumerate() {
+            let group = (s.account_id, s.windows.day.as_str(), s.windows.month.as_str());
+            match groups.iter_mut().find(|(g, _)| *g == group) {
+                Some((_, members)) => members.push(i),
+                None => groups.push((group, vec![i])),
+            }
         }
-        invocation
-            .arg(settlement.request_id)
-            .arg(settlement.cost)
-            .arg(settlement.windows.day_end / 1000)
-            .arg(settlement.windows.month_end / 1000)
-            .arg(SETTLED_MEMORY_MS);
-        invocation
+        groups
+            .into_iter()
+            .map(|((account_id, _, _), members)| {
+                let first = &settlements[members[0]];
+                let mut key_ids: Vec<&str> = Vec::new();
+                let mut invocation = self.settle_script.prepare_invoke();
+                invocation
+                    .key(self.keys.account_key(account_id, "held"))
+                    .key(self.keys.account_key(account_id, "holds"))
+                    .key(self.keys.account_key(account_id, "holdexp"))
+                    .key(self.keys.balance(account_id));
+                for &i in &members {
+                    invocation.key(self.keys.settled(account_id, settlements[i].request_id));
+                }
+                let mut calls = Vec::with_capacity(members.len());
+                for &i in &members {
+                    let key_id = settlements[i].key_id;
+                    let index = match key_ids.iter().position(|k| *k == key_id) {
+                        Some(index) => index,
+                        None => {
+                            key_ids.push(key_id);
+                            key_ids.len() - 1
+                        }
+                    };
+                    calls.push((i, index + 1));
+                }
+                for key_id in &key_ids {
+                    invocation
+                        .key(self.keys.key_counters(account_id, key_id))
+                        .key(self.keys.key_day(account_id, key_id, &first.windows.day))
+                        .key(self.keys.key_month(account_id, key_id, &first.windows.month));
+                }
+                invocation
+                    .arg(members.len())
+                    .arg(key_ids.len())
+                    .arg(first.windows.day_end / 1000)
+                    .arg(first.windows.month_end / 1000)
+                    .arg(SETTLED_MEMORY_MS);
+                for (i, index) in calls {
+                    invocation.arg(settlements[i].request_id).arg(settlements[i].cost).arg(index);
+                }
+                (invocation, members)
+            })
+            .collect()
     }
 
     async fn bounded<T>(&self, op: impl Future<Output = redis::RedisResult<T>>) -> Result<T, StateError> {
@@ -143,36 +191,42 @@ impl Counters for RedisCounters {
     }
 
     async fn settle(&self, settlement: &Settlement<'_>) -> Result<bool, StateError> {
-        let mut conn = self.conn.clone();
-        let applied: i64 = self.bounded(self.settle_invocation(settlement).invoke_async(&mut conn)).await?;
-        Ok(applied == 1)
+        let applied = self.settle_batch(std::slice::from_ref(settlement)).await?;
+        Ok(applied.first().copied().unwrap_or(false))
     }
 
     async fn settle_batch(&self, settlements: &[Settlement<'_>]) -> Result<Vec<bool>, StateError> {
         if settlements.is_empty() {
             return Ok(Vec::new());
         }
-        // One pipeline of EVALSHAs: one round trip for the whole batch. Each script touches
-        // one account's hash slot, so the pipeline works on Redis Cluster too.
+        // One script call per account in one pipeline: one round trip for the whole batch.
+        // Each call touches one account's hash slot, so the pipeline works on Redis Cluster.
+        let invocations = self.settle_invocations(settlements);
         let mut pipe = redis::pipe();
-        for settlement in settlements {
-            pipe.invoke_script(&self.settle_invocation(settlement));
+        for (invocation, _) in &invocations {
+            pipe.invoke_script(invocation);
         }
         let mut conn = self.conn.clone();
-        let first = tokio::time::timeout(self.op_timeout, pipe.query_async::<Vec<i64>>(&mut conn))
+        let first = tokio::time::timeout(self.op_timeout, pipe.query_async::<Vec<String>>(&mut conn))
             .await
             .map_err(|_| StateError::Timeout)?;
-        let applied = match first {
-            Ok(applied) => applied,
+        let replies = match first {
+            Ok(replies) => replies,
             // After a Redis restart the script cache is empty: load it once and resend (the
             // settled markers make the resend harmless).
             Err(error) if error.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
                 self.bounded(self.settle_script.prepare_invoke().load_async(&mut conn)).await?;
-                self.bounded(pipe.query_async::<Vec<i64>>(&mut conn)).await?
+                self.bounded(pipe.query_async::<Vec<String>>(&mut conn)).await?
             }
             Err(error) => return Err(StateError::Unavailable(error.to_string())),
         };
-        Ok(applied.into_iter().map(|a| a == 1).collect())
+        let mut applied = vec![false; settlements.len()];
+        for ((_, members), reply) in invocations.iter().zip(&replies) {
+            for (member, flag) in members.iter().zip(reply.bytes()) {
+                applied[*member] = flag == b'1';
+            }
+        }
+        Ok(applied)
     }
 
     async fn credit_once(&self, account_id: &str, grant_id: &str, credits: i64) -> Result<bool, StateError> {

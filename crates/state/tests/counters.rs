@@ -53,6 +53,7 @@ conformance!(
     a_retried_request_replaces_its_hold,
     account_balance_bounds_keys_without_quota,
     settlement_moves_holds_to_spend_once,
+    a_batch_settles_each_call_once_across_keys_accounts_and_days,
     budgets_start_over_in_a_new_window,
     peek_takes_nothing,
 );
@@ -266,6 +267,46 @@ async fn settlement_moves_holds_to_spend_once(counters: Arc<dyn Counters>) {
     let floor = CounterLimits { account_floor: Some(0), ..Default::default() };
     let balance = counters.peek(&Call { limits: floor, ..call(CounterLimits::default()) }.as_call()).await.unwrap();
     assert_eq!(balance.account_remaining, Some(880), "the cost left the balance");
+}
+
+async fn a_batch_settles_each_call_once_across_keys_accounts_and_days(counters: Arc<dyn Counters>) {
+    let limits = CounterLimits { quota: Some(1_000), daily: Some(1_000), account_floor: None, ..Default::default() };
+    let mut c = call(limits);
+    c.cost = 100;
+    for (key, request) in [("k1", "h1"), ("k2", "h2")] {
+        c.key = key;
+        c.request_id = request.into();
+        assert_eq!(counters.authorize(&c.as_call()).await.unwrap().hold, 100);
+    }
+    let today = c.windows.clone();
+    let yesterday = windows(c.now - 86_400_000.0);
+    let settle =
+        |account_id, key_id, request_id, cost, windows| Settlement { account_id, key_id, request_id, cost, windows };
+    let batch = [
+        settle("acme", "k1", "h1", 10, &today),
+        settle("acme", "k2", "h2", 20, &today),
+        settle("acme", "k1", "r3", 5, &today),
+        settle("acme", "k1", "h1", 10, &today), // the same call twice in one batch
+        settle("acme", "k1", "late", 7, &yesterday),
+        settle("other", "k1", "h1", 30, &today), // another account's call of the same id
+    ];
+    let applied = counters.settle_batch(&batch).await.unwrap();
+    assert_eq!(applied, [true, true, true, false, true, true]);
+    assert_eq!(counters.settle_batch(&batch).await.unwrap(), [false; 6], "a repeated batch changes nothing");
+    let spend = counters.key_spend("acme", &["k1".into(), "k2".into()], &today).await.unwrap();
+    let got: Vec<(i64, i64, i64)> = spend.iter().map(|s| (s.used, s.day, s.month)).collect();
+    let late_month = if yesterday.month == today.month { 7 } else { 0 };
+    assert_eq!(got, [(22, 15, 15 + late_month), (20, 20, 20)], "spend once per call, in its own day");
+    c.key = "k1";
+    c.request_id = "peek".into();
+    let after = counters.peek(&c.as_call()).await.unwrap();
+    assert_eq!((after.quota_remaining, after.daily_remaining), (Some(978), Some(985)), "both holds released");
+    let other = counters.key_spend("other", &["k1".into()], &today).await.unwrap();
+    assert_eq!(other[0].used, 30);
+    counters.adjust_balance("acme", 100).await.unwrap();
+    let floor = CounterLimits { account_floor: Some(0), ..Default::default() };
+    let balance = counters.peek(&Call { limits: floor, ..call(CounterLimits::default()) }.as_call()).await.unwrap();
+    assert_eq!(balance.account_remaining, Some(100 - 42), "the batch's sum left the balance");
 }
 
 async fn budgets_start_over_in_a_new_window(counters: Arc<dyn Counters>) {
