@@ -32,6 +32,9 @@ pub struct RedisUsageQueue {
     dead: String,
     claim_idle: Duration,
     op_timeout: Duration,
+    /// When this process last looked for entries to take over. XAUTOCLAIM walks the pending
+    /// entries list, so it runs a few times per claim time, not on every receive.
+    last_claim: std::sync::Arc<std::sync::Mutex<Option<std::time::Instant>>>,
 }
 
 impl std::fmt::Debug for RedisUsageQueue {
@@ -62,6 +65,7 @@ impl RedisUsageQueue {
             dead: format!("{}:{{usage}}:dead", state.prefix()),
             claim_idle,
             op_timeout,
+            last_claim: Default::default(),
         };
         queue.ensure_group().await?;
         Ok(queue)
@@ -80,6 +84,17 @@ impl RedisUsageQueue {
 
     async fn bounded<T>(&self, op: impl Future<Output = T>) -> Result<T, StateError> {
         tokio::time::timeout(self.op_timeout, op).await.map_err(|_| StateError::Timeout)
+    }
+
+    /// Whether it is time to look for entries to take over (a quarter of the claim time since
+    /// the last look), and if so, notes the look.
+    fn claim_due(&self) -> bool {
+        let mut last = self.last_claim.lock().expect("claim clock");
+        let due = last.is_none_or(|at| at.elapsed() >= self.claim_idle / 4);
+        if due {
+            *last = Some(std::time::Instant::now());
+        }
+        due
     }
 
     /// Entries idle past the claim time, taken over by `consumer`, with delivery counts.
@@ -138,9 +153,13 @@ impl UsageQueue for RedisUsageQueue {
     }
 
     async fn receive(&self, consumer: &str, max: usize, wait: Duration) -> Result<Vec<QueuedReport>, StateError> {
-        let reclaimed = self.reclaim(consumer, max).await?;
-        if !reclaimed.is_empty() {
-            return Ok(reclaimed);
+        if self.claim_due() {
+            let reclaimed = self.reclaim(consumer, max).await?;
+            if !reclaimed.is_empty() {
+                // There may be more: look again on the next receive.
+                *self.last_claim.lock().expect("claim clock") = None;
+                return Ok(reclaimed);
+            }
         }
         let options =
             StreamReadOptions::default().group(GROUP, consumer).count(max).block(wait.as_millis().max(1) as usize);
