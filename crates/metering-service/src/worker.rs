@@ -2,9 +2,10 @@
 //! database transaction, bring the counters authz reads up to date, then acknowledge.
 //!
 //! Exactly once: the ledger skips a request id the account already has, and the counters
-//! remember every settled request id, so a batch applied twice (a worker died after the
-//! commit, before the acknowledgement) changes nothing the second time. Acknowledging only
-//! after both makes every accepted report applied at least once.
+//! remember each settled request id for longer than a redelivery can take, so a batch applied
+//! twice (a worker died after the commit, before the acknowledgement) changes nothing the
+//! second time. Acknowledging only after both makes every accepted report applied at least
+//! once.
 
 use std::collections::HashSet;
 use std::sync::Arc;

@@ -7,9 +7,7 @@
 //!
 //! | key | type | meaning |
 //! |---|---|---|
-//! | `P:{A}:k:K` | hash | key K's lifetime spend (`used`), GCRA arrival times (`rpm`, `tpm`, ms) |
-//! | `P:{A}:k:K:d:YYYYMMDD` | int | K's spend that day |
-//! | `P:{A}:k:K:m:YYYYMM` | int | K's spend that month |
+//! | `P:{A}:k:K` | hash | key K's lifetime spend (`used`), GCRA arrival times (`rpm`, `tpm`, ms), the day and month of its latest spend (`d` = YYYYMMDD, `m` = YYYYMM) and its spend in them (`ds`, `ms`) |
 //! | `P:{A}:held` | hash | credits held per key id, `*` for the account |
 //! | `P:{A}:holds` | hash | request id → `key id|credits` |
 //! | `P:{A}:holdexp` | zset | request id by hold expiry (ms) |
@@ -145,10 +143,6 @@ impl CounterKeys {
         format!("{}:{{{account_id}}}:{suffix}", self.prefix)
     }
 
-    fn key(&self, account_id: &str, key_id: &str, suffix: &str) -> String {
-        format!("{}:{{{account_id}}}:k:{key_id}:{suffix}", self.prefix)
-    }
-
     /// The account balance.
     pub fn balance(&self, account_id: &str) -> String {
         self.account(account_id, "bal")
@@ -159,27 +153,15 @@ impl CounterKeys {
         format!("{}:{{{account_id}}}:k:{key_id}", self.prefix)
     }
 
-    /// A key's spend in a day (`YYYYMMDD`) window.
-    pub fn key_day(&self, account_id: &str, key_id: &str, day: &str) -> String {
-        self.key(account_id, key_id, &format!("d:{day}"))
-    }
-
-    /// A key's spend in a month (`YYYYMM`) window.
-    pub fn key_month(&self, account_id: &str, key_id: &str, month: &str) -> String {
-        self.key(account_id, key_id, &format!("m:{month}"))
-    }
-
     /// The marker of a credit grant applied to the balance.
     pub fn credited(&self, account_id: &str, grant_id: &str) -> String {
         self.account(account_id, &format!("credited:{grant_id}"))
     }
 
     /// The keys `authorize.lua` takes, in its order.
-    pub fn for_call(&self, account_id: &str, key_id: &str, windows: &Windows) -> [String; 7] {
+    pub fn for_call(&self, account_id: &str, key_id: &str) -> [String; 5] {
         [
             self.key_counters(account_id, key_id),
-            self.key_day(account_id, key_id, &windows.day),
-            self.key_month(account_id, key_id, &windows.month),
             self.account(account_id, "held"),
             self.account(account_id, "holds"),
             self.account(account_id, "holdexp"),
@@ -194,9 +176,7 @@ mod tests {
 
     #[test]
     fn every_key_of_a_call_shares_the_account_hash_tag() {
-        let windows =
-            Windows { day: "20261122".into(), day_start: 0, day_end: 0, month: "202611".into(), month_end: 0 };
-        for key in CounterKeys::new("tg").for_call("acme", "k1", &windows) {
+        for key in CounterKeys::new("tg").for_call("acme", "k1") {
             assert!(key.starts_with("tg:{acme}:"), "{key}");
         }
     }

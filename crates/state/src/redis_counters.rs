@@ -50,7 +50,7 @@ impl RedisCounters {
         let limits = &call.request.limits;
         let opt = |value: Option<i64>| value.map(|v| v.to_string()).unwrap_or_default();
         let mut invocation = self.script.prepare_invoke();
-        for key in self.keys.for_call(call.account_id, call.key_id, call.windows) {
+        for key in self.keys.for_call(call.account_id, call.key_id) {
             invocation.key(key);
         }
         invocation
@@ -66,7 +66,9 @@ impl RedisCounters {
             .arg(opt(limits.tpm))
             .arg(call.request.tokens)
             .arg(call.request.cost)
-            .arg(call.hold_ttl_ms);
+            .arg(call.hold_ttl_ms)
+            .arg(&call.windows.day)
+            .arg(&call.windows.month);
         let mut conn = self.conn.clone();
         let reply: Vec<String> = self.bounded(invocation.invoke_async(&mut conn)).await?;
         parse(&reply, call)
@@ -115,16 +117,13 @@ impl RedisCounters {
                     calls.push((i, index + 1));
                 }
                 for key_id in &key_ids {
-                    invocation
-                        .key(self.keys.key_counters(account_id, key_id))
-                        .key(self.keys.key_day(account_id, key_id, &first.windows.day))
-                        .key(self.keys.key_month(account_id, key_id, &first.windows.month));
+                    invocation.key(self.keys.key_counters(account_id, key_id));
                 }
                 invocation
                     .arg(members.len())
                     .arg(key_ids.len())
-                    .arg(first.windows.day_end / 1000)
-                    .arg(first.windows.month_end / 1000)
+                    .arg(&first.windows.day)
+                    .arg(&first.windows.month)
                     .arg(SETTLED_MEMORY_MS);
                 for (i, index) in calls {
                     invocation.arg(settlements[i].request_id).arg(settlements[i].cost).arg(index);
@@ -252,38 +251,39 @@ impl Counters for RedisCounters {
         }
         let mut pipe = redis::pipe();
         for key_id in key_ids {
-            pipe.hget(self.keys.key_counters(account_id, key_id), "used")
-                .get(self.keys.key_day(account_id, key_id, &windows.day))
-                .get(self.keys.key_month(account_id, key_id, &windows.month));
+            pipe.cmd("HMGET").arg(self.keys.key_counters(account_id, key_id)).arg(&["used", "d", "ds", "m", "ms"]);
         }
         let mut conn = self.conn.clone();
-        let values: Vec<Option<i64>> = self.bounded(pipe.query_async(&mut conn)).await?;
-        Ok(values
-            .chunks(3)
-            .map(|v| KeySpend { used: v[0].unwrap_or(0), day: v[1].unwrap_or(0), month: v[2].unwrap_or(0) })
+        let rows: Vec<(Option<i64>, Option<String>, Option<i64>, Option<String>, Option<i64>)> =
+            self.bounded(pipe.query_async(&mut conn)).await?;
+        // Spend in a window counts only while it is the one asked for.
+        let spent_in = |kept: &Option<String>, spent: Option<i64>, window: &str| {
+            if kept.as_deref() == Some(window) { spent.unwrap_or(0) } else { 0 }
+        };
+        Ok(rows
+            .into_iter()
+            .map(|(used, d, ds, m, ms)| KeySpend {
+                used: used.unwrap_or(0),
+                day: spent_in(&d, ds, &windows.day),
+                month: spent_in(&m, ms, &windows.month),
+            })
             .collect())
     }
 
     async fn restore(&self, restore: &CounterRestore<'_>) -> Result<(), StateError> {
         let windows = restore.windows;
-        let day_expiry = windows.day_end / 1000 + 86_400_000;
-        let month_expiry = windows.month_end / 1000 + 86_400_000;
         // MULTI/EXEC: every key shares the account's hash tag.
         let mut pipe = redis::pipe();
         pipe.atomic().set(self.keys.balance(restore.account_id), restore.balance).ignore();
         for (key_id, spend) in &restore.keys {
-            let day = self.keys.key_day(restore.account_id, key_id, &windows.day);
-            let month = self.keys.key_month(restore.account_id, key_id, &windows.month);
-            pipe.hset(self.keys.key_counters(restore.account_id, key_id), "used", spend.used)
-                .ignore()
-                .set(&day, spend.day)
-                .ignore()
-                .pexpire_at(&day, day_expiry)
-                .ignore()
-                .set(&month, spend.month)
-                .ignore()
-                .pexpire_at(&month, month_expiry)
-                .ignore();
+            let fields = [
+                ("used", spend.used.to_string()),
+                ("d", windows.day.clone()),
+                ("ds", spend.day.to_string()),
+                ("m", windows.month.clone()),
+                ("ms", spend.month.to_string()),
+            ];
+            pipe.hset_multiple(self.keys.key_counters(restore.account_id, key_id), &fields).ignore();
         }
         let mut conn = self.conn.clone();
         self.bounded(pipe.query_async::<()>(&mut conn)).await

@@ -316,10 +316,12 @@ async fn reconcile_rebuilds_the_counters_after_redis_lost_them() {
     assert_exactly_once(&metering_db.url, &redis, &d.key, N).await;
     let key_id = d.key.rsplit('/').next().unwrap();
     let today = tollgate_core::windows::Calendar::utc().windows(tollgate_core::time::now_micros()).day;
-    let day: Option<i64> = redis::cmd("GET")
-        .arg(format!("{}:{{crash}}:k:{key_id}:d:{today}", redis.prefix))
+    let (day, day_spent): (Option<String>, Option<i64>) = redis::cmd("HMGET")
+        .arg(format!("{}:{{crash}}:k:{key_id}", redis.prefix))
+        .arg(&["d", "ds"])
         .query_async(&mut conn)
         .await
         .unwrap();
-    assert_eq!(day, Some((0..N).map(cost).sum::<i64>()), "today's spend is back too");
+    assert_eq!(day.as_deref(), Some(today.as_str()));
+    assert_eq!(day_spent, Some((0..N).map(cost).sum::<i64>()), "today's spend is back too");
 }

@@ -5,14 +5,16 @@
 -- Only what the call's limits need is read, in as few commands as the layout allows.
 --
 -- Every key shares the account's hash tag, so the script runs on Redis Cluster.
--- KEYS[1] the key's counters (hash: used, rpm, tpm)  KEYS[2] its spend today
--- KEYS[3] its spend this month   KEYS[4] held credits (hash: key id -> held, '*' -> account)
--- KEYS[5] holds (hash: request id -> "key id|credits")   KEYS[6] hold expiries (zset)
--- KEYS[7] account balance
+-- KEYS[1] the key's counters (hash: used, rpm, tpm, and d/ds, m/ms: the day and month of its
+--         latest spend and the spend in them)
+-- KEYS[2] held credits (hash: key id -> held, '*' -> account)
+-- KEYS[3] holds (hash: request id -> "key id|credits")   KEYS[4] hold expiries (zset)
+-- KEYS[5] account balance
 -- ARGV[1] now (Unix ms)  ARGV[2] key id  ARGV[3] request id  ARGV[4] '1' take, '0' only look
 -- ARGV[5] quota  ARGV[6] account floor  ARGV[7] daily  ARGV[8] monthly  ARGV[9] rpm  ARGV[10] tpm
 --         ('' where no such limit)
 -- ARGV[11] estimated tokens  ARGV[12] estimated cost  ARGV[13] hold lifetime (ms)
+-- ARGV[14] today (YYYYMMDD)  ARGV[15] this month (YYYYMM)
 -- Returns {failures, quota left, account left, day left, month left, hold,
 --          rpm remaining, rpm reset ms, rpm retry ms, tpm remaining, tpm reset ms, tpm retry ms}
 -- where failures is a string of check codes in order and '' marks an absent value.
@@ -26,21 +28,21 @@ local function limit(i)
 end
 
 local function release(rid)
-  local hold = redis.call('HGET', KEYS[5], rid)
+  local hold = redis.call('HGET', KEYS[3], rid)
   if hold then
     local sep = string.find(hold, '|', 1, true)
     local amount = tonumber(string.sub(hold, sep + 1))
-    redis.call('HINCRBY', KEYS[4], string.sub(hold, 1, sep - 1), -amount)
-    redis.call('HINCRBY', KEYS[4], '*', -amount)
-    redis.call('HDEL', KEYS[5], rid)
-    redis.call('ZREM', KEYS[6], rid)
+    redis.call('HINCRBY', KEYS[2], string.sub(hold, 1, sep - 1), -amount)
+    redis.call('HINCRBY', KEYS[2], '*', -amount)
+    redis.call('HDEL', KEYS[3], rid)
+    redis.call('ZREM', KEYS[4], rid)
   end
 end
 
 -- Holds whose usage never arrived; a few per call keeps every call's cost bounded.
-for _, rid in ipairs(redis.call('ZRANGEBYSCORE', KEYS[6], '-inf', now, 'LIMIT', 0, 16)) do
+for _, rid in ipairs(redis.call('ZRANGEBYSCORE', KEYS[4], '-inf', now, 'LIMIT', 0, 16)) do
   release(rid)
-  redis.call('ZREM', KEYS[6], rid)
+  redis.call('ZREM', KEYS[4], rid)
 end
 -- A retried call replaces its own hold rather than adding a second.
 if take then release(request_id) end
@@ -51,11 +53,16 @@ local tokens, cost = tonumber(ARGV[11]), tonumber(ARGV[12])
 local failures = ''
 local money_floor = nil
 
-local counters = redis.call('HMGET', KEYS[1], 'used', 'rpm', 'tpm')
+local counters = redis.call('HMGET', KEYS[1], 'used', 'rpm', 'tpm', 'd', 'ds', 'm', 'ms')
 local key_held, account_held = 0, 0
 if quota or floor or daily or monthly then
-  local held = redis.call('HMGET', KEYS[4], key_id, '*')
+  local held = redis.call('HMGET', KEYS[2], key_id, '*')
   key_held, account_held = tonumber(held[1] or '0'), tonumber(held[2] or '0')
+end
+-- Spend in a window counts only while it is the current one.
+local function spent_in(window, field_window, field_spent)
+  if counters[field_window] == window then return tonumber(counters[field_spent] or '0') end
+  return 0
 end
 
 local function money(code, remaining)
@@ -65,9 +72,9 @@ local function money(code, remaining)
 end
 
 local quota_left = quota and money('1', quota - tonumber(counters[1] or '0') - key_held)
-local account_left = floor and money('2', tonumber(redis.call('GET', KEYS[7]) or '0') + floor - account_held)
-local day_left = daily and money('3', daily - tonumber(redis.call('GET', KEYS[2]) or '0') - key_held)
-local month_left = monthly and money('4', monthly - tonumber(redis.call('GET', KEYS[3]) or '0') - key_held)
+local account_left = floor and money('2', tonumber(redis.call('GET', KEYS[5]) or '0') + floor - account_held)
+local day_left = daily and money('3', daily - spent_in(ARGV[14], 4, 5) - key_held)
+local month_left = monthly and money('4', monthly - spent_in(ARGV[15], 6, 7) - key_held)
 
 -- GCRA over PERIOD ms; returns passed, remaining, reset at, retry after (or nil), new arrival time.
 local function gcra(code, stored, lim, units)
@@ -96,10 +103,10 @@ if money_floor ~= nil then hold = math.max(0, math.min(math.max(cost, 0), money_
 
 if take and failures == '' then
   if hold > 0 then
-    redis.call('HSET', KEYS[5], request_id, key_id .. '|' .. string.format('%d', hold))
-    redis.call('ZADD', KEYS[6], now + tonumber(ARGV[13]), request_id)
-    redis.call('HINCRBY', KEYS[4], key_id, hold)
-    redis.call('HINCRBY', KEYS[4], '*', hold)
+    redis.call('HSET', KEYS[3], request_id, key_id .. '|' .. string.format('%d', hold))
+    redis.call('ZADD', KEYS[4], now + tonumber(ARGV[13]), request_id)
+    redis.call('HINCRBY', KEYS[2], key_id, hold)
+    redis.call('HINCRBY', KEYS[2], '*', hold)
   end
   if rpm and tpm then
     redis.call('HSET', KEYS[1], 'rpm', string.format('%.4f', rpm_tat), 'tpm', string.format('%.4f', tpm_tat))

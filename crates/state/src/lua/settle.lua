@@ -6,8 +6,9 @@
 -- KEYS[1] held credits (hash)  KEYS[2] holds (hash)  KEYS[3] hold expiries (zset)
 -- KEYS[4] account balance
 -- KEYS[4 + i] the settled marker of call i (i = 1..n)
--- KEYS[4 + n + 3j - 2 .. 4 + n + 3j] key j's counters (hash), spend that day, spend that month
--- ARGV[1] n calls  ARGV[2] m keys  ARGV[3] day window end (ms)  ARGV[4] month window end (ms)
+-- KEYS[4 + n + j] key j's counters (hash: used, and d/ds, m/ms: the day and month of its
+--                 latest spend and the spend in them)
+-- ARGV[1] n calls  ARGV[2] m keys  ARGV[3] the calls' day (YYYYMMDD)  ARGV[4] their month (YYYYMM)
 -- ARGV[5] how long to remember a settlement (ms)
 -- ARGV[5 + 3i - 2 .. 5 + 3i] call i's request id, cost, key index j (1..m)
 -- Returns a string of n characters: '1' where the call was settled now, '0' where before.
@@ -37,16 +38,23 @@ for i = 1, n do
     total = total + cost
   end
 end
+-- A newer window starts afresh; spend in an older one (a late call) is past and only adds to
+-- the key's life. YYYYMMDD and YYYYMM compare as strings.
+local function window(current, spent, day, cost)
+  if current == false or day > current then return day, cost end
+  if day == current then return current, tonumber(spent or '0') + cost end
+  return current, tonumber(spent or '0')
+end
 for j = 1, m do
   local cost = key_cost[j]
   if cost and cost ~= 0 then
-    local base = 4 + n + 3 * (j - 1)
-    redis.call('HINCRBY', KEYS[base + 1], 'used', cost)
-    redis.call('INCRBY', KEYS[base + 2], cost)
-    -- A window's spend is kept a day past its end, for late reads; then it is dead weight.
-    redis.call('PEXPIREAT', KEYS[base + 2], tonumber(ARGV[3]) + 86400000)
-    redis.call('INCRBY', KEYS[base + 3], cost)
-    redis.call('PEXPIREAT', KEYS[base + 3], tonumber(ARGV[4]) + 86400000)
+    local key = KEYS[4 + n + j]
+    local now = redis.call('HMGET', key, 'used', 'd', 'ds', 'm', 'ms')
+    local d, ds = window(now[2], now[3], ARGV[3], cost)
+    local mo, ms = window(now[4], now[5], ARGV[4], cost)
+    -- Whole numbers written as such: Lua would print a large one in exponent notation.
+    local function int(x) return string.format('%d', x) end
+    redis.call('HSET', key, 'used', int(tonumber(now[1] or '0') + cost), 'd', d, 'ds', int(ds), 'm', mo, 'ms', int(ms))
   end
 end
 if total ~= 0 then redis.call('DECRBY', KEYS[4], total) end
