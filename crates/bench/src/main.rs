@@ -150,17 +150,7 @@ impl Deployment {
     }
 
     async fn redis_commands(&self) -> anyhow::Result<HashMap<String, u64>> {
-        let client = redis::Client::open(format!("redis://127.0.0.1:{}", self.redis_port))?;
-        let mut conn = client.get_multiplexed_async_connection().await?;
-        let info: String = redis::cmd("INFO").arg("commandstats").query_async(&mut conn).await?;
-        Ok(info
-            .lines()
-            .filter_map(|line| {
-                let (name, rest) = line.strip_prefix("cmdstat_")?.split_once(':')?;
-                let calls = rest.split(',').find_map(|kv| kv.strip_prefix("calls="))?.parse().ok()?;
-                Some((name.to_owned(), calls))
-            })
-            .collect())
+        processes::commandstats(self.redis_port, "calls").await
     }
 }
 

@@ -103,22 +103,6 @@ async fn statements(db: &mut PgConnection) -> anyhow::Result<i64> {
     .await
 }
 
-/// Microseconds Redis spent in each command so far (`INFO commandstats`, scripts' own calls
-/// included in EVALSHA's).
-async fn redis_usec(port: u16) -> anyhow::Result<std::collections::HashMap<String, u64>> {
-    let client = redis::Client::open(format!("redis://127.0.0.1:{port}"))?;
-    let mut conn = client.get_multiplexed_async_connection().await?;
-    let info: String = redis::cmd("INFO").arg("commandstats").query_async(&mut conn).await?;
-    Ok(info
-        .lines()
-        .filter_map(|line| {
-            let (name, rest) = line.strip_prefix("cmdstat_")?.split_once(':')?;
-            let usec = rest.split(',').find_map(|kv| kv.strip_prefix("usec="))?.parse().ok()?;
-            Some((name.to_owned(), usec))
-        })
-        .collect())
-}
-
 /// Enqueues reports `0..n` of round `round` through the ingest server, 1000 per call.
 async fn enqueue(ingest: &MeteringClient, keys: &[String], round: usize, n: usize) -> anyhow::Result<()> {
     let now = tollgate_core::time::now_micros();
@@ -173,7 +157,7 @@ async fn drain(
     let before = scalar(db, "SELECT count(*) FROM metering.usage_ledger").await?;
     let statements_before = statements(db).await?;
     let redis_before = d.redis_commands().await?;
-    let redis_usec_before = redis_usec(d.redis_port).await?;
+    let redis_usec_before = processes::commandstats(d.redis_port, "usec").await?;
     let (worker, _) = metering_process(d, args.workers, args.batch_size).await?;
     let cpu_before = cpu_micros(worker.pid())?;
     let redis_cpu_before = cpu_micros(d.redis.pid())?;
@@ -203,7 +187,7 @@ async fn drain(
     drop(worker);
     let ((t0, c0), (t1, c1)) = (t_low.context("10 %")?, t_high.context("90 %")?);
     let redis_after = d.redis_commands().await?;
-    let redis_usec_after = redis_usec(d.redis_port).await?;
+    let redis_usec_after = processes::commandstats(d.redis_port, "usec").await?;
     let mut by_command: Vec<(String, f64)> = redis_usec_after
         .iter()
         .map(|(name, usec)| {

@@ -152,3 +152,19 @@ pub fn tree_cpu_micros(root: u32) -> u64 {
     }
     total
 }
+
+/// One field (`calls`, `usec`) of every command in Redis's `INFO commandstats`.
+pub async fn commandstats(port: u16, field: &str) -> anyhow::Result<std::collections::HashMap<String, u64>> {
+    let client = redis::Client::open(format!("redis://127.0.0.1:{port}"))?;
+    let mut conn = client.get_multiplexed_async_connection().await?;
+    let info: String = redis::cmd("INFO").arg("commandstats").query_async(&mut conn).await?;
+    let prefix = format!("{field}=");
+    Ok(info
+        .lines()
+        .filter_map(|line| {
+            let (name, rest) = line.strip_prefix("cmdstat_")?.split_once(':')?;
+            let value = rest.split(',').find_map(|kv| kv.strip_prefix(prefix.as_str()))?.parse().ok()?;
+            Some((name.to_owned(), value))
+        })
+        .collect())
+}
