@@ -120,11 +120,16 @@ impl MeteringServer {
         ]
     }
 
-    /// Starts `count` workers named `{name}-{i}`; they stop on `shutdown`.
+    /// Starts `count` workers named `{name}-{i}`, and a minutely log line of what they did;
+    /// they stop on `shutdown`.
     pub fn spawn_workers(&self, name: &str, count: usize, shutdown: &CancellationToken) -> Vec<JoinHandle<()>> {
-        (0..count)
+        let mut tasks: Vec<JoinHandle<()>> = (0..count)
             .map(|i| tokio::spawn(worker::run(self.core.clone(), format!("{name}-{i}"), shutdown.child_token())))
-            .collect()
+            .collect();
+        if count > 0 {
+            tasks.push(tokio::spawn(worker::log_stats(self.core.clone(), shutdown.child_token())));
+        }
+        tasks
     }
 
     /// The shared core, for tests, benchmarks and reconciliation.

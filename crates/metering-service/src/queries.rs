@@ -62,28 +62,19 @@ fn time(v: &mut Violations, field: &str, ts: Option<&prost_types::Timestamp>) ->
     micros
 }
 
-/// A child name of `account_id` given in a filter field, or `None` when empty.
+/// A child name given in a filter field: its owner and id, or `None` when empty.
 fn child<'a>(
     v: &mut Violations,
     field: &str,
     name: &'a str,
-    account_id: Option<&str>,
     parse: fn(&str) -> Option<(&str, &str)>,
-) -> Option<&'a str> {
+) -> Option<(&'a str, &'a str)> {
     if name.is_empty() {
         return None;
     }
-    match parse(name) {
-        Some((owner, id)) if Some(owner) == account_id => Some(id),
-        Some(_) => {
-            v.add(field, "must belong to the account in parent");
-            None
-        }
-        None => {
-            v.add(field, "is not a valid resource name");
-            None
-        }
-    }
+    let parsed = parse(name);
+    v.check(parsed.is_some(), field, "is not a valid resource name");
+    parsed
 }
 
 fn cursor_encode(entry: &UsageEntry) -> String {
@@ -103,8 +94,8 @@ impl MeteringCore {
         let mut v = Violations::new();
         let account_id = names::parse_account(&request.parent);
         v.check(account_id.is_some(), "parent", "must be accounts/{account}");
-        let application_id = child(&mut v, "application", &request.application, account_id, names::parse_application);
-        let key_id = child(&mut v, "key", &request.key, account_id, names::parse_key);
+        let application = child(&mut v, "application", &request.application, names::parse_application);
+        let key = child(&mut v, "key", &request.key, names::parse_key);
         v.check(request.model.len() <= 200, "model", "must be at most 200 characters");
         let start_time = time(&mut v, "start_time", request.start_time.as_ref());
         let end_time = time(&mut v, "end_time", request.end_time.as_ref());
@@ -113,10 +104,18 @@ impl MeteringCore {
         let cursor = cursor_decode(&request.page_token);
         v.check(cursor.is_some(), "page_token", "is not a token of this list");
         v.into_result()?;
+        let account_id = account_id.expect("checked");
+        // Another account's application or key is not found here, as everywhere.
+        if application.is_some_and(|(owner, _)| owner != account_id) {
+            return Err(MeteringError::NotFound("application"));
+        }
+        if key.is_some_and(|(owner, _)| owner != account_id) {
+            return Err(MeteringError::NotFound("key"));
+        }
         let filter = UsageFilter {
-            account_id: account_id.expect("checked").to_owned(),
-            application_id: application_id.map(str::to_owned),
-            key_id: key_id.map(str::to_owned),
+            account_id: account_id.to_owned(),
+            application_id: application.map(|(_, id)| id.to_owned()),
+            key_id: key.map(|(_, id)| id.to_owned()),
             model: (!request.model.is_empty()).then(|| request.model.clone()),
             start_time,
             end_time,

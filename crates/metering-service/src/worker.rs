@@ -43,13 +43,41 @@ impl Default for WorkerSettings {
     }
 }
 
-/// What the workers of a process have done, for logs and benchmarks.
+/// What the workers of a process have done, logged every minute.
 #[derive(Debug, Default)]
 pub struct WorkerStats {
     pub applied: AtomicU64,
     pub duplicates: AtomicU64,
     pub dead_lettered: AtomicU64,
     pub batches: AtomicU64,
+}
+
+/// Logs, once a minute when anything happened, what the workers applied, skipped as
+/// duplicates and set aside.
+pub async fn log_stats(core: Arc<MeteringCore>, shutdown: CancellationToken) {
+    let mut tick = tokio::time::interval(Duration::from_secs(60));
+    tick.tick().await;
+    let mut last = [0u64; 4];
+    loop {
+        tokio::select! { _ = shutdown.cancelled() => return, _ = tick.tick() => {} }
+        let stats = &core.stats;
+        let now = [
+            stats.applied.load(Ordering::Relaxed),
+            stats.duplicates.load(Ordering::Relaxed),
+            stats.dead_lettered.load(Ordering::Relaxed),
+            stats.batches.load(Ordering::Relaxed),
+        ];
+        if now != last {
+            tracing::info!(
+                applied = now[0] - last[0],
+                duplicates = now[1] - last[1],
+                dead_lettered = now[2] - last[2],
+                batches = now[3] - last[3],
+                "usage reports in the last minute"
+            );
+            last = now;
+        }
+    }
 }
 
 /// The batch could not be applied now; it stays unacknowledged and comes back.
