@@ -22,7 +22,7 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Runs every service on one port over an embedded SQLite file and in-process state.
+    /// Runs every service on one port over embedded SQLite files and in-process state.
     Dev(DevArgs),
     /// Runs one service against Postgres and Redis, as in production.
     Serve(ServeArgs),
