@@ -135,12 +135,15 @@ impl KeySettings {
         self.expire_time.is_some_and(|t| t <= now)
     }
 
-    /// Status at `now`, in the order Authorize checks: disabled before expired.
-    pub fn status(&self, now: Micros) -> KeyStatus {
+    /// Status at `now` after spending `used` credits, in the order Authorize checks:
+    /// disabled, expired, then exhausted (its quota reached).
+    pub fn status(&self, now: Micros, used: i64) -> KeyStatus {
         if !self.enabled {
             KeyStatus::Disabled
         } else if self.is_expired(now) {
             KeyStatus::Expired
+        } else if self.quota.is_some_and(|quota| used >= quota) {
+            KeyStatus::Exhausted
         } else {
             KeyStatus::Enabled
         }
@@ -200,9 +203,9 @@ mod tests {
             ip_allowlist: vec![],
             enabled: true,
         };
-        assert_eq!(settings.status(99), KeyStatus::Enabled);
-        assert_eq!(settings.status(100), KeyStatus::Expired);
+        assert_eq!(settings.status(99, 0), KeyStatus::Enabled);
+        assert_eq!(settings.status(100, 0), KeyStatus::Expired);
         settings.enabled = false;
-        assert_eq!(settings.status(100), KeyStatus::Disabled);
+        assert_eq!(settings.status(100, 0), KeyStatus::Disabled);
     }
 }

@@ -74,11 +74,6 @@ pub fn model(model: &Model, credits_per_usd: i64) -> pb::Model {
 /// `used` is its spend (an enabled key whose spend reached its quota is exhausted).
 pub fn key(key: &Key, group: &Group, used: i64, caps: &SystemCaps, now: Micros) -> pb::Key {
     let s = &key.settings;
-    let exhausted = s.quota.is_some_and(|quota| used >= quota);
-    let status = match s.status(now) {
-        KeyStatus::Enabled if exhausted => KeyStatus::Exhausted,
-        other => other,
-    };
     pb::Key {
         name: names::key(&key.account_id, &key.id),
         application: names::application(&key.account_id, &key.application_id),
@@ -94,7 +89,7 @@ pub fn key(key: &Key, group: &Group, used: i64, caps: &SystemCaps, now: Micros) 
         capabilities: s.capabilities.iter().map(|c| *c as i32).collect(),
         ip_allowlist: s.ip_allowlist.clone(),
         enabled: Some(s.enabled),
-        status: self::status(status) as i32,
+        status: status(s.status(now, used)) as i32,
         hint: key.hint.clone(),
         effective_rpm_limit: effective(s.rpm_limit, group.default_rpm_limit, caps.max_rpm),
         effective_tpm_limit: effective(s.tpm_limit, group.default_tpm_limit, caps.max_tpm),

@@ -129,11 +129,6 @@ impl CounterKeys {
         Self { prefix: prefix.to_owned() }
     }
 
-    /// An account-level key (`held`, `holds`, `holdexp`, `bal`).
-    pub fn account_key(&self, account_id: &str, suffix: &str) -> String {
-        self.account(account_id, suffix)
-    }
-
     /// The marker of a settled call.
     pub fn settled(&self, account_id: &str, request_id: &str) -> String {
         self.account(account_id, &format!("settled:{request_id}"))
@@ -148,7 +143,7 @@ impl CounterKeys {
         self.account(account_id, "bal")
     }
 
-    /// A key's counters hash (`used`, `rpm`, `tpm`).
+    /// A key's counters hash (`used`, `rpm`, `tpm`, `d`/`ds`, `m`/`ms`).
     pub fn key_counters(&self, account_id: &str, key_id: &str) -> String {
         format!("{}:{{{account_id}}}:k:{key_id}", self.prefix)
     }
@@ -158,15 +153,16 @@ impl CounterKeys {
         self.account(account_id, &format!("credited:{grant_id}"))
     }
 
-    /// The keys `authorize.lua` takes, in its order.
+    /// The account's keys both scripts take, in their order: held credits, holds, hold
+    /// expiries, balance.
+    pub fn for_account(&self, account_id: &str) -> [String; 4] {
+        ["held", "holds", "holdexp", "bal"].map(|suffix| self.account(account_id, suffix))
+    }
+
+    /// The keys `authorize.lua` takes, in its order: the key's counters, then the account's.
     pub fn for_call(&self, account_id: &str, key_id: &str) -> [String; 5] {
-        [
-            self.key_counters(account_id, key_id),
-            self.account(account_id, "held"),
-            self.account(account_id, "holds"),
-            self.account(account_id, "holdexp"),
-            self.account(account_id, "bal"),
-        ]
+        let [held, holds, holdexp, balance] = self.for_account(account_id);
+        [self.key_counters(account_id, key_id), held, holds, holdexp, balance]
     }
 }
 

@@ -170,26 +170,36 @@ impl RedisState {
     }
 }
 
+/// Runs a pipeline of EVALSHAs of `script`, each call bounded by `op_timeout`. After a Redis
+/// restart the script cache is empty: then the script is loaded once and the pipeline resent,
+/// so its scripts must be safe to run twice.
+pub(crate) async fn script_pipeline<T: redis::FromRedisValue>(
+    conn: &ConnectionManager,
+    pipe: &redis::Pipeline,
+    script: &Script,
+    op_timeout: Duration,
+) -> Result<T, StateError> {
+    let mut conn = conn.clone();
+    let first = tokio::time::timeout(op_timeout, pipe.query_async::<T>(&mut conn)).await;
+    match first.map_err(|_| StateError::Timeout)? {
+        Err(error) if error.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
+            let load = tokio::time::timeout(op_timeout, script.prepare_invoke().load_async(&mut conn)).await;
+            load.map_err(|_| StateError::Timeout)?.map_err(unavailable)?;
+            let again = tokio::time::timeout(op_timeout, pipe.query_async::<T>(&mut conn)).await;
+            again.map_err(|_| StateError::Timeout)?.map_err(unavailable)
+        }
+        first => first.map_err(unavailable),
+    }
+}
+
 #[async_trait]
 impl KeyStateCache for RedisState {
     async fn put_key_states(&self, writes: &[KeyStateWrite]) -> Result<(), StateError> {
         if writes.is_empty() {
             return Ok(());
         }
-        let mut conn = self.conn.clone();
         let pipe = self.put_pipeline(writes);
-        let first = tokio::time::timeout(self.op_timeout, pipe.query_async::<()>(&mut conn))
-            .await
-            .map_err(|_| StateError::Timeout)?;
-        match first {
-            Ok(()) => Ok(()),
-            // After a Redis restart the script cache is empty: load it once and resend.
-            Err(error) if error.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
-                self.bounded(self.put_script.prepare_invoke().load_async(&mut conn)).await?;
-                self.bounded(pipe.query_async::<()>(&mut conn)).await
-            }
-            Err(error) => Err(unavailable(error)),
-        }
+        script_pipeline::<()>(&self.conn, &pipe, &self.put_script, self.op_timeout).await
     }
 
     async fn get_key_state(&self, hash: &SecretHash) -> Result<Option<Vec<u8>>, StateError> {

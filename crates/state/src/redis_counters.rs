@@ -4,8 +4,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use redis::Script;
 use redis::aio::ConnectionManager;
-use redis::{ErrorKind, Script, ServerErrorKind};
 use tollgate_core::counters::{CounterCheck, CounterOutcome, RateOutcome};
 use tollgate_core::windows::Windows;
 
@@ -13,7 +13,7 @@ use crate::StateError;
 use crate::counters::{
     CREDITED_MEMORY_MS, CounterCall, CounterKeys, CounterRestore, Counters, KeySpend, SETTLED_MEMORY_MS, Settlement,
 };
-use crate::redis::RedisState;
+use crate::redis::{RedisState, script_pipeline};
 
 /// Counters on the Redis behind a [`RedisState`].
 #[derive(Clone)]
@@ -96,11 +96,9 @@ impl RedisCounters {
                 let first = &settlements[members[0]];
                 let mut key_ids: Vec<&str> = Vec::new();
                 let mut invocation = self.settle_script.prepare_invoke();
-                invocation
-                    .key(self.keys.account_key(account_id, "held"))
-                    .key(self.keys.account_key(account_id, "holds"))
-                    .key(self.keys.account_key(account_id, "holdexp"))
-                    .key(self.keys.balance(account_id));
+                for key in self.keys.for_account(account_id) {
+                    invocation.key(key);
+                }
                 for &i in &members {
                     invocation.key(self.keys.settled(account_id, settlements[i].request_id));
                 }
@@ -205,20 +203,8 @@ impl Counters for RedisCounters {
         for (invocation, _) in &invocations {
             pipe.invoke_script(invocation);
         }
-        let mut conn = self.conn.clone();
-        let first = tokio::time::timeout(self.op_timeout, pipe.query_async::<Vec<String>>(&mut conn))
-            .await
-            .map_err(|_| StateError::Timeout)?;
-        let replies = match first {
-            Ok(replies) => replies,
-            // After a Redis restart the script cache is empty: load it once and resend (the
-            // settled markers make the resend harmless).
-            Err(error) if error.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
-                self.bounded(self.settle_script.prepare_invoke().load_async(&mut conn)).await?;
-                self.bounded(pipe.query_async::<Vec<String>>(&mut conn)).await?
-            }
-            Err(error) => return Err(StateError::Unavailable(error.to_string())),
-        };
+        // The settled markers make a resend after NOSCRIPT harmless.
+        let replies: Vec<String> = script_pipeline(&self.conn, &pipe, &self.settle_script, self.op_timeout).await?;
         let mut applied = vec![false; settlements.len()];
         for ((_, members), reply) in invocations.iter().zip(&replies) {
             for (member, flag) in members.iter().zip(reply.bytes()) {

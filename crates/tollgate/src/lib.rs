@@ -17,6 +17,8 @@ use anyhow::Context;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tollgate_core::clock::Clock;
+use tollgate_core::time::now_micros;
+use tollgate_core::windows::Calendar;
 use tollgate_metering_service::directory::GrpcKeyDirectory;
 use tollgate_state::memory::MemoryState;
 use tollgate_state::memory_counters::MemoryCounters;
@@ -255,26 +257,12 @@ pub async fn reconcile(config: ReconcileConfig) -> anyhow::Result<tollgate_meter
             .await
             .context("connecting to Postgres")?,
     );
-    let redis = Arc::new(RedisState::connect(&config.redis).await.context("connecting to Redis")?);
-    let counters = Arc::new(RedisCounters::new(&redis, config.redis.op_timeout));
-    let queue = RedisUsageQueue::new(&redis, Duration::from_secs(30), config.redis.op_timeout).await?;
-    // Reconciling reads the ledger and writes counters only: no keys service, no secrets.
-    let secrets = Secrets {
-        admin_token: tollgate_core::ids::new_id(),
-        key_pepper: format!("{:0>64}", tollgate_core::ids::new_id()),
-    };
-    let adapters = metering::MeteringAdapters {
-        store: Arc::new(store),
-        queue: Arc::new(queue),
-        counters,
-        directory: Arc::new(metering::NoDirectory),
-    };
-    let settings = MeteringSettings { workers: 0, time_zone: config.time_zone.clone(), ..MeteringSettings::default() };
-    let mut services = Services { routes: RoutesBuilder::default(), names: Vec::new() };
-    let never = CancellationToken::new();
-    let clock: Arc<dyn Clock> = Arc::new(tollgate_core::clock::SystemClock);
-    let server = metering::add(&mut services, adapters, &secrets, &settings, clock, &never)?;
-    server.core().reconcile().await.map_err(|e| anyhow::anyhow!("reconciling: {e}"))
+    let redis = RedisState::connect(&config.redis).await.context("connecting to Redis")?;
+    let counters = RedisCounters::new(&redis, config.redis.op_timeout);
+    let calendar = Calendar::new(&config.time_zone).context("TOLLGATE_TIME_ZONE")?;
+    let done = tollgate_metering_service::reconcile::reconcile(&store, &counters, &calendar, now_micros()).await;
+    store.database().close().await;
+    done.map_err(|e| anyhow::anyhow!("reconciling: {e}"))
 }
 
 /// Applies every service's migrations to the database.

@@ -84,28 +84,6 @@ impl KeyDirectory for InProcessDirectory {
     }
 }
 
-/// No keys service: for `tollgate metering reconcile`, which reads only the ledger.
-pub(crate) struct NoDirectory;
-
-#[async_trait]
-impl KeyDirectory for NoDirectory {
-    async fn keys_by_id(&self, _: &[(String, String)]) -> Result<Vec<keys::KeyState>, DirectoryError> {
-        Err(DirectoryError("no keys service configured".into()))
-    }
-
-    async fn key_by_secret(&self, _: &SecretHash) -> Result<Option<keys::KeyState>, DirectoryError> {
-        Err(DirectoryError("no keys service configured".into()))
-    }
-
-    async fn catalog(&self) -> Result<keys::GetModelCatalogResponse, DirectoryError> {
-        Err(DirectoryError("no keys service configured".into()))
-    }
-
-    async fn credit_limit(&self, _: &str) -> Result<Option<Option<i64>>, DirectoryError> {
-        Err(DirectoryError("no keys service configured".into()))
-    }
-}
-
 /// The adapters the metering service runs over.
 pub(crate) struct MeteringAdapters {
     pub store: Arc<dyn MeteringStore>,

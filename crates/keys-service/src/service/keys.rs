@@ -36,13 +36,6 @@ pub struct KeyView {
     pub used: i64,
 }
 
-impl KeyView {
-    /// Whether the key's spend has reached its quota.
-    pub fn is_exhausted(&self) -> bool {
-        self.key.settings.quota.is_some_and(|quota| self.used >= quota)
-    }
-}
-
 /// Keys just made, each with its secret, shown this once.
 #[derive(Debug)]
 pub struct CreatedKeys {
@@ -339,10 +332,9 @@ impl KeysService {
         let page =
             self.store.list_keys(account_id, &store_filter, page, now()).await.map_err(KeysError::from_store("key"))?;
         let mut views = self.views(page.items).await?;
-        match wanted {
-            Some(KeyStatus::Exhausted) => views.retain(KeyView::is_exhausted),
-            Some(KeyStatus::Enabled) => views.retain(|v| !v.is_exhausted()),
-            _ => {}
+        if let Some(wanted @ (KeyStatus::Enabled | KeyStatus::Exhausted)) = wanted {
+            let now = now();
+            views.retain(|v| v.key.settings.status(now, v.used) == wanted);
         }
         Ok(Page { items: views, next_after: page.next_after })
     }
