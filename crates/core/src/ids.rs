@@ -17,6 +17,14 @@ pub fn new_id() -> String {
     (0..16).rev().map(|i| CROCKFORD[((value >> (i * 5)) & 31) as usize] as char).collect()
 }
 
+/// Makes a random positive 63-bit number naming one database commit: unique enough that two
+/// commits a day apart never share one.
+pub fn new_commit_id() -> i64 {
+    let mut random = [0u8; 8];
+    getrandom::fill(&mut random).expect("the OS random source is available");
+    (u64::from_be_bytes(random) >> 1).max(1) as i64
+}
+
 /// Checks a caller-chosen id: 1–63 characters of `a-z`, `0-9` and `-`, starting with a
 /// letter or digit and not ending with `-`.
 pub fn is_valid_id(id: &str) -> bool {

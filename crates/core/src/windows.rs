@@ -82,12 +82,45 @@ impl Calendar {
     }
 }
 
+/// Windows of many instants that mostly fall in one day (a batch of usage reports): each day
+/// is worked out once.
+#[derive(Debug)]
+pub struct WindowsCache<'a> {
+    calendar: &'a Calendar,
+    last: Option<Windows>,
+}
+
+impl<'a> WindowsCache<'a> {
+    pub fn new(calendar: &'a Calendar) -> Self {
+        Self { calendar, last: None }
+    }
+
+    /// The windows `at` falls in.
+    pub fn windows(&mut self, at: Micros) -> &Windows {
+        let hit = self.last.as_ref().is_some_and(|w| w.day_start <= at && at < w.day_end);
+        if !hit {
+            self.last = Some(self.calendar.windows(at));
+        }
+        self.last.as_ref().expect("just set")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn micros(text: &str) -> Micros {
         text.parse::<Timestamp>().unwrap().as_microsecond()
+    }
+
+    #[test]
+    fn the_cache_answers_as_the_calendar_does_across_days() {
+        let calendar = Calendar::new("Asia/Tokyo").unwrap();
+        let mut cache = WindowsCache::new(&calendar);
+        let start = micros("2026-12-31T14:00:00Z");
+        for at in [start - 1, start, start + 3_600_000_000, start - 1, start + 86_400_000_000] {
+            assert_eq!(cache.windows(at), &calendar.windows(at));
+        }
     }
 
     #[test]

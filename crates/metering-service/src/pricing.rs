@@ -44,33 +44,66 @@ impl Pricer {
         }
     }
 
-    /// Reads the keys not cached yet, in one call of the keys service per 1000.
-    pub async fn prefetch(&self, ids: &[(String, String)]) -> Result<(), DirectoryError> {
-        let mut missing: Vec<(String, String)> = Vec::new();
-        for id in ids {
-            if !self.keys.contains_key(id) && !missing.contains(id) {
-                missing.push(id.clone());
-            }
-        }
-        for chunk in missing.chunks(1000) {
+    /// Reads keys from the keys service, one call per 1000, and caches them.
+    async fn load(
+        &self,
+        ids: &[(String, String)],
+    ) -> Result<HashMap<(String, String), Arc<PricedKey>>, DirectoryError> {
+        let mut loaded = HashMap::new();
+        for chunk in ids.chunks(1000) {
             for state in self.directory.keys_by_id(chunk).await? {
                 let multiplier = PriceMultiplier::parse(&state.price_multiplier)
                     .map_err(|e| DirectoryError(format!("key {}: bad multiplier: {e}", state.key_id)))?;
-                let priced = PricedKey { application_id: state.application_id, multiplier_micros: multiplier.micros() };
-                self.keys.insert((state.account_id, state.key_id), Arc::new(priced)).await;
+                let priced = Arc::new(PricedKey {
+                    application_id: state.application_id,
+                    multiplier_micros: multiplier.micros(),
+                });
+                let id = (state.account_id, state.key_id);
+                self.keys.insert(id.clone(), priced.clone()).await;
+                loaded.insert(id, priced);
             }
         }
-        Ok(())
+        Ok(loaded)
     }
 
-    /// The key's pricing facts; `None` when the account has no such key.
-    pub async fn key(&self, account_id: &str, key_id: &str) -> Result<Option<Arc<PricedKey>>, DirectoryError> {
-        let id = (account_id.to_owned(), key_id.to_owned());
-        if let Some(found) = self.keys.get(&id).await {
-            return Ok(Some(found));
+    /// Each key's pricing facts (`None` where the account has no such key), reading those not
+    /// cached in one call of the keys service per 1000.
+    pub async fn keys(&self, ids: &[(String, String)]) -> Result<Vec<Option<Arc<PricedKey>>>, DirectoryError> {
+        let mut found = Vec::with_capacity(ids.len());
+        let mut missing = Vec::new();
+        for id in ids {
+            let cached = self.keys.get(id).await;
+            if cached.is_none() {
+                missing.push(id.clone());
+            }
+            found.push(cached);
         }
-        self.prefetch(std::slice::from_ref(&id)).await?;
-        Ok(self.keys.get(&id).await)
+        if missing.is_empty() {
+            return Ok(found);
+        }
+        let loaded = self.load(&missing).await?;
+        for (id, slot) in ids.iter().zip(found.iter_mut()) {
+            if slot.is_none() {
+                *slot = loaded.get(id).cloned();
+            }
+        }
+        Ok(found)
+    }
+
+    /// Reads the catalog from the keys service and keeps it.
+    async fn reload(&self) -> Result<Arc<HashMap<String, TokenPrices>>, DirectoryError> {
+        let fresh = Arc::new(prices_of(&self.directory.catalog().await?));
+        *self.catalog.lock().expect("catalog lock") = (Some(Instant::now()), fresh.clone());
+        Ok(fresh)
+    }
+
+    /// The catalog's prices, reloaded when older than the catalog's time to live.
+    pub async fn catalog(&self) -> Result<Arc<HashMap<String, TokenPrices>>, DirectoryError> {
+        let (loaded, catalog) = self.catalog.lock().expect("catalog lock").clone();
+        if loaded.is_some_and(|at| at.elapsed() <= CATALOG_TTL) {
+            return Ok(catalog);
+        }
+        self.reload().await
     }
 
     /// A model's prices; `None` when the catalog does not have it even after a reload.
@@ -86,10 +119,7 @@ impl Pricer {
         if !stale && !may_reload {
             return Ok(None);
         }
-        let fresh = Arc::new(prices_of(&self.directory.catalog().await?));
-        let found = fresh.get(model).copied();
-        *self.catalog.lock().expect("catalog lock") = (Some(Instant::now()), fresh);
-        Ok(found)
+        Ok(self.reload().await?.get(model).copied())
     }
 }
 

@@ -1,13 +1,13 @@
 //! The stream workers: read a batch of usage reports, price them, charge them in one
 //! database transaction, bring the counters authz reads up to date, then acknowledge.
 //!
-//! Exactly once: the ledger skips a request id the account already has, and the counters
-//! remember each settled request id for longer than a redelivery can take, so a batch applied
-//! twice (a worker died after the commit, before the acknowledgement) changes nothing the
-//! second time. Acknowledging only after both makes every accepted report applied at least
-//! once.
+//! Exactly once: the ledger skips a request id the account already has and says which commit
+//! charged it, and the counters remember each commit's settlement (or, after a redelivery,
+//! each call's) for longer than a redelivery can take, so a batch applied twice (a worker died
+//! after the commit, before the acknowledgement) changes nothing the second time.
+//! Acknowledging only after both makes every accepted report applied at least once.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -17,6 +17,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tollgate_core::money::{TokenUsage, usage_cost};
 use tollgate_core::names;
+use tollgate_core::windows::WindowsCache;
 use tollgate_proto::metering::v1 as pb;
 use tollgate_proto::time::timestamp_micros;
 use tollgate_state::counters::{SETTLE_AGAIN_WITHIN_MS, Settlement};
@@ -25,6 +26,7 @@ use tollgate_store::StoreError;
 use tollgate_store::metering::{Charge, Outcome, UsageEntry};
 
 use crate::MeteringCore;
+use crate::pricing::PricedKey;
 
 /// How a worker batches and gives up.
 #[derive(Debug, Clone)]
@@ -84,10 +86,11 @@ pub async fn log_stats(core: Arc<MeteringCore>, shutdown: CancellationToken) {
 #[derive(Debug)]
 struct Retry(String);
 
-/// A report ready to charge, with the queue entry it came from.
+/// Reports ready to charge, and the queue entries they came from.
+#[derive(Default)]
 struct Priced {
-    entry_id: String,
-    usage: UsageEntry,
+    entry_ids: Vec<String>,
+    usage: Vec<UsageEntry>,
 }
 
 /// Runs one worker until `shutdown`.
@@ -113,6 +116,10 @@ pub async fn run(core: Arc<MeteringCore>, consumer: String, shutdown: Cancellati
             }
         };
         if batch.is_empty() {
+            // Nothing to apply: a good time to fold what the last batches left pending.
+            if let Err(error) = core.store.fold_when_idle().await {
+                tracing::warn!(%error, "cannot fold pending totals; the next batches will");
+            }
             continue;
         }
         match commit(&core, &batch, &shutdown).await {
@@ -163,20 +170,31 @@ async fn dead_letter(core: &MeteringCore, entry: &QueuedReport, reason: &str) ->
 }
 
 /// Prices what can be priced; entries that cannot are set aside or left for later.
-async fn price(core: &MeteringCore, batch: &[QueuedReport], acks: &mut Vec<String>) -> Result<Vec<Priced>, Retry> {
-    let mut priced = Vec::with_capacity(batch.len());
-    let mut seen = HashSet::new();
+async fn price(core: &MeteringCore, batch: &[QueuedReport], acks: &mut Vec<String>) -> Result<Priced, Retry> {
+    let mut priced = Priced::default();
+    let mut calendar = WindowsCache::new(&core.calendar);
     let reports: Vec<Option<pb::UsageReport>> =
         batch.iter().map(|entry| pb::UsageReport::decode(entry.payload.as_slice()).ok()).collect();
-    // Every key of the batch in one call of the keys service, not one per key.
-    let ids: Vec<(String, String)> = reports
+    // Every key of the batch once, those not cached in one call of the keys service.
+    let mut key_names: Vec<&str> = reports.iter().flatten().map(|r| r.key.as_str()).collect();
+    key_names.sort_unstable();
+    key_names.dedup();
+    let (key_names, ids): (Vec<&str>, Vec<(String, String)>) = key_names
+        .into_iter()
+        .filter_map(|name| names::parse_key(name).map(|(account, key)| (name, (account.to_owned(), key.to_owned()))))
+        .unzip();
+    let found = core.pricer.keys(&ids).await.map_err(|e| Retry(e.to_string()))?;
+    let keys: HashMap<String, Option<Arc<PricedKey>>> = key_names.into_iter().map(str::to_owned).zip(found).collect();
+    let catalog = core.pricer.catalog().await.map_err(|e| Retry(e.to_string()))?;
+    // The same call twice in one batch: the first one charges it.
+    let mut seen = HashSet::new();
+    let repeated: Vec<bool> = reports
         .iter()
-        .flatten()
-        .filter_map(|r| names::parse_key(&r.key))
-        .map(|(account_id, key_id)| (account_id.to_owned(), key_id.to_owned()))
+        .map(|r| {
+            r.as_ref().is_some_and(|r| !seen.insert((names::parse_key(&r.key).map(|k| k.0), r.request_id.as_str())))
+        })
         .collect();
-    core.pricer.prefetch(&ids).await.map_err(|e| Retry(e.to_string()))?;
-    for (entry, report) in batch.iter().zip(reports) {
+    for ((entry, report), repeated) in batch.iter().zip(reports).zip(repeated) {
         let Some(report) = report else {
             dead_letter(core, entry, "the entry is not a usage report").await?;
             continue;
@@ -185,27 +203,27 @@ async fn price(core: &MeteringCore, batch: &[QueuedReport], acks: &mut Vec<Strin
             dead_letter(core, entry, "the report's key is not a key name").await?;
             continue;
         };
-        if !seen.insert((account_id.to_owned(), report.request_id.clone())) {
-            // The same call twice in one batch: the first one charges it.
+        if repeated {
             acks.push(entry.id.clone());
             core.stats.duplicates.fetch_add(1, Ordering::Relaxed);
             continue;
         }
-        let key = match core.pricer.key(account_id, key_id).await {
-            Ok(Some(key)) => key,
-            Ok(None) => {
-                failed(core, entry, &format!("unknown key {}", report.key)).await?;
-                continue;
-            }
-            Err(error) => return Err(Retry(error.to_string())),
+        let Some(Some(key)) = keys.get(report.key.as_str()) else {
+            failed(core, entry, &format!("unknown key {}", report.key)).await?;
+            continue;
         };
-        let prices = match core.pricer.prices(&report.model).await {
-            Ok(Some(prices)) => prices,
-            Ok(None) => {
-                failed(core, entry, &format!("unknown model {:?}", report.model)).await?;
-                continue;
-            }
-            Err(error) => return Err(Retry(error.to_string())),
+        let prices = match catalog.get(&report.model) {
+            Some(prices) => *prices,
+            // Maybe a model added since the catalog was read: read it again (at most once a
+            // second).
+            None => match core.pricer.prices(&report.model).await {
+                Ok(Some(prices)) => prices,
+                Ok(None) => {
+                    failed(core, entry, &format!("unknown model {:?}", report.model)).await?;
+                    continue;
+                }
+                Err(error) => return Err(Retry(error.to_string())),
+            },
         };
         let end = report.end_time.as_ref().and_then(timestamp_micros).unwrap_or_else(|| core.clock.now_micros());
         let start = report.start_time.as_ref().and_then(timestamp_micros).unwrap_or(end);
@@ -218,26 +236,24 @@ async fn price(core: &MeteringCore, batch: &[QueuedReport], acks: &mut Vec<Strin
             Ok(pb::UsageOutcome::UpstreamError) => Outcome::UpstreamError,
             _ => Outcome::Success,
         };
-        let windows = core.calendar.windows(end);
-        priced.push(Priced {
-            entry_id: entry.id.clone(),
-            usage: UsageEntry {
-                account_id: account_id.to_owned(),
-                key_id: key_id.to_owned(),
-                application_id: key.application_id.clone(),
-                model: report.model,
-                input_tokens: tokens.input,
-                output_tokens: tokens.output,
-                cached_input_tokens: tokens.cached_input,
-                // An upstream error is charged for the tokens it used, which may be none.
-                credits: usage_cost(tokens, prices, key.multiplier_micros),
-                outcome,
-                start_time: start,
-                end_time: end,
-                day: windows.day,
-                month: windows.month,
-                request_id: report.request_id,
-            },
+        let windows = calendar.windows(end);
+        priced.entry_ids.push(entry.id.clone());
+        priced.usage.push(UsageEntry {
+            account_id: account_id.to_owned(),
+            key_id: key_id.to_owned(),
+            application_id: key.application_id.clone(),
+            model: report.model,
+            input_tokens: tokens.input,
+            output_tokens: tokens.output,
+            cached_input_tokens: tokens.cached_input,
+            // An upstream error is charged for the tokens it used, which may be none.
+            credits: usage_cost(tokens, prices, key.multiplier_micros),
+            outcome,
+            start_time: start,
+            end_time: end,
+            day: windows.day.clone(),
+            month: windows.month.clone(),
+            request_id: report.request_id,
         });
     }
     Ok(priced)
@@ -245,11 +261,14 @@ async fn price(core: &MeteringCore, batch: &[QueuedReport], acks: &mut Vec<Strin
 
 /// Charges the batch; waits out database outages (the entries stay in hand, so an outage
 /// does not count against them) until shutdown.
-async fn charge(core: &MeteringCore, priced: &[Priced], shutdown: &CancellationToken) -> Result<Vec<Charge>, Retry> {
-    let entries: Vec<UsageEntry> = priced.iter().map(|p| p.usage.clone()).collect();
+async fn charge(
+    core: &MeteringCore,
+    entries: &[UsageEntry],
+    shutdown: &CancellationToken,
+) -> Result<Vec<Charge>, Retry> {
     let mut backoff = Duration::from_millis(100);
     loop {
-        match core.store.apply_usage(&entries, core.clock.now_micros()).await {
+        match core.store.apply_usage(entries, core.clock.now_micros()).await {
             Ok(charges) => return Ok(charges),
             Err(StoreError::Unavailable(cause)) => {
                 tracing::warn!(error = %cause, "database unavailable; holding the usage batch");
@@ -276,15 +295,15 @@ async fn commit(core: &MeteringCore, batch: &[QueuedReport], shutdown: &Cancella
     let started = std::time::Instant::now();
     let mut acks = Vec::new();
     let priced = price(core, batch, &mut acks).await?;
-    let charges = if priced.is_empty() { Vec::new() } else { charge(core, &priced, shutdown).await? };
-    acks.extend(priced.into_iter().map(|p| p.entry_id));
+    let charges = if priced.usage.is_empty() { Vec::new() } else { charge(core, &priced.usage, shutdown).await? };
+    acks.extend(priced.entry_ids);
     tracing::debug!(entries = batch.len(), charged = charges.len(), elapsed = ?started.elapsed(), "usage batch committed");
     Ok(Committed { charges, acks })
 }
 
 /// Brings the counters authz reads up to date with a committed batch, then acknowledges it.
 /// If either fails the entries stay pending and come back: the ledger skips them then, and the
-/// counters' settled markers skip what was settled.
+/// counters' markers skip what was settled.
 async fn finish(core: Arc<MeteringCore>, committed: Committed) -> Result<(), Retry> {
     let started = std::time::Instant::now();
     let Committed { mut charges, acks } = committed;
@@ -293,7 +312,8 @@ async fn finish(core: Arc<MeteringCore>, committed: Committed) -> Result<(), Ret
     // `tollgate metering reconcile` puts the counters right.)
     let now = core.clock.now_micros();
     charges.retain(|c| c.new || now - c.apply_time < SETTLE_AGAIN_WITHIN_MS * 1000);
-    let windows: Vec<_> = charges.iter().map(|c| core.calendar.windows(c.end_time)).collect();
+    let mut calendar = WindowsCache::new(&core.calendar);
+    let windows: Vec<_> = charges.iter().map(|c| calendar.windows(c.end_time).clone()).collect();
     let settlements: Vec<Settlement<'_>> = charges
         .iter()
         .zip(&windows)
@@ -303,6 +323,9 @@ async fn finish(core: Arc<MeteringCore>, committed: Committed) -> Result<(), Ret
             request_id: &c.request_id,
             cost: c.credits,
             windows: w,
+            commit_id: c.commit_id,
+            // The calls this worker's commit charged are all here; redelivered ones are not.
+            whole_commit: c.new,
         })
         .collect();
     core.counters.settle_batch(&settlements).await.map_err(|e| Retry(format!("counters: {e}")))?;

@@ -12,7 +12,8 @@
 //! | `P:{A}:holds` | hash | request id → `key id|credits` |
 //! | `P:{A}:holdexp` | zset | request id by hold expiry (ms) |
 //! | `P:{A}:bal` | int | the account's balance |
-//! | `P:{A}:settled:R` | string | request R was settled (kept 15 minutes) |
+//! | `P:{A}:committed:C:D` | string | ledger commit C's calls of day D were settled together (`all`), or some one by one after a redelivery (`part`); kept 15 minutes |
+//! | `P:{A}:settled:R` | string | request R was settled on its own (a redelivery; kept 15 minutes) |
 //! | `P:{A}:credited:R` | string | credit grant R was added to the balance (kept 7 days) |
 
 use async_trait::async_trait;
@@ -43,6 +44,12 @@ pub struct Settlement<'a> {
     pub cost: i64,
     /// The windows of the call (by its end time).
     pub windows: &'a Windows,
+    /// The ledger commit that charged the call (0: not known).
+    pub commit_id: i64,
+    /// Whether the settlements given with this one hold every call `commit_id` charged to
+    /// the account in this day (the committing worker's own settlement). Then one marker per
+    /// commit makes a repeat a no-op; otherwise each call gets a marker of its own.
+    pub whole_commit: bool,
 }
 
 /// A key's spend as the counters hold it (holds not included).
@@ -70,9 +77,9 @@ pub struct CounterRestore<'a> {
 
 /// How long a settlement is remembered, so a repeated one is ignored. Repeats come from a
 /// worker that died between settling and acknowledging, within the queue's claim time; the
-/// memory is short because it costs a Redis key per call (15 minutes at 5,000 calls/s is
-/// 4.5 million keys). Metering never settles again what it committed longer ago than
-/// [`SETTLE_AGAIN_WITHIN_MS`].
+/// memory is short because it costs a Redis key per commit, account and day (at most one per
+/// call: 15 minutes of small batches at 5,000 calls/s is 4.5 million keys). Metering never
+/// settles again what it committed longer ago than [`SETTLE_AGAIN_WITHIN_MS`].
 pub const SETTLED_MEMORY_MS: i64 = 15 * 60 * 1000;
 
 /// How long after its commit a call may be settled again (a redelivery): comfortably inside
@@ -129,7 +136,12 @@ impl CounterKeys {
         Self { prefix: prefix.to_owned() }
     }
 
-    /// The marker of a settled call.
+    /// The marker of a ledger commit's calls of one account and day, settled together.
+    pub fn committed(&self, account_id: &str, commit_id: i64, day: &str) -> String {
+        self.account(account_id, &format!("committed:{commit_id}:{day}"))
+    }
+
+    /// The marker of a call settled on its own.
     pub fn settled(&self, account_id: &str, request_id: &str) -> String {
         self.account(account_id, &format!("settled:{request_id}"))
     }

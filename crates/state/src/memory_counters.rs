@@ -135,6 +135,8 @@ impl Counters for MemoryCounters {
         Ok(self.step(call, false))
     }
 
+    /// Every call is remembered on its own here, so a commit's calls need no marker of their
+    /// own.
     async fn settle(&self, settlement: &Settlement<'_>) -> Result<bool, StateError> {
         let mut accounts = self.accounts.lock().expect("counter lock poisoned");
         let account = accounts.entry(settlement.account_id.to_owned()).or_default();

@@ -55,20 +55,28 @@ fn unavailable(error: RedisError) -> StateError {
     StateError::Unavailable(error.to_string())
 }
 
+/// A self-healing connection whose replies may take up to `response_timeout`.
+async fn connection_manager(
+    client: &Client,
+    op_timeout: Duration,
+    response_timeout: Duration,
+) -> Result<ConnectionManager, StateError> {
+    let manager_config = ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(op_timeout.max(Duration::from_millis(500))))
+        .set_response_timeout(Some(response_timeout))
+        .set_number_of_retries(2)
+        .set_max_delay(Duration::from_secs(2));
+    tokio::time::timeout(Duration::from_secs(10), client.get_connection_manager_with_config(manager_config))
+        .await
+        .map_err(|_| StateError::Timeout)?
+        .map_err(unavailable)
+}
+
 impl RedisState {
     /// Connects; the connection then re-establishes itself after failures.
     pub async fn connect(config: &RedisConfig) -> Result<Self, StateError> {
         let client = Client::open(config.url.as_str()).map_err(unavailable)?;
-        let manager_config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(config.op_timeout.max(Duration::from_millis(500))))
-            .set_response_timeout(Some(config.op_timeout))
-            .set_number_of_retries(2)
-            .set_max_delay(Duration::from_secs(2));
-        let conn =
-            tokio::time::timeout(Duration::from_secs(10), client.get_connection_manager_with_config(manager_config))
-                .await
-                .map_err(|_| StateError::Timeout)?
-                .map_err(unavailable)?;
+        let conn = connection_manager(&client, config.op_timeout, config.op_timeout).await?;
         Ok(Self {
             client,
             conn,
@@ -84,6 +92,13 @@ impl RedisState {
     /// The multiplexed connection, for other adapters on the same server.
     pub fn connection(&self) -> ConnectionManager {
         self.conn.clone()
+    }
+
+    /// A connection of its own for commands that wait on the server (`XREADGROUP … BLOCK`)
+    /// up to `longest_wait`: Redis answers a connection's commands in order, so on the shared
+    /// connection a waiting read would hold up every command sent after it.
+    pub async fn blocking_connection(&self, longest_wait: Duration) -> Result<ConnectionManager, StateError> {
+        connection_manager(&self.client, self.op_timeout, self.op_timeout + longest_wait).await
     }
 
     /// The key prefix.

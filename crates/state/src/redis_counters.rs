@@ -1,5 +1,6 @@
 //! Counters on Redis: one EVALSHA of `lua/authorize.lua` per call.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -74,61 +75,77 @@ impl RedisCounters {
         parse(&reply, call)
     }
 
-    /// One `settle.lua` call per account and window pair of `settlements`, each with the
-    /// indexes (into `settlements`) of the calls it settles.
-    fn settle_invocations<'s>(
+    /// One `settle.lua` call per account, window pair and commit of `settlements` (`members`:
+    /// indexes into `settlements`), by commit marker or (`per_call`) with a marker per call.
+    fn settle_invocation<'s>(
         &'s self,
         settlements: &[Settlement<'_>],
-    ) -> Vec<(redis::ScriptInvocation<'s>, Vec<usize>)> {
-        // (account, day, month) and the indexes of its calls.
-        type Group<'a> = ((&'a str, &'a str, &'a str), Vec<usize>);
-        let mut groups: Vec<Group<'_>> = Vec::new();
-        for (i, s) in settlements.iter().enumerate() {
-            let group = (s.account_id, s.windows.day.as_str(), s.windows.month.as_str());
-            match groups.iter_mut().find(|(g, _)| *g == group) {
-                Some((_, members)) => members.push(i),
-                None => groups.push((group, vec![i])),
+        members: &[usize],
+        per_call: bool,
+    ) -> redis::ScriptInvocation<'s> {
+        let first = &settlements[members[0]];
+        let account_id = first.account_id;
+        let mut key_ids: Vec<&str> = Vec::new();
+        let mut index_of: HashMap<&str, usize> = HashMap::new();
+        let mut calls = Vec::with_capacity(members.len());
+        for &i in members {
+            let key_id = settlements[i].key_id;
+            let index = *index_of.entry(key_id).or_insert_with(|| {
+                key_ids.push(key_id);
+                key_ids.len()
+            });
+            calls.push((i, index));
+        }
+        let mut invocation = self.settle_script.prepare_invoke();
+        for key in self.keys.for_account(account_id) {
+            invocation.key(key);
+        }
+        invocation.key(self.keys.committed(account_id, first.commit_id, &first.windows.day));
+        for key_id in &key_ids {
+            invocation.key(self.keys.key_counters(account_id, key_id));
+        }
+        if per_call {
+            for &i in members {
+                invocation.key(self.keys.settled(account_id, settlements[i].request_id));
             }
         }
-        groups
-            .into_iter()
-            .map(|((account_id, _, _), members)| {
-                let first = &settlements[members[0]];
-                let mut key_ids: Vec<&str> = Vec::new();
-                let mut invocation = self.settle_script.prepare_invoke();
-                for key in self.keys.for_account(account_id) {
-                    invocation.key(key);
-                }
-                for &i in &members {
-                    invocation.key(self.keys.settled(account_id, settlements[i].request_id));
-                }
-                let mut calls = Vec::with_capacity(members.len());
-                for &i in &members {
-                    let key_id = settlements[i].key_id;
-                    let index = match key_ids.iter().position(|k| *k == key_id) {
-                        Some(index) => index,
-                        None => {
-                            key_ids.push(key_id);
-                            key_ids.len() - 1
-                        }
-                    };
-                    calls.push((i, index + 1));
-                }
-                for key_id in &key_ids {
-                    invocation.key(self.keys.key_counters(account_id, key_id));
-                }
-                invocation
-                    .arg(members.len())
-                    .arg(key_ids.len())
-                    .arg(&first.windows.day)
-                    .arg(&first.windows.month)
-                    .arg(SETTLED_MEMORY_MS);
-                for (i, index) in calls {
-                    invocation.arg(settlements[i].request_id).arg(settlements[i].cost).arg(index);
-                }
-                (invocation, members)
-            })
-            .collect()
+        invocation
+            .arg(if per_call { "calls" } else { "commit" })
+            .arg(members.len())
+            .arg(key_ids.len())
+            .arg(&first.windows.day)
+            .arg(&first.windows.month)
+            .arg(SETTLED_MEMORY_MS);
+        if per_call {
+            for (i, index) in calls {
+                invocation.arg(settlements[i].request_id).arg(settlements[i].cost).arg(index);
+            }
+        } else {
+            // All of them settle: the script needs the request ids (holds) and each key's sum.
+            let mut key_costs = vec![0i64; key_ids.len()];
+            for (i, index) in calls {
+                invocation.arg(settlements[i].request_id);
+                key_costs[index - 1] += settlements[i].cost;
+            }
+            for cost in key_costs {
+                invocation.arg(cost);
+            }
+        }
+        invocation
+    }
+
+    /// Runs one pipeline of `settle.lua` calls, one per group; returns each call's reply.
+    async fn settle_groups(
+        &self,
+        settlements: &[Settlement<'_>],
+        groups: &[(Vec<usize>, bool)],
+    ) -> Result<Vec<String>, StateError> {
+        let mut pipe = redis::pipe();
+        for (members, per_call) in groups {
+            pipe.invoke_script(&self.settle_invocation(settlements, members, *per_call));
+        }
+        // The markers make a resend after NOSCRIPT harmless.
+        script_pipeline(&self.conn, &pipe, &self.settle_script, self.op_timeout).await
     }
 
     async fn bounded<T>(&self, op: impl Future<Output = redis::RedisResult<T>>) -> Result<T, StateError> {
@@ -196,19 +213,40 @@ impl Counters for RedisCounters {
         if settlements.is_empty() {
             return Ok(Vec::new());
         }
-        // One script call per account in one pipeline: one round trip for the whole batch.
-        // Each call touches one account's hash slot, so the pipeline works on Redis Cluster.
-        let invocations = self.settle_invocations(settlements);
-        let mut pipe = redis::pipe();
-        for (invocation, _) in &invocations {
-            pipe.invoke_script(invocation);
+        // One script call per account, window pair and commit, in one pipeline: one round
+        // trip for the whole batch. Each call touches one account's hash slot, so the pipeline
+        // works on Redis Cluster.
+        let mut groups: Vec<(Vec<usize>, bool)> = Vec::new();
+        let mut group_of: HashMap<(&str, &str, i64, bool), usize> = HashMap::new();
+        for (i, s) in settlements.iter().enumerate() {
+            let whole = s.whole_commit && s.commit_id != 0;
+            let group =
+                *group_of.entry((s.account_id, s.windows.day.as_str(), s.commit_id, whole)).or_insert_with(|| {
+                    groups.push((Vec::new(), !whole));
+                    groups.len() - 1
+                });
+            groups[group].0.push(i);
         }
-        // The settled markers make a resend after NOSCRIPT harmless.
-        let replies: Vec<String> = script_pipeline(&self.conn, &pipe, &self.settle_script, self.op_timeout).await?;
         let mut applied = vec![false; settlements.len()];
-        for ((_, members), reply) in invocations.iter().zip(&replies) {
+        let mut record = |members: &[usize], reply: &str| {
             for (member, flag) in members.iter().zip(reply.bytes()) {
                 applied[*member] = flag == b'1';
+            }
+        };
+        // A commit some of whose calls a redelivery settled one by one is answered 'calls':
+        // those groups go again, call by call (which never answers 'calls').
+        let replies = self.settle_groups(settlements, &groups).await?;
+        let mut again = Vec::new();
+        for ((members, _), reply) in groups.into_iter().zip(replies) {
+            match reply.as_str() {
+                "calls" => again.push((members, true)),
+                flags => record(&members, flags),
+            }
+        }
+        if !again.is_empty() {
+            let replies = self.settle_groups(settlements, &again).await?;
+            for ((members, _), reply) in again.iter().zip(replies) {
+                record(members, &reply);
             }
         }
         Ok(applied)

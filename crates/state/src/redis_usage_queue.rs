@@ -5,17 +5,19 @@
 //! - `P:{usage}:reports`: stream, field `r` = encoded report; consumer group `metering`;
 //! - `P:{usage}:dead`: stream, fields `r`, `reason`, `attempts`, `time`.
 //!
-//! Acknowledged entries are deleted (XACK + XDEL), so the stream holds only what is pending.
+//! Acknowledged entries are trimmed off the stream's head about once a second (XTRIM MINID up
+//! to the oldest entry still pending or not yet delivered): one command instead of an XDEL per
+//! entry, so the stream holds what is pending or unread and about a second of what was done.
 
 use std::time::Duration;
 
 use async_trait::async_trait;
 use redis::aio::ConnectionManager;
 use redis::streams::{
-    StreamAutoClaimOptions, StreamAutoClaimReply, StreamId, StreamPendingCountReply, StreamRangeReply,
-    StreamReadOptions, StreamReadReply,
+    StreamAutoClaimOptions, StreamAutoClaimReply, StreamId, StreamInfoGroupsReply, StreamPendingCountReply,
+    StreamPendingReply, StreamRangeReply, StreamTrimOptions, StreamTrimmingMode,
 };
-use redis::{AsyncCommands, FromRedisValue, RedisError};
+use redis::{AsyncCommands, FromRedisValue, RedisError, Value};
 use tollgate_core::time::Micros;
 
 use crate::StateError;
@@ -35,6 +37,31 @@ pub struct RedisUsageQueue {
     /// When this process last looked for entries to take over. XAUTOCLAIM walks the pending
     /// entries list, so it runs a few times per claim time, not on every receive.
     last_claim: std::sync::Arc<std::sync::Mutex<Option<std::time::Instant>>>,
+    /// Each consumer's connection for its blocking reads (see
+    /// [`RedisState::blocking_connection`]), made on its first read.
+    readers: std::sync::Arc<tokio::sync::Mutex<std::collections::HashMap<String, ConnectionManager>>>,
+    state: RedisState,
+    /// When this process last trimmed acknowledged entries off the stream.
+    last_trim: std::sync::Arc<std::sync::Mutex<Option<std::time::Instant>>>,
+}
+
+/// How often a process trims acknowledged entries off the stream.
+const TRIM_EVERY: Duration = Duration::from_secs(1);
+
+/// Whether `every` has passed since `last`; if so, notes now.
+fn due(last: &std::sync::Mutex<Option<std::time::Instant>>, every: Duration) -> bool {
+    let mut last = last.lock().expect("queue clock");
+    let due = last.is_none_or(|at| at.elapsed() >= every);
+    if due {
+        *last = Some(std::time::Instant::now());
+    }
+    due
+}
+
+/// The smallest stream entry id after `id` (`ms-seq`).
+fn next_id(id: &str) -> Option<String> {
+    let (ms, seq) = id.split_once('-')?;
+    Some(format!("{ms}-{}", seq.parse::<u64>().ok()?.checked_add(1)?))
 }
 
 impl std::fmt::Debug for RedisUsageQueue {
@@ -49,6 +76,39 @@ fn unavailable(error: RedisError) -> StateError {
 
 fn field_bytes(entry: &StreamId, name: &str) -> Vec<u8> {
     entry.map.get(name).and_then(|v| Vec::<u8>::from_redis_value(v.clone()).ok()).unwrap_or_default()
+}
+
+/// The entries of an XREADGROUP reply (`[[stream, [[id, [field, value, …]], …]]]`, or a map
+/// of streams on RESP3), read straight from the reply: a batch is a thousand entries, and
+/// redis-rs's typed reply builds a hash map for each.
+fn read_entries(reply: Value) -> Vec<QueuedReport> {
+    let streams: Vec<Value> = match reply {
+        Value::Array(streams) => streams.into_iter().filter_map(|s| array(s)?.into_iter().nth(1)).collect(),
+        Value::Map(streams) => streams.into_iter().map(|(_, entries)| entries).collect(),
+        _ => Vec::new(),
+    };
+    let mut reports = Vec::new();
+    for entry in streams.into_iter().filter_map(array).flatten() {
+        let Some(mut parts) = array(entry) else { continue };
+        let fields = if parts.len() == 2 { parts.pop().and_then(array) } else { None };
+        let Some(Ok(id)) = parts.pop().map(String::from_redis_value) else { continue };
+        let mut payload = Vec::new();
+        let mut fields = fields.unwrap_or_default().into_iter();
+        while let (Some(name), Some(value)) = (fields.next(), fields.next()) {
+            if matches!(&name, Value::BulkString(name) if name == b"r") {
+                payload = Vec::<u8>::from_redis_value(value).unwrap_or_default();
+            }
+        }
+        reports.push(QueuedReport { id, payload, deliveries: 1 });
+    }
+    reports
+}
+
+fn array(value: Value) -> Option<Vec<Value>> {
+    match value {
+        Value::Array(values) => Some(values),
+        _ => None,
+    }
 }
 
 fn field_string(entry: &StreamId, name: &str) -> String {
@@ -66,6 +126,9 @@ impl RedisUsageQueue {
             claim_idle,
             op_timeout,
             last_claim: Default::default(),
+            readers: Default::default(),
+            state: state.clone(),
+            last_trim: Default::default(),
         };
         queue.ensure_group().await?;
         Ok(queue)
@@ -86,15 +149,41 @@ impl RedisUsageQueue {
         tokio::time::timeout(self.op_timeout, op).await.map_err(|_| StateError::Timeout)
     }
 
+    /// `consumer`'s connection for blocking reads.
+    async fn reader(&self, consumer: &str, wait: Duration) -> Result<ConnectionManager, StateError> {
+        let mut readers = self.readers.lock().await;
+        if let Some(conn) = readers.get(consumer) {
+            return Ok(conn.clone());
+        }
+        let conn = self.state.blocking_connection(wait).await?;
+        readers.insert(consumer.to_owned(), conn.clone());
+        Ok(conn)
+    }
+
     /// Whether it is time to look for entries to take over (a quarter of the claim time since
     /// the last look), and if so, notes the look.
     fn claim_due(&self) -> bool {
-        let mut last = self.last_claim.lock().expect("claim clock");
-        let due = last.is_none_or(|at| at.elapsed() >= self.claim_idle / 4);
-        if due {
-            *last = Some(std::time::Instant::now());
-        }
-        due
+        due(&self.last_claim, self.claim_idle / 4)
+    }
+
+    /// Trims acknowledged entries off the stream's head: all before the oldest pending entry,
+    /// or, with none pending, all delivered ones. Both reads in one MULTI, so no entry can be
+    /// delivered between them and trimmed unseen.
+    async fn trim(&self) -> Result<(), StateError> {
+        let mut conn = self.conn.clone();
+        let mut pipe = redis::pipe();
+        pipe.atomic().xinfo_groups(&self.stream).xpending(&self.stream, GROUP);
+        let (groups, pending): (StreamInfoGroupsReply, StreamPendingReply) =
+            self.bounded(pipe.query_async(&mut conn)).await?.map_err(unavailable)?;
+        let Some(group) = groups.groups.iter().find(|g| g.name == GROUP) else { return Ok(()) };
+        let bound = match pending {
+            StreamPendingReply::Data(oldest) => Some(oldest.start_id),
+            _ => next_id(&group.last_delivered_id),
+        };
+        let Some(bound) = bound else { return Ok(()) };
+        let options = StreamTrimOptions::minid(StreamTrimmingMode::Exact, bound);
+        let _: usize = self.bounded(conn.xtrim_options(&self.stream, &options)).await?.map_err(unavailable)?;
+        Ok(())
     }
 
     /// Entries idle past the claim time, taken over by `consumer`, with delivery counts.
@@ -161,40 +250,37 @@ impl UsageQueue for RedisUsageQueue {
                 return Ok(reclaimed);
             }
         }
-        let options =
-            StreamReadOptions::default().group(GROUP, consumer).count(max).block(wait.as_millis().max(1) as usize);
-        let mut conn = self.conn.clone();
-        let read = tokio::time::timeout(
-            self.op_timeout + wait,
-            conn.xread_options::<_, _, Option<StreamReadReply>>(&[&self.stream], &[">"], &options),
-        )
-        .await
-        .map_err(|_| StateError::Timeout)?;
-        let reply = match read {
-            Ok(reply) => reply,
+        let mut read = redis::cmd("XREADGROUP");
+        read.arg("GROUP").arg(GROUP).arg(consumer).arg("COUNT").arg(max);
+        read.arg("BLOCK").arg(wait.as_millis().max(1) as u64).arg("STREAMS").arg(&self.stream).arg(">");
+        let mut conn = self.reader(consumer, wait).await?;
+        let reply = tokio::time::timeout(self.op_timeout + wait, read.query_async::<redis::Value>(&mut conn))
+            .await
+            .map_err(|_| StateError::Timeout)?;
+        match reply {
+            Ok(reply) => Ok(read_entries(reply)),
             // The stream or group vanished (Redis restarted empty): make them again.
             Err(error) if error.code() == Some("NOGROUP") => {
                 self.ensure_group().await?;
-                return Ok(Vec::new());
+                Ok(Vec::new())
             }
-            Err(error) => return Err(unavailable(error)),
-        };
-        Ok(reply
-            .into_iter()
-            .flat_map(|r| r.keys)
-            .flat_map(|k| k.ids)
-            .map(|entry| QueuedReport { payload: field_bytes(&entry, "r"), id: entry.id, deliveries: 1 })
-            .collect())
+            Err(error) => Err(unavailable(error)),
+        }
     }
 
     async fn ack(&self, ids: &[String]) -> Result<(), StateError> {
         if ids.is_empty() {
             return Ok(());
         }
-        let mut pipe = redis::pipe();
-        pipe.xack(&self.stream, GROUP, ids).ignore().xdel(&self.stream, ids).ignore();
         let mut conn = self.conn.clone();
-        self.bounded(pipe.query_async::<()>(&mut conn)).await?.map_err(unavailable)
+        let _: usize = self.bounded(conn.xack(&self.stream, GROUP, ids)).await?.map_err(unavailable)?;
+        if due(&self.last_trim, TRIM_EVERY) {
+            // The entries are acknowledged; a failed trim leaves them for the next one.
+            if let Err(error) = self.trim().await {
+                tracing::warn!(%error, "cannot trim acknowledged usage reports off the stream");
+            }
+        }
+        Ok(())
     }
 
     async fn dead_letter(&self, entry: &QueuedReport, reason: &str, now: Micros) -> Result<(), StateError> {

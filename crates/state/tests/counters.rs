@@ -54,6 +54,7 @@ conformance!(
     account_balance_bounds_keys_without_quota,
     settlement_moves_holds_to_spend_once,
     a_batch_settles_each_call_once_across_keys_accounts_and_days,
+    a_commit_settles_once_whether_its_redelivery_comes_first_or_after,
     budgets_start_over_in_a_new_window,
     peek_takes_nothing,
 );
@@ -254,7 +255,7 @@ async fn settlement_moves_holds_to_spend_once(counters: Arc<dyn Counters>) {
     let mut c = call(limits);
     c.cost = 200;
     assert_eq!(counters.authorize(&c.as_call()).await.unwrap().hold, 200);
-    let settlement = Settlement { account_id: "acme", key_id: "k1", request_id: "r", cost: 120, windows: &c.windows };
+    let settlement = settled_alone("acme", "k1", "r", 120, &c.windows);
     assert!(counters.settle(&settlement).await.unwrap());
     assert!(!counters.settle(&settlement).await.unwrap(), "a repeated settlement is ignored");
     let after = counters.peek(&c.as_call()).await.unwrap();
@@ -273,15 +274,10 @@ async fn a_batch_settles_each_call_once_across_keys_accounts_and_days(counters: 
     let limits = CounterLimits { quota: Some(1_000), daily: Some(1_000), account_floor: None, ..Default::default() };
     let mut c = call(limits);
     c.cost = 100;
-    for (key, request) in [("k1", "h1"), ("k2", "h2")] {
-        c.key = key;
-        c.request_id = request.into();
-        assert_eq!(counters.authorize(&c.as_call()).await.unwrap().hold, 100);
-    }
+    hold_h1_on_k1_and_h2_on_k2(counters.as_ref(), &mut c).await;
     let today = c.windows.clone();
     let yesterday = windows(c.now - 86_400_000.0);
-    let settle =
-        |account_id, key_id, request_id, cost, windows| Settlement { account_id, key_id, request_id, cost, windows };
+    let settle = settled_alone;
     let batch = [
         settle("acme", "k1", "h1", 10, &today),
         settle("acme", "k2", "h2", 20, &today),
@@ -309,6 +305,69 @@ async fn a_batch_settles_each_call_once_across_keys_accounts_and_days(counters: 
     assert_eq!(balance.account_remaining, Some(100 - 42), "the batch's sum left the balance");
 }
 
+/// Authorizes request h1 on key k1 and h2 on k2, each holding `c.cost`.
+async fn hold_h1_on_k1_and_h2_on_k2(counters: &dyn Counters, c: &mut Call) {
+    for (key, request) in [("k1", "h1"), ("k2", "h2")] {
+        c.key = key;
+        c.request_id = request.into();
+        assert_eq!(counters.authorize(&c.as_call()).await.unwrap().hold, c.cost);
+    }
+}
+
+/// A call settled on its own (no commit known).
+fn settled_alone<'a>(
+    account_id: &'a str,
+    key_id: &'a str,
+    request_id: &'a str,
+    cost: i64,
+    windows: &'a Windows,
+) -> Settlement<'a> {
+    Settlement { account_id, key_id, request_id, cost, windows, commit_id: 0, whole_commit: false }
+}
+
+/// The committing worker settles its commit's calls together; a redelivery settles calls one
+/// by one. Whichever comes first, and however often, each call counts once.
+async fn a_commit_settles_once_whether_its_redelivery_comes_first_or_after(counters: Arc<dyn Counters>) {
+    let limits = CounterLimits { quota: Some(1_000), account_floor: None, ..Default::default() };
+    let mut c = call(limits);
+    c.cost = 100;
+    hold_h1_on_k1_and_h2_on_k2(counters.as_ref(), &mut c).await;
+    let today = c.windows.clone();
+    let settle = |key_id, request_id, cost, commit_id, whole_commit| Settlement {
+        account_id: "acme",
+        key_id,
+        request_id,
+        cost,
+        windows: &today,
+        commit_id,
+        whole_commit,
+    };
+    // Commit 7: a redelivery of h2 is settled before the committing worker gets to it.
+    let early = [settle("k2", "h2", 20, 7, false)];
+    assert_eq!(counters.settle_batch(&early).await.unwrap(), [true]);
+    let whole = [settle("k1", "h1", 10, 7, true), settle("k2", "h2", 20, 7, true), settle("k1", "r3", 5, 7, true)];
+    assert_eq!(counters.settle_batch(&whole).await.unwrap(), [true, false, true], "h2 was settled already");
+    assert_eq!(counters.settle_batch(&whole).await.unwrap(), [false; 3]);
+    let late = [settle("k1", "r3", 5, 7, false), settle("k1", "h1", 10, 7, false)];
+    assert_eq!(counters.settle_batch(&late).await.unwrap(), [false; 2]);
+    // Commit 8: the committing worker first, then a redelivery, then the worker again.
+    let whole = [settle("k1", "r4", 4, 8, true), settle("k2", "r5", 6, 8, true)];
+    assert_eq!(counters.settle_batch(&whole).await.unwrap(), [true, true]);
+    assert_eq!(counters.settle_batch(&[settle("k2", "r5", 6, 8, false)]).await.unwrap(), [false]);
+    assert_eq!(counters.settle_batch(&whole).await.unwrap(), [false, false]);
+
+    let spend = counters.key_spend("acme", &["k1".into(), "k2".into()], &today).await.unwrap();
+    let used: Vec<i64> = spend.iter().map(|s| s.used).collect();
+    assert_eq!(used, [10 + 5 + 4, 20 + 6], "each call counted once");
+    c.key = "k1";
+    c.request_id = "peek".into();
+    assert_eq!(counters.peek(&c.as_call()).await.unwrap().quota_remaining, Some(1_000 - 19), "holds released");
+    counters.adjust_balance("acme", 100).await.unwrap();
+    let floor = CounterLimits { account_floor: Some(0), ..Default::default() };
+    let balance = counters.peek(&Call { limits: floor, ..call(CounterLimits::default()) }.as_call()).await.unwrap();
+    assert_eq!(balance.account_remaining, Some(100 - 45), "the balance paid each call once");
+}
+
 async fn budgets_start_over_in_a_new_window(counters: Arc<dyn Counters>) {
     let limits = CounterLimits { daily: Some(100), monthly: Some(150), ..Default::default() };
     let mut c = call(limits);
@@ -317,7 +376,7 @@ async fn budgets_start_over_in_a_new_window(counters: Arc<dyn Counters>) {
     c.windows = windows(c.now);
     c.cost = 100;
     assert!(counters.authorize(&c.as_call()).await.unwrap().allowed());
-    let settlement = Settlement { account_id: "acme", key_id: "k1", request_id: "r", cost: 100, windows: &c.windows };
+    let settlement = settled_alone("acme", "k1", "r", 100, &c.windows);
     counters.settle(&settlement).await.unwrap();
     c.request_id = "r2".into();
     assert_eq!(counters.authorize(&c.as_call()).await.unwrap().failures, [CounterCheck::DailyBudget]);

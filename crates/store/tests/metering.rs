@@ -60,6 +60,7 @@ conformance!(
     usage_lists_newest_first_with_filters_and_cursors,
     buckets_sum_per_width_and_model,
     large_batches_span_several_statements,
+    key_totals_read_the_same_before_and_after_folding,
 );
 
 const T0: i64 = 1_800_000_000_000_000;
@@ -95,6 +96,15 @@ async fn a_batch_charges_once_and_duplicates_return_the_stored_charge(store: Sql
     let summary: Vec<(&str, i64, bool)> = second.iter().map(|c| (c.request_id.as_str(), c.credits, c.new)).collect();
     assert_eq!(summary, [("r2", 5, false), ("r1", 10, false), ("r3", 1, true)]);
     assert_eq!(store.balance("a").await.unwrap().credits_spent, 16);
+    // Each charge names the commit that made it: a duplicate names the first one.
+    assert!(first[0].commit_id > 0 && first[1].commit_id == first[0].commit_id);
+    let commits: Vec<i64> = second.iter().map(|c| c.commit_id).collect();
+    assert_eq!(&commits[..2], [first[0].commit_id; 2]);
+    assert_ne!(commits[2], first[0].commit_id, "a new commit for the new call");
+    // A call twice in one batch is charged once.
+    let twice = store.apply_usage(&[entry("a", "k1", "r4", 3, T0), entry("a", "k1", "r4", 3, T0)], T0).await.unwrap();
+    assert_eq!(twice.iter().map(|c| c.new).collect::<Vec<_>>(), [true, false]);
+    assert_eq!(store.balance("a").await.unwrap().credits_spent, 19);
     // The same request id in another account is another call.
     let other = store.apply_usage(&[entry("b", "k9", "r1", 7, T0)], T0).await.unwrap();
     assert!(other[0].new);
@@ -237,4 +247,35 @@ async fn large_batches_span_several_statements(store: SqlMeteringStore) {
     let again = store.apply_usage(&batch, T0).await.unwrap();
     assert!(again.iter().all(|c| !c.new));
     assert_eq!(store.balance("a").await.unwrap().credits_spent, 1_200);
+}
+
+/// Batches record what they add to keys and accounts as pending rows, folded into their rows
+/// every 16 batches; reads add both, so they never change when a fold happens.
+async fn key_totals_read_the_same_before_and_after_folding(store: SqlMeteringStore) {
+    let (mut used, mut day_spend) = (0, 0);
+    for i in 0..20i64 {
+        let day = if i < 10 { "20270115" } else { "20270116" };
+        let mut call = entry("a", "k1", &format!("r{i}"), i + 1, T0 + i);
+        call.day = day.into();
+        let other = entry("a", &format!("k{}", 2 + i % 3), &format!("o{i}"), 100, T0 + i);
+        store.apply_usage(&[call, other], T0).await.unwrap();
+        used += i + 1;
+        day_spend = if i == 10 { i + 1 } else { day_spend + i + 1 };
+        let k1 = store.key_totals("a", "k1", day, "202701").await.unwrap();
+        assert_eq!((k1.used, k1.day, k1.month), (used, day_spend, used), "after batch {i}");
+        let spent = store.balance("a").await.unwrap().credits_spent;
+        assert_eq!(spent, used + 100 * (i + 1), "the account's spend after batch {i}");
+    }
+    assert_eq!(store.fold_pending_totals().await.unwrap(), 4, "16 batches were folded already, 4 are pending");
+    assert_eq!(store.fold_pending_totals().await.unwrap(), 0);
+    // A worker with nothing to do folds what its last batches left.
+    store.apply_usage(&[entry("a", "k2", "idle", 100, T0)], T0).await.unwrap();
+    store.fold_when_idle().await.unwrap();
+    assert_eq!(store.fold_pending_totals().await.unwrap(), 0, "nothing left pending");
+    let k1 = store.key_totals("a", "k1", "20270116", "202701").await.unwrap();
+    assert_eq!((k1.used, k1.day, k1.month), (used, day_spend, used));
+    let all = store.all_key_totals("20270116", "202701").await.unwrap();
+    let rows: Vec<(&str, i64)> = all.iter().map(|r| (r.key_id.as_str(), r.totals.used)).collect();
+    assert_eq!(rows, [("k1", used), ("k2", 800), ("k3", 700), ("k4", 600)]);
+    assert_eq!(store.balance("a").await.unwrap().credits_spent, used + 2_100);
 }

@@ -135,3 +135,36 @@ async fn dead_letters_list_and_replay(queue: &dyn UsageQueue) {
     assert_eq!(queue.replay(&[]).await.unwrap(), 1, "replaying all puts back the rest");
     assert!(queue.dead_letters(None, 10).await.unwrap().is_empty());
 }
+
+/// Acknowledged entries leave the Redis stream (trimmed off its head), while pending and
+/// undelivered ones stay.
+#[tokio::test]
+async fn redis_trims_acknowledged_entries_and_keeps_the_rest() {
+    let Some(redis) = TestRedis::create().await else { return };
+    let config =
+        RedisConfig { url: redis.url.clone(), prefix: redis.prefix.clone(), op_timeout: Duration::from_secs(2) };
+    let state = RedisState::connect(&config).await.unwrap();
+    let queue = RedisUsageQueue::new(&state, CLAIM_IDLE, Duration::from_secs(2)).await.unwrap();
+    let stream = format!("{}:{{usage}}:reports", redis.prefix);
+    let conn = redis::Client::open(redis.url.as_str()).unwrap().get_multiplexed_async_connection().await.unwrap();
+    let length = |mut conn: redis::aio::MultiplexedConnection| {
+        let stream = stream.clone();
+        async move { redis::cmd("XLEN").arg(&stream).query_async::<usize>(&mut conn).await.unwrap() }
+    };
+
+    let payloads: Vec<Vec<u8>> = (0..5u8).map(|i| vec![i]).collect();
+    queue.enqueue(&payloads).await.unwrap();
+    let taken = queue.receive("w1", 4, Duration::from_millis(10)).await.unwrap();
+    assert_eq!(taken.len(), 4);
+    // The second and fourth stay pending; the fifth was never delivered.
+    queue.ack(&[taken[0].id.clone(), taken[2].id.clone()]).await.unwrap();
+    assert_eq!(length(conn.clone()).await, 4, "only what precedes the oldest pending entry is trimmed");
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    queue.ack(&[taken[1].id.clone(), taken[3].id.clone()]).await.unwrap();
+    assert_eq!(length(conn.clone()).await, 1, "the undelivered entry stays");
+    let last = queue.receive("w1", 4, Duration::from_millis(10)).await.unwrap();
+    assert_eq!(last.iter().map(|e| e.payload.clone()).collect::<Vec<_>>(), [vec![4u8]]);
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    queue.ack(&[last[0].id.clone()]).await.unwrap();
+    assert_eq!(length(conn).await, 0);
+}

@@ -205,8 +205,10 @@ pub struct AuthzArgs {
 
 #[derive(Debug, Args)]
 pub struct MeteringArgs {
-    /// Stream workers applying usage reports in this process (0: serve the RPCs only).
-    #[arg(long, env = "TOLLGATE_METERING_WORKERS", default_value_t = 2)]
+    /// Stream workers applying usage reports in this process (0: serve the RPCs only). Each
+    /// has one batch committing and one settling, so a few per core keep Postgres and Redis
+    /// busy at once.
+    #[arg(long, env = "TOLLGATE_METERING_WORKERS", default_value_t = 4)]
     pub workers: usize,
     /// Most usage reports per batch, i.e. per database transaction (1–1000).
     #[arg(long, env = "TOLLGATE_METERING_BATCH_SIZE", default_value_t = 1000, value_parser = clap::value_parser!(u16).range(1..=1000))]

@@ -16,6 +16,8 @@ use tollgate_core::clock::SystemClock;
 use tollgate_proto::keys::v1 as keys;
 use tollgate_proto::metering::v1 as metering;
 use tollgate_state::redis::RedisConfig;
+use tollgate_store::metering::{MeteringStore, SqlMeteringStore};
+use tollgate_store::{Database, DatabaseConfig};
 
 use crate::common::Bearer;
 use tollgate_test_support::{PrivatePostgres, TestDatabase, TestRedis};
@@ -123,11 +125,11 @@ async fn assert_exactly_once(metering_db: &str, redis: &TestRedis, key: &str, n:
             let balance: Option<i64> =
                 redis::cmd("GET").arg(format!("{}:{{crash}}:bal", redis.prefix)).query_async(&mut conn).await.unwrap();
             assert_eq!(balance, Some(-expected), "the balance counter took each charge once");
-            let (spent,): (i64,) = sqlx::query_as("SELECT credits FROM metering.usage_totals WHERE scope = 'c/crash'")
-                .fetch_one(&mut db)
-                .await
-                .unwrap();
-            assert_eq!(spent, expected);
+            // The account's total: its row plus what batches recorded and no worker folded yet.
+            let store = SqlMeteringStore::new(
+                Database::connect(&DatabaseConfig::new(metering_db.to_owned(), "metering")).await.unwrap(),
+            );
+            assert_eq!(store.balance("crash").await.unwrap().credits_spent, expected);
             return;
         }
         assert!(count as u64 <= n, "{count} ledger rows for {n} distinct reports");

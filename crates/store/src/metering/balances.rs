@@ -4,25 +4,42 @@ use std::collections::BTreeMap;
 
 use sqlx::{Any, Executor, Row};
 
+use super::totals::{ScopeDeltas, add_pending_scopes, pending_pattern};
 use super::{Balance, CreditGrant};
 use tollgate_core::time::Micros;
 
 use crate::db::Database;
 use crate::error::StoreResult;
 
+/// Credits added and spent, and the pending totals that name the account (what recent
+/// batches spent), in one statement: one snapshot.
 pub(super) async fn balance<'e>(executor: impl Executor<'e, Database = Any>, account_id: &str) -> StoreResult<Balance> {
-    let row = sqlx::query(
-        "SELECT (SELECT credits_added FROM account_balances WHERE account_id = $1) AS added, \
-         (SELECT credits FROM usage_totals WHERE scope = $2) AS spent",
+    let scope = format!("c/{account_id}");
+    let rows = sqlx::query(
+        "SELECT 'added' AS part, credits_added AS credits, NULL AS deltas FROM account_balances WHERE account_id = $1 \
+         UNION ALL SELECT 'spent', credits, NULL FROM usage_totals WHERE scope = $2 \
+         UNION ALL SELECT 'pending', 0, deltas FROM totals_pending WHERE deltas LIKE $3",
     )
     .bind(account_id)
-    .bind(format!("c/{account_id}"))
-    .fetch_one(executor)
+    .bind(&scope)
+    .bind(pending_pattern(&format!("@{scope}\t")))
+    .fetch_all(executor)
     .await?;
-    Ok(Balance {
-        credits_added: row.try_get::<Option<i64>, _>("added")?.unwrap_or(0),
-        credits_spent: row.try_get::<Option<i64>, _>("spent")?.unwrap_or(0),
-    })
+    let mut balance = Balance::default();
+    let mut texts = Vec::new();
+    for row in &rows {
+        match row.try_get::<String, _>("part")?.as_str() {
+            "added" => balance.credits_added = row.try_get("credits")?,
+            "spent" => balance.credits_spent += row.try_get::<i64, _>("credits")?,
+            _ => texts.push(row.try_get::<String, _>("deltas")?),
+        }
+    }
+    let mut pending = ScopeDeltas::new();
+    for text in &texts {
+        add_pending_scopes(text, |s| s == scope, &mut pending)?;
+    }
+    balance.credits_spent += pending.values().map(|t| t.credits).sum::<i64>();
+    Ok(balance)
 }
 
 pub(super) async fn add_credits(db: &Database, grant: &CreditGrant) -> StoreResult<(bool, Balance)> {
@@ -56,15 +73,32 @@ pub(super) async fn add_credits(db: &Database, grant: &CreditGrant) -> StoreResu
 }
 
 pub(super) async fn all_balances(db: &Database) -> StoreResult<Vec<(String, Balance)>> {
+    let rows = sqlx::query(
+        "SELECT 'added' AS part, account_id AS name, credits_added AS credits, NULL AS deltas FROM account_balances \
+         UNION ALL SELECT 'spent', scope, credits, NULL FROM usage_totals WHERE scope LIKE 'c/%' \
+         UNION ALL SELECT 'pending', '', 0, deltas FROM totals_pending",
+    )
+    .fetch_all(&db.pool)
+    .await?;
     let mut balances: BTreeMap<String, Balance> = BTreeMap::new();
-    for row in sqlx::query("SELECT account_id, credits_added FROM account_balances").fetch_all(&db.pool).await? {
-        balances.entry(row.try_get("account_id")?).or_default().credits_added = row.try_get("credits_added")?;
+    let mut texts = Vec::new();
+    for row in &rows {
+        let name: String = row.try_get("name")?;
+        match row.try_get::<String, _>("part")?.as_str() {
+            "added" => balances.entry(name).or_default().credits_added = row.try_get("credits")?,
+            "spent" => {
+                let account_id = name.trim_start_matches("c/").to_owned();
+                balances.entry(account_id).or_default().credits_spent += row.try_get::<i64, _>("credits")?;
+            }
+            _ => texts.push(row.try_get::<String, _>("deltas")?),
+        }
     }
-    for row in sqlx::query("SELECT scope, credits FROM usage_totals WHERE scope LIKE 'c/%'").fetch_all(&db.pool).await?
-    {
-        let scope: String = row.try_get("scope")?;
-        let account_id = scope.trim_start_matches("c/").to_owned();
-        balances.entry(account_id).or_default().credits_spent = row.try_get("credits")?;
+    let mut pending = ScopeDeltas::new();
+    for text in &texts {
+        add_pending_scopes(text, |scope| scope.starts_with("c/"), &mut pending)?;
+    }
+    for (scope, totals) in pending {
+        balances.entry(scope.trim_start_matches("c/").to_owned()).or_default().credits_spent += totals.credits;
     }
     Ok(balances.into_iter().collect())
 }

@@ -1,36 +1,45 @@
-//! Charging a batch: ledger rows, each key's totals and windows, and application and account
-//! totals (an account's spend among them) in one transaction, with three multi-row statements
-//! per 500 reports.
+//! Charging a batch in one transaction: its ledger rows (each with the commit's random id,
+//! which tells a redelivered call which commit charged it), and one row of what it adds to
+//! the running totals of its keys, applications and accounts (see `totals`): two statements
+//! per 1,000 reports, and no row that another batch writes.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::atomic::Ordering;
 
 use async_trait::async_trait;
 use sqlx::any::AnyRow;
 use sqlx::{Any, AssertSqlSafe, Row, Transaction};
+use tollgate_core::ids::new_commit_id;
 use tollgate_core::time::Micros;
 
+use super::totals::{self, Deltas, KeyDeltas};
 use super::{Charge, SqlMeteringStore, Totals, UsageEntry, placeholders};
 use crate::error::{StoreError, StoreResult};
 
-/// Rows per statement: far below SQLite's 32,766 bound parameters at 15 columns a row.
-const ROWS_PER_STATEMENT: usize = 500;
+/// Rows per statement: a whole default batch, and below SQLite's 32,766 bound parameters at
+/// 16 columns a row.
+const ROWS_PER_STATEMENT: usize = 1000;
 
-const LEDGER_COLUMNS: usize = 15;
+const LEDGER_COLUMNS: usize = 16;
 
-/// Inserts ledger rows, skipping (account, request id) pairs already there; returns the
-/// pairs inserted.
+/// Inserts ledger rows; returns how many it inserted. With `skip_duplicates`, (account,
+/// request id) pairs already there are skipped; without, one fails the statement with
+/// [`StoreError::AlreadyExists`] (and costs Postgres far less per row when there is none).
 async fn insert_ledger(
     tx: &mut Transaction<'static, Any>,
     entries: &[&UsageEntry],
     now: Micros,
-) -> StoreResult<HashSet<(String, String)>> {
-    let mut inserted = HashSet::new();
+    commit_id: i64,
+    skip_duplicates: bool,
+) -> StoreResult<u64> {
+    let mut inserted = 0;
     for chunk in entries.chunks(ROWS_PER_STATEMENT) {
         let sql = format!(
             "INSERT INTO usage_ledger (request_id, account_id, application_id, key_id, model, input_tokens, \
-             output_tokens, cached_input_tokens, credits, outcome, start_time, end_time, day, month, apply_time) \
-             VALUES {} ON CONFLICT (account_id, request_id) DO NOTHING RETURNING account_id, request_id",
-            placeholders(chunk.len(), LEDGER_COLUMNS, 1)
+             output_tokens, cached_input_tokens, credits, outcome, start_time, end_time, day, month, apply_time, \
+             commit_id) VALUES {}{}",
+            placeholders(chunk.len(), LEDGER_COLUMNS, 1),
+            if skip_duplicates { " ON CONFLICT (account_id, request_id) DO NOTHING" } else { "" }
         );
         let mut query = sqlx::query(AssertSqlSafe(sql));
         for e in chunk {
@@ -49,45 +58,15 @@ async fn insert_ledger(
                 .bind(e.end_time)
                 .bind(&e.day)
                 .bind(&e.month)
-                .bind(now);
+                .bind(now)
+                .bind(commit_id);
         }
-        for row in query.fetch_all(&mut **tx).await? {
-            inserted.insert((row.try_get("account_id")?, row.try_get("request_id")?));
-        }
+        inserted += query.execute(&mut **tx).await?.rows_affected();
     }
     Ok(inserted)
 }
 
-/// Adds to running totals, one upsert per chunk of scopes.
-async fn add_totals(tx: &mut Transaction<'static, Any>, totals: &BTreeMap<String, Totals>) -> StoreResult<()> {
-    let totals: Vec<(&String, &Totals)> = totals.iter().collect();
-    for chunk in totals.chunks(ROWS_PER_STATEMENT) {
-        let sql = format!(
-            "INSERT INTO usage_totals (scope, requests, input_tokens, output_tokens, cached_input_tokens, credits) \
-             VALUES {} ON CONFLICT (scope) DO UPDATE SET \
-             requests = usage_totals.requests + excluded.requests, \
-             input_tokens = usage_totals.input_tokens + excluded.input_tokens, \
-             output_tokens = usage_totals.output_tokens + excluded.output_tokens, \
-             cached_input_tokens = usage_totals.cached_input_tokens + excluded.cached_input_tokens, \
-             credits = usage_totals.credits + excluded.credits",
-            placeholders(chunk.len(), 6, 1)
-        );
-        let mut query = sqlx::query(AssertSqlSafe(sql));
-        for (scope, t) in chunk {
-            query = query
-                .bind(scope.as_str())
-                .bind(t.requests)
-                .bind(t.input_tokens)
-                .bind(t.output_tokens)
-                .bind(t.cached_input_tokens)
-                .bind(t.credits);
-        }
-        query.execute(&mut **tx).await?;
-    }
-    Ok(())
-}
-
-/// The stored rows of calls charged before (duplicates), by (account, request id).
+/// The stored rows of the given calls, by (account, request id).
 async fn stored_charges(
     tx: &mut Transaction<'static, Any>,
     pairs: &[(&str, &str)],
@@ -95,7 +74,7 @@ async fn stored_charges(
     let mut found = HashMap::new();
     for chunk in pairs.chunks(ROWS_PER_STATEMENT) {
         let sql = format!(
-            "SELECT account_id, request_id, key_id, credits, end_time, apply_time FROM usage_ledger \
+            "SELECT account_id, request_id, key_id, credits, end_time, apply_time, commit_id FROM usage_ledger \
              WHERE (account_id, request_id) IN (VALUES {})",
             placeholders(chunk.len(), 2, 1)
         );
@@ -119,46 +98,26 @@ fn stored_charge(row: &AnyRow) -> StoreResult<Charge> {
         credits: row.try_get("credits")?,
         end_time: row.try_get("end_time")?,
         apply_time: row.try_get("apply_time")?,
+        commit_id: row.try_get("commit_id")?,
         new: false,
     })
 }
 
-/// What a batch adds to one key: totals, and spend in the latest day and month of its calls
-/// (calls of earlier windows count in the totals only; their windows are past).
-#[derive(Debug, Default)]
-struct KeyDelta {
-    totals: Totals,
-    day: String,
-    day_credits: i64,
-    month: String,
-    month_credits: i64,
-}
+/// An application's totals, `a/{account}/{application}`, or (no application) an account's,
+/// `c/{account}`: what it spent.
+type Scope<'a> = (&'a str, Option<&'a str>);
 
-impl KeyDelta {
-    fn add(&mut self, e: &UsageEntry, call: &Totals) {
-        self.totals.add(call);
-        if e.day > self.day {
-            (self.day, self.day_credits) = (e.day.clone(), 0);
-        }
-        if e.day == self.day {
-            self.day_credits += e.credits;
-        }
-        if e.month > self.month {
-            (self.month, self.month_credits) = (e.month.clone(), 0);
-        }
-        if e.month == self.month {
-            self.month_credits += e.credits;
-        }
+fn scope_name((account, application): &Scope<'_>) -> String {
+    match application {
+        Some(application) => format!("a/{account}/{application}"),
+        None => format!("c/{account}"),
     }
 }
 
-type KeyDeltas = BTreeMap<(String, String), KeyDelta>;
-
-/// What a set of new ledger rows adds: per key, and per application and account scope
-/// (`c/{account}` is what the account spent).
-fn totals_of<'a>(entries: impl Iterator<Item = &'a UsageEntry>) -> (KeyDeltas, BTreeMap<String, Totals>) {
-    let mut keys: KeyDeltas = BTreeMap::new();
-    let mut scopes: BTreeMap<String, Totals> = BTreeMap::new();
+/// What a set of new ledger rows adds: per key, and per application and account.
+fn totals_of<'a>(entries: impl Iterator<Item = &'a UsageEntry>) -> (KeyDeltas<'a>, BTreeMap<String, Totals>) {
+    let mut keys: KeyDeltas<'a> = BTreeMap::new();
+    let mut scopes: HashMap<Scope<'a>, Totals> = HashMap::new();
     for e in entries {
         let call = Totals {
             requests: 1,
@@ -167,56 +126,32 @@ fn totals_of<'a>(entries: impl Iterator<Item = &'a UsageEntry>) -> (KeyDeltas, B
             cached_input_tokens: e.cached_input_tokens,
             credits: e.credits,
         };
-        keys.entry((e.account_id.clone(), e.key_id.clone())).or_default().add(e, &call);
-        let a = &e.account_id;
-        for scope in [format!("a/{a}/{}", e.application_id), format!("c/{a}")] {
-            scopes.entry(scope).or_default().add(&call);
-        }
+        keys.entry((&e.account_id, &e.key_id)).or_default().add_call(e, &call);
+        scopes.entry((&e.account_id, Some(&e.application_id))).or_default().add(&call);
+        scopes.entry((&e.account_id, None)).or_default().add(&call);
     }
-    (keys, scopes)
+    (keys, scopes.iter().map(|(scope, totals)| (scope_name(scope), *totals)).collect())
 }
 
-/// Adds to each key's row. A window newer than the stored one replaces it; an older one
-/// (a late report) adds to the totals only.
-async fn add_key_totals(tx: &mut Transaction<'static, Any>, keys: &KeyDeltas) -> StoreResult<()> {
-    let keys: Vec<(&(String, String), &KeyDelta)> = keys.iter().collect();
-    for chunk in keys.chunks(ROWS_PER_STATEMENT) {
-        let sql = format!(
-            "INSERT INTO key_totals (account_id, key_id, requests, input_tokens, output_tokens, cached_input_tokens, \
-             credits, day, day_credits, month, month_credits) VALUES {} ON CONFLICT (account_id, key_id) DO UPDATE SET \
-             requests = key_totals.requests + excluded.requests, \
-             input_tokens = key_totals.input_tokens + excluded.input_tokens, \
-             output_tokens = key_totals.output_tokens + excluded.output_tokens, \
-             cached_input_tokens = key_totals.cached_input_tokens + excluded.cached_input_tokens, \
-             credits = key_totals.credits + excluded.credits, \
-             day_credits = CASE WHEN excluded.day > key_totals.day THEN excluded.day_credits \
-                 WHEN excluded.day = key_totals.day THEN key_totals.day_credits + excluded.day_credits \
-                 ELSE key_totals.day_credits END, \
-             day = CASE WHEN excluded.day > key_totals.day THEN excluded.day ELSE key_totals.day END, \
-             month_credits = CASE WHEN excluded.month > key_totals.month THEN excluded.month_credits \
-                 WHEN excluded.month = key_totals.month THEN key_totals.month_credits + excluded.month_credits \
-                 ELSE key_totals.month_credits END, \
-             month = CASE WHEN excluded.month > key_totals.month THEN excluded.month ELSE key_totals.month END",
-            placeholders(chunk.len(), 11, 1)
-        );
-        let mut query = sqlx::query(AssertSqlSafe(sql));
-        for ((account_id, key_id), d) in chunk {
-            query = query
-                .bind(account_id.as_str())
-                .bind(key_id.as_str())
-                .bind(d.totals.requests)
-                .bind(d.totals.input_tokens)
-                .bind(d.totals.output_tokens)
-                .bind(d.totals.cached_input_tokens)
-                .bind(d.totals.credits)
-                .bind(d.day.as_str())
-                .bind(d.day_credits)
-                .bind(d.month.as_str())
-                .bind(d.month_credits);
-        }
-        query.execute(&mut **tx).await?;
+impl SqlMeteringStore {
+    /// Folds pending totals into the rows of their keys, applications and accounts (up to 64
+    /// batches' worth); returns how many batches' worth it folded. Workers do this every few
+    /// batches on their own.
+    pub async fn fold_pending_totals(&self) -> StoreResult<usize> {
+        totals::fold(&self.db).await
     }
-    Ok(())
+
+    /// Every few batches, folds pending totals into their rows. The batch is committed
+    /// already: a failed fold is left for the next one.
+    async fn fold_now_and_then(&self) {
+        if self.batches_since_fold.fetch_add(1, Ordering::Relaxed) + 1 < totals::FOLD_EVERY {
+            return;
+        }
+        self.batches_since_fold.store(0, Ordering::Relaxed);
+        if let Err(error) = totals::fold(&self.db).await {
+            tracing::warn!(%error, "cannot fold pending totals; the next batches will");
+        }
+    }
 }
 
 #[async_trait]
@@ -225,40 +160,70 @@ impl super::MeteringStore for SqlMeteringStore {
         if entries.is_empty() {
             return Ok(Vec::new());
         }
+        let commit_id = new_commit_id();
         // Rows in one order in every batch, so two workers inserting the same calls (a
         // redelivery) wait for each other instead of deadlocking.
         let mut ordered: Vec<&UsageEntry> = entries.iter().collect();
-        ordered.sort_by(|a, b| (&a.account_id, &a.request_id).cmp(&(&b.account_id, &b.request_id)));
+        ordered.sort_unstable_by(|a, b| (&a.account_id, &a.request_id).cmp(&(&b.account_id, &b.request_id)));
+        // Almost every batch is all new: insert plainly, and only after a duplicate (or while
+        // they keep coming) skip them row by row.
+        let careful = self.duplicates_seen.load(Ordering::Relaxed);
         let mut tx = self.db.pool.begin().await?;
-        let inserted = insert_ledger(&mut tx, &ordered, now).await?;
-        let is_new = |e: &UsageEntry| inserted.contains(&(e.account_id.clone(), e.request_id.clone()));
-        let (keys, scopes) = totals_of(entries.iter().filter(|e| is_new(e)));
-        add_key_totals(&mut tx, &keys).await?;
-        add_totals(&mut tx, &scopes).await?;
-        let duplicates: Vec<(&str, &str)> =
-            entries.iter().filter(|e| !is_new(e)).map(|e| (e.account_id.as_str(), e.request_id.as_str())).collect();
-        let stored = if duplicates.is_empty() { HashMap::new() } else { stored_charges(&mut tx, &duplicates).await? };
-        tx.commit().await?;
-        entries
-            .iter()
-            .map(|e| {
-                if is_new(e) {
-                    return Ok(Charge {
-                        request_id: e.request_id.clone(),
-                        account_id: e.account_id.clone(),
-                        key_id: e.key_id.clone(),
-                        credits: e.credits,
-                        end_time: e.end_time,
-                        apply_time: now,
-                        new: true,
-                    });
+        let inserted = match insert_ledger(&mut tx, &ordered, now, commit_id, careful).await {
+            Err(StoreError::AlreadyExists) if !careful => {
+                tx.rollback().await?;
+                self.duplicates_seen.store(true, Ordering::Relaxed);
+                tx = self.db.pool.begin().await?;
+                insert_ledger(&mut tx, &ordered, now, commit_id, true).await?
+            }
+            inserted => inserted?,
+        };
+        if careful && inserted == entries.len() as u64 {
+            self.duplicates_seen.store(false, Ordering::Relaxed);
+        }
+        // Some were charged before (a redelivery, or the same call reported twice): read back
+        // every row; those of this commit are the new ones.
+        let stored = if inserted == entries.len() as u64 {
+            None
+        } else {
+            let pairs: Vec<(&str, &str)> =
+                ordered.iter().map(|e| (e.account_id.as_str(), e.request_id.as_str())).collect();
+            Some(stored_charges(&mut tx, &pairs).await?)
+        };
+        let mut charges = Vec::with_capacity(entries.len());
+        let mut charged_now = HashSet::new();
+        for e in entries {
+            let earlier = match &stored {
+                None => None,
+                Some(stored) => {
+                    let charge = stored.get(&(e.account_id.clone(), e.request_id.clone())).ok_or_else(|| {
+                        StoreError::Internal(format!("ledger row of request {:?} vanished", e.request_id))
+                    })?;
+                    // A call twice in one batch is new once.
+                    let first = charged_now.insert((e.account_id.as_str(), e.request_id.as_str()));
+                    (charge.commit_id != commit_id || !first).then_some(charge)
                 }
-                stored
-                    .get(&(e.account_id.clone(), e.request_id.clone()))
-                    .cloned()
-                    .ok_or_else(|| StoreError::Internal(format!("ledger row of request {:?} vanished", e.request_id)))
-            })
-            .collect()
+            };
+            charges.push(match earlier {
+                Some(charge) => Charge { new: false, ..charge.clone() },
+                None => Charge {
+                    request_id: e.request_id.clone(),
+                    account_id: e.account_id.clone(),
+                    key_id: e.key_id.clone(),
+                    credits: e.credits,
+                    end_time: e.end_time,
+                    apply_time: now,
+                    commit_id,
+                    new: true,
+                },
+            });
+        }
+        let (keys, scopes) = totals_of(entries.iter().zip(&charges).filter(|(_, c)| c.new).map(|(e, _)| e));
+        totals::record(&mut tx, &Deltas { keys, scopes: scopes.iter().map(|(s, t)| (s.as_str(), *t)).collect() })
+            .await?;
+        tx.commit().await?;
+        self.fold_now_and_then().await;
+        Ok(charges)
     }
 
     async fn add_credits(&self, grant: &super::CreditGrant) -> StoreResult<(bool, super::Balance)> {
@@ -304,7 +269,7 @@ impl super::MeteringStore for SqlMeteringStore {
         day: &str,
         month: &str,
     ) -> StoreResult<super::KeyTotals> {
-        super::queries::key_totals(&self.db, account_id, key_id, day, month).await
+        totals::key_totals(&self.db, account_id, key_id, day, month).await
     }
 
     async fn all_balances(&self) -> StoreResult<Vec<(String, super::Balance)>> {
@@ -312,6 +277,18 @@ impl super::MeteringStore for SqlMeteringStore {
     }
 
     async fn all_key_totals(&self, day: &str, month: &str) -> StoreResult<Vec<super::KeyCounterRow>> {
-        super::queries::all_key_totals(&self.db, day, month).await
+        totals::all_key_totals(&self.db, day, month).await
+    }
+
+    async fn fold_when_idle(&self) -> StoreResult<()> {
+        if self.batches_since_fold.swap(0, Ordering::Relaxed) > 0 {
+            // Bounded: other processes may keep adding rows meanwhile.
+            for _ in 0..16 {
+                if totals::fold(&self.db).await? == 0 {
+                    break;
+                }
+            }
+        }
+        Ok(())
     }
 }

@@ -6,8 +6,10 @@ mod balances;
 mod inbox;
 mod ledger;
 mod queries;
+mod totals;
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -76,6 +78,8 @@ pub struct Charge {
     pub end_time: Micros,
     /// When the ledger took the call.
     pub apply_time: Micros,
+    /// The commit that charged it: every call of one `apply_usage` shares one.
+    pub commit_id: i64,
     /// False for a duplicate of a call charged before.
     pub new: bool,
 }
@@ -220,6 +224,9 @@ pub trait MeteringStore: Send + Sync {
     async fn all_balances(&self) -> StoreResult<Vec<(String, Balance)>>;
     /// Every key's spend, with its day and month window spend.
     async fn all_key_totals(&self, day: &str, month: &str) -> StoreResult<Vec<KeyCounterRow>>;
+    /// Folds pending totals into their rows if this store charged batches since it last did
+    /// (a worker with nothing to do calls it, so reads find few pending rows).
+    async fn fold_when_idle(&self) -> StoreResult<()>;
 }
 
 /// The metering store (and `dev`'s usage queue) over a Postgres or SQLite database.
@@ -230,12 +237,23 @@ pub struct SqlMeteringStore {
     arrivals: Arc<Notify>,
     /// How long a received queue entry stays invisible before another worker may take it.
     claim_idle: Duration,
+    /// Whether the last batch charged had a call charged before: the next one then skips
+    /// duplicates row by row from the start instead of inserting plainly and retrying.
+    duplicates_seen: Arc<AtomicBool>,
+    /// Batches this store charged since it last folded the keys' pending totals.
+    batches_since_fold: Arc<AtomicU32>,
 }
 
 impl SqlMeteringStore {
     /// Wraps a connected database (schema `metering` on Postgres).
     pub fn new(db: Database) -> Self {
-        Self { db, arrivals: Arc::new(Notify::new()), claim_idle: Duration::from_secs(30) }
+        Self {
+            db,
+            arrivals: Arc::new(Notify::new()),
+            claim_idle: Duration::from_secs(30),
+            duplicates_seen: Arc::new(AtomicBool::new(false)),
+            batches_since_fold: Arc::new(AtomicU32::new(0)),
+        }
     }
 
     /// Sets how long a received queue entry stays invisible to other workers.

@@ -4,7 +4,7 @@ use sqlx::Row;
 use sqlx::any::AnyRow;
 use tollgate_core::time::Micros;
 
-use super::{BucketRow, KeyCounterRow, KeyTotals, Outcome, Totals, UsageCursor, UsageEntry, UsageFilter, UsageScope};
+use super::{BucketRow, Outcome, Totals, UsageCursor, UsageEntry, UsageFilter, UsageScope};
 use crate::db::Database;
 use crate::error::{StoreError, StoreResult};
 
@@ -102,52 +102,6 @@ pub(super) async fn usage_buckets(
                     cached_input_tokens: row.try_get("cached_input_tokens")?,
                     credits: row.try_get("credits")?,
                 },
-            })
-        })
-        .collect()
-}
-
-pub(super) async fn key_totals(
-    db: &Database,
-    account_id: &str,
-    key_id: &str,
-    day: &str,
-    month: &str,
-) -> StoreResult<KeyTotals> {
-    let row = sqlx::query(
-        "SELECT credits, day, day_credits, month, month_credits FROM key_totals WHERE account_id = $1 AND key_id = $2",
-    )
-    .bind(account_id)
-    .bind(key_id)
-    .fetch_optional(&db.pool)
-    .await?;
-    row.as_ref().map_or(Ok(KeyTotals::default()), |row| key_totals_row(row, day, month))
-}
-
-/// A key's spend, counting its stored windows only when they are the ones asked for.
-fn key_totals_row(row: &AnyRow, day: &str, month: &str) -> StoreResult<KeyTotals> {
-    let stored_day: String = row.try_get("day")?;
-    let stored_month: String = row.try_get("month")?;
-    Ok(KeyTotals {
-        used: row.try_get("credits")?,
-        day: if stored_day == day { row.try_get("day_credits")? } else { 0 },
-        month: if stored_month == month { row.try_get("month_credits")? } else { 0 },
-    })
-}
-
-pub(super) async fn all_key_totals(db: &Database, day: &str, month: &str) -> StoreResult<Vec<KeyCounterRow>> {
-    let rows = sqlx::query(
-        "SELECT account_id, key_id, credits, day, day_credits, month, month_credits FROM key_totals \
-         ORDER BY account_id, key_id",
-    )
-    .fetch_all(&db.pool)
-    .await?;
-    rows.iter()
-        .map(|row| {
-            Ok(KeyCounterRow {
-                account_id: row.try_get("account_id")?,
-                key_id: row.try_get("key_id")?,
-                totals: key_totals_row(row, day, month)?,
             })
         })
         .collect()
