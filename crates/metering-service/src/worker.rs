@@ -7,11 +7,11 @@
 //! after the commit, before the acknowledgement) changes nothing the second time.
 //! Acknowledging only after both makes every accepted report applied at least once.
 
-use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use foldhash::{HashMap, HashSet};
 use prost::Message;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -187,7 +187,7 @@ async fn price(core: &MeteringCore, batch: &[QueuedReport], acks: &mut Vec<Strin
     let keys: HashMap<String, Option<Arc<PricedKey>>> = key_names.into_iter().map(str::to_owned).zip(found).collect();
     let catalog = core.pricer.catalog().await.map_err(|e| Retry(e.to_string()))?;
     // The same call twice in one batch: the first one charges it.
-    let mut seen = HashSet::new();
+    let mut seen = HashSet::default();
     let repeated: Vec<bool> = reports
         .iter()
         .map(|r| {

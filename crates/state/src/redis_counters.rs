@@ -1,10 +1,10 @@
 //! Counters on Redis: one EVALSHA of `lua/authorize.lua` per call.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use foldhash::HashMap;
 use redis::Script;
 use redis::aio::ConnectionManager;
 use tollgate_core::counters::{CounterCheck, CounterOutcome, RateOutcome};
@@ -86,7 +86,7 @@ impl RedisCounters {
         let first = &settlements[members[0]];
         let account_id = first.account_id;
         let mut key_ids: Vec<&str> = Vec::new();
-        let mut index_of: HashMap<&str, usize> = HashMap::new();
+        let mut index_of: HashMap<&str, usize> = HashMap::default();
         let mut calls = Vec::with_capacity(members.len());
         for &i in members {
             let key_id = settlements[i].key_id;
@@ -217,7 +217,7 @@ impl Counters for RedisCounters {
         // trip for the whole batch. Each call touches one account's hash slot, so the pipeline
         // works on Redis Cluster.
         let mut groups: Vec<(Vec<usize>, bool)> = Vec::new();
-        let mut group_of: HashMap<(&str, &str, i64, bool), usize> = HashMap::new();
+        let mut group_of: HashMap<(&str, &str, i64, bool), usize> = HashMap::default();
         for (i, s) in settlements.iter().enumerate() {
             let whole = s.whole_commit && s.commit_id != 0;
             let group =

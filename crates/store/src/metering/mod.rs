@@ -8,6 +8,7 @@ mod ledger;
 mod queries;
 mod totals;
 
+use std::fmt::Write as _;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32};
 use std::time::Duration;
@@ -285,8 +286,7 @@ pub(crate) fn placeholders(rows: usize, columns: usize, first: usize) -> String 
             if column > 0 {
                 sql.push_str(", ");
             }
-            sql.push('$');
-            sql.push_str(&(first + row * columns + column).to_string());
+            let _ = write!(sql, "${}", first + row * columns + column);
         }
         sql.push(')');
     }
