@@ -103,7 +103,8 @@ struct Deployment {
 }
 
 impl Deployment {
-    async fn start(postgres: &str, authz_replicas: usize) -> anyhow::Result<Self> {
+    /// `hold_ttl`: how long authz keeps a hold no usage report settles.
+    async fn start(postgres: &str, authz_replicas: usize, hold_ttl: &str) -> anyhow::Result<Self> {
         let (redis, redis_port) = processes::redis().await?;
         let database = Database::create(postgres).await?;
         let env = |extra: &[(&'static str, String)]| -> Vec<(&'static str, String)> {
@@ -134,8 +135,7 @@ impl Deployment {
                 &env(&[
                     ("TOLLGATE_KEYS_URL", format!("http://127.0.0.1:{keys_port}")),
                     ("TOLLGATE_LISTEN", format!("127.0.0.1:{port}")),
-                    // Holds of calls no usage report settles: short, so they do not pile up.
-                    ("TOLLGATE_HOLD_TTL", "10s".to_owned()),
+                    ("TOLLGATE_HOLD_TTL", hold_ttl.to_owned()),
                 ]),
                 port,
             )
@@ -153,6 +153,10 @@ impl Deployment {
         processes::commandstats(self.redis_port, "calls").await
     }
 }
+
+/// Holds of the authz benchmark's calls, which no usage report settles: short, so they do not
+/// pile up.
+const HOLD_TTL: &str = "10s";
 
 fn channel(port: u16) -> anyhow::Result<Channel> {
     Ok(Endpoint::from_shared(format!("http://127.0.0.1:{port}"))?.tcp_nodelay(true).connect_lazy())
@@ -332,7 +336,7 @@ fn median(values: &mut [f64]) -> f64 {
 
 async fn authz_bench(postgres: &str, args: AuthzArgs) -> anyhow::Result<()> {
     eprintln!("starting Redis, Postgres database, keys and authz…");
-    let deployment = Deployment::start(postgres, 1).await?;
+    let deployment = Deployment::start(postgres, 1, HOLD_TTL).await?;
     let result = async {
         let admin = deployment.admin()?;
         eprintln!("seeding {} counted keys…", args.keys);
@@ -458,7 +462,7 @@ fn report(
 }
 
 async fn propagation(postgres: &str, args: PropagationArgs) -> anyhow::Result<()> {
-    let deployment = Deployment::start(postgres, 2).await?;
+    let deployment = Deployment::start(postgres, 2, HOLD_TTL).await?;
     let result = async {
         let admin = deployment.admin()?;
         admin.catalog().await?;

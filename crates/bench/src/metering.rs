@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use sqlx::{AssertSqlSafe, Connection, PgConnection};
+use tollgate_proto::authz::v1 as authz;
 use tollgate_proto::metering::v1 as metering;
 use tollgate_proto::time::timestamp;
 
@@ -19,7 +20,7 @@ use crate::load::{Pool, Scenario, Target, closed_loop, open_loop, quantile};
 use crate::processes::{self, Process, cpu_micros, free_port};
 use crate::raw::RawClient;
 use crate::seed::{Admin, Authed, MODEL, counted_key};
-use crate::{ADMIN_TOKEN, Deployment, PEPPER, calls, channel, median};
+use crate::{ADMIN_TOKEN, Deployment, HOLD_TTL, PEPPER, calls, channel, median};
 
 #[derive(Debug, clap::Args)]
 pub struct MeteringArgs {
@@ -46,6 +47,11 @@ pub struct MeteringArgs {
     /// Seconds of the lag measurement.
     #[arg(long, default_value_t = 15)]
     lag_secs: u64,
+    /// Authorize every report's call first, under its request id, so that settling also
+    /// finds and releases a hold per report, as in production. (The raw baseline has no such
+    /// work; off, the reports have no holds.)
+    #[arg(long)]
+    holds: bool,
 }
 
 /// Keys the reports are for, spread over accounts.
@@ -144,6 +150,42 @@ async fn enqueue(ingest: &MeteringClient, keys: &[String], round: usize, n: usiz
         sent??;
     }
     Ok(())
+}
+
+/// Takes the hold of each report `0..n` of round `round`: Authorize under the report's request
+/// id, 64 calls at a time. Returns how many holds Redis has afterwards.
+async fn take_holds(d: &Deployment, secrets: &[String], round: usize, n: usize) -> anyhow::Result<usize> {
+    let calls = Arc::new(calls(secrets));
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let channel = channel(d.authz[0].1)?;
+    let mut callers = tokio::task::JoinSet::new();
+    for _ in 0..64 {
+        let mut client = authz::authz_service_client::AuthzServiceClient::new(channel.clone());
+        let (calls, next) = (calls.clone(), next.clone());
+        callers.spawn(async move {
+            loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if i >= n {
+                    return anyhow::Ok(());
+                }
+                let call =
+                    authz::AuthorizeRequest { request_id: format!("t{round}-{i}"), ..calls[i % calls.len()].clone() };
+                let decision = client.authorize(call).await?.into_inner().decision();
+                anyhow::ensure!(decision == authz::Decision::Allow, "Authorize answered {decision:?}");
+            }
+        });
+    }
+    while let Some(done) = callers.join_next().await {
+        done??;
+    }
+    let redis = redis::Client::open(format!("redis://127.0.0.1:{}", d.redis_port))?;
+    let mut conn = redis.get_multiplexed_async_connection().await?;
+    let mut holds = 0;
+    for a in 0..ACCOUNTS {
+        let key = format!("tollgate:{{meter-{a:02}}}:holds");
+        holds += redis::cmd("HLEN").arg(key).query_async::<usize>(&mut conn).await?;
+    }
+    Ok(holds)
 }
 
 /// What one drain of the queue measured.
@@ -496,7 +538,8 @@ pub async fn run(args: MeteringArgs) -> anyhow::Result<()> {
     let postgres = tollgate_test_support::PrivatePostgres::start_with("-c shared_preload_libraries=pg_stat_statements")
         .await
         .context("a private Postgres (initdb and pg_ctl must be installed)")?;
-    let d = Deployment::start(&postgres.url(), 1).await?;
+    // Holds taken before a round must outlive the time to take them and drain the round.
+    let d = Deployment::start(&postgres.url(), 1, if args.holds { "10m" } else { HOLD_TTL }).await?;
     let postmaster = postgres.postmaster_pid().context("the private Postgres's pid")?;
     let (_ingest_process, ingest_port) = metering_process(&d, 0, args.batch_size).await?;
     let ingest = client(ingest_port)?;
@@ -549,6 +592,10 @@ pub async fn run(args: MeteringArgs) -> anyhow::Result<()> {
             }
         }
         let raw = raw.context("--raw-connections is empty")?;
+        if args.holds {
+            let holds = take_holds(&d, &secrets, round, args.events).await?;
+            eprintln!("round {round}: {holds} holds taken");
+        }
         enqueue(&ingest, &keys, round, args.events).await?;
         let drained = drain(&d, postmaster, &mut db, &args, args.events).await?;
         eprintln!("round {round}: raw INSERT {:.0} rows/s, metering {:.0} reports/s", raw.rate, drained.rate);
@@ -569,8 +616,13 @@ fn print_report(args: &MeteringArgs, raws: &[Raw], drains: &[Drain], lag: &Lag) 
     let applied = med(&|d| d.rate);
     let ratios: Vec<f64> = drains.iter().zip(raws).map(|(d, r)| d.rate / r.rate).collect();
     println!(
-        "## Metering ({} rounds × {} reports, {} workers, batches of {}; raw INSERT over {:?} connections)\n",
-        args.rounds, args.events, args.workers, args.batch_size, args.raw_connections
+        "## Metering ({} rounds × {} reports{}, {} workers, batches of {}; raw INSERT over {:?} connections)\n",
+        args.rounds,
+        args.events,
+        if args.holds { " each with its hold" } else { "" },
+        args.workers,
+        args.batch_size,
+        args.raw_connections
     );
     println!("| round | raw INSERT rows/s (best) | reports applied/s | ratio |");
     println!("|---|---|---|---|");

@@ -71,8 +71,28 @@ for first = 1, #rids, 500 do
     redis.call('ZREM', KEYS[3], unpack(found))
   end
 end
-for key, amount in pairs(held) do redis.call('HINCRBY', KEYS[1], key, -amount) end
-if held_total ~= 0 then redis.call('HINCRBY', KEYS[1], '*', -held_total) end
+-- Whole numbers written as such: Lua would print a large one in exponent notation.
+local function int(x) return string.format('%d', x) end
+
+-- What the released holds held, per key and for the account ('*'): one HMGET and one HSET
+-- per 500 fields rather than an HINCRBY each.
+if held_total ~= 0 then
+  local fields, amounts = { '*' }, { held_total }
+  for key, amount in pairs(held) do
+    fields[#fields + 1] = key
+    amounts[#amounts + 1] = amount
+  end
+  for first = 1, #fields, 500 do
+    local last = math.min(first + 499, #fields)
+    local now = redis.call('HMGET', KEYS[1], unpack(fields, first, last))
+    local values = {}
+    for f = first, last do
+      values[#values + 1] = fields[f]
+      values[#values + 1] = int(tonumber(now[f - first + 1] or '0') - amounts[f])
+    end
+    redis.call('HSET', KEYS[1], unpack(values))
+  end
+end
 
 -- A newer window starts afresh; spend in an older one (a late call) is past and only adds to
 -- the key's life. YYYYMMDD and YYYYMM compare as strings.
@@ -81,8 +101,6 @@ local function window(current, spent, day, cost)
   if day == current then return current, tonumber(spent or '0') + cost end
   return current, tonumber(spent or '0')
 end
--- Whole numbers written as such: Lua would print a large one in exponent notation.
-local function int(x) return string.format('%d', x) end
 for j = 1, m do
   local cost = key_cost[j]
   if cost and cost ~= 0 then
