@@ -1,14 +1,17 @@
 //! Counters in process memory for `tollgate dev`: the same decision function as the Redis
 //! script, under one lock, so a check and its take are one step.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use tollgate_core::counters::{CounterOutcome, CounterState, evaluate};
 
 use crate::StateError;
-use crate::counters::{CounterCall, CounterRestore, Counters, KeySpend, Settlement};
+use crate::counters::{
+    CREDITED_MEMORY_MS, CounterCall, CounterRestore, Counters, KeySpend, SETTLED_MEMORY_MS, Settlement,
+};
 use tollgate_core::windows::Windows;
 
 #[derive(Debug, Default)]
@@ -21,6 +24,36 @@ struct KeyCounters {
     tpm_tat: Option<f64>,
 }
 
+/// Ids remembered for at least `MEMORY_MS` and at most twice that, as Redis keeps its markers:
+/// two generations, the older dropped whole once the newer is `MEMORY_MS` old, so a
+/// long-running `dev` does not keep every request id it ever settled.
+#[derive(Debug)]
+struct Remembered<const MEMORY_MS: i64> {
+    current: HashSet<String>,
+    previous: HashSet<String>,
+    since: Instant,
+}
+
+impl<const MEMORY_MS: i64> Default for Remembered<MEMORY_MS> {
+    fn default() -> Self {
+        Self { current: HashSet::new(), previous: HashSet::new(), since: Instant::now() }
+    }
+}
+
+impl<const MEMORY_MS: i64> Remembered<MEMORY_MS> {
+    /// Remembers `id`; false if it is remembered already.
+    fn insert(&mut self, id: &str) -> bool {
+        if self.since.elapsed() >= Duration::from_millis(MEMORY_MS.unsigned_abs()) {
+            self.previous = std::mem::take(&mut self.current);
+            self.since = Instant::now();
+        }
+        if self.current.contains(id) || self.previous.contains(id) {
+            return false;
+        }
+        self.current.insert(id.to_owned())
+    }
+}
+
 #[derive(Debug, Default)]
 struct AccountCounters {
     balance: i64,
@@ -28,8 +61,8 @@ struct AccountCounters {
     held_by_key: HashMap<String, i64>,
     /// request id → (key id, credits, expires at ms)
     holds: HashMap<String, (String, i64, f64)>,
-    settled: std::collections::HashSet<String>,
-    credited: std::collections::HashSet<String>,
+    settled: Remembered<SETTLED_MEMORY_MS>,
+    credited: Remembered<CREDITED_MEMORY_MS>,
     keys: HashMap<String, KeyCounters>,
 }
 
@@ -140,7 +173,7 @@ impl Counters for MemoryCounters {
     async fn settle(&self, settlement: &Settlement<'_>) -> Result<bool, StateError> {
         let mut accounts = self.accounts.lock().expect("counter lock poisoned");
         let account = accounts.entry(settlement.account_id.to_owned()).or_default();
-        if !account.settled.insert(settlement.request_id.to_owned()) {
+        if !account.settled.insert(settlement.request_id) {
             return Ok(false);
         }
         account.release(settlement.request_id);
@@ -163,7 +196,7 @@ impl Counters for MemoryCounters {
     async fn credit_once(&self, account_id: &str, grant_id: &str, credits: i64) -> Result<bool, StateError> {
         let mut accounts = self.accounts.lock().expect("counter lock poisoned");
         let account = accounts.entry(account_id.to_owned()).or_default();
-        if !account.credited.insert(grant_id.to_owned()) {
+        if !account.credited.insert(grant_id) {
             return Ok(false);
         }
         account.balance += credits;
@@ -202,5 +235,23 @@ impl Counters for MemoryCounters {
             key.month = (restore.windows.month.clone(), spend.month);
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Remembered;
+
+    #[test]
+    fn ids_are_remembered_for_their_memory_then_forgotten() {
+        let mut long = Remembered::<60_000>::default();
+        assert!(long.insert("a"));
+        assert!(!long.insert("a"), "remembered within its memory");
+        // With no memory every insert starts a generation: an id lasts one more insert.
+        let mut short = Remembered::<0>::default();
+        assert!(short.insert("a"));
+        assert!(!short.insert("a"), "the previous generation is still asked");
+        assert!(short.insert("b"));
+        assert!(short.insert("a"), "a generation older than that is forgotten");
     }
 }
