@@ -19,6 +19,9 @@ pub enum MeteringError {
     Unauthenticated(&'static str),
     #[error("{0}")]
     Unavailable(String),
+    /// A caller asked more often than it may; it may ask again after the duration.
+    #[error("{0}")]
+    ResourceExhausted(&'static str, std::time::Duration),
     #[error("internal error")]
     Internal(String),
 }
@@ -40,6 +43,7 @@ impl MeteringError {
             MeteringError::NotFound(_) => "RESOURCE_NOT_FOUND",
             MeteringError::Unauthenticated(_) => "UNAUTHENTICATED",
             MeteringError::Unavailable(_) => "BACKEND_UNAVAILABLE",
+            MeteringError::ResourceExhausted(..) => "RATE_LIMITED",
             MeteringError::Internal(_) => "INTERNAL",
         }
     }
@@ -83,6 +87,7 @@ impl From<MeteringError> for Status {
                 tracing::warn!(error = %cause, "backend unavailable");
                 (Code::Unavailable, "a backend is unavailable; retry".to_owned())
             }
+            MeteringError::ResourceExhausted(..) => (Code::ResourceExhausted, error.to_string()),
             MeteringError::Internal(cause) => {
                 tracing::error!(error = %cause, "internal error");
                 (Code::Internal, error.to_string())
@@ -90,6 +95,9 @@ impl From<MeteringError> for Status {
         };
         let mut details = ErrorDetails::new();
         details.set_error_info(error.reason(), ERROR_DOMAIN, std::collections::HashMap::new());
+        if let MeteringError::ResourceExhausted(_, retry_after) = &error {
+            details.set_retry_info(Some(*retry_after));
+        }
         if let MeteringError::InvalidArgument(violations) = &error {
             for violation in violations.items() {
                 details.add_bad_request_violation(violation.field.clone(), violation.description.clone());

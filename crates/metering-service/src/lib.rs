@@ -9,6 +9,7 @@
 pub mod directory;
 pub mod error;
 pub mod grpc;
+pub mod key_holder_limit;
 pub mod pricing;
 pub mod queries;
 pub mod reconcile;
@@ -36,6 +37,7 @@ pub use worker::{WorkerSettings, WorkerStats};
 
 use crate::directory::KeyDirectory;
 use crate::grpc::{KeyHolderGrpc, MeteringGrpc};
+use crate::key_holder_limit::KeyHolderLimit;
 use crate::pricing::Pricer;
 
 /// Everything the metering service works with.
@@ -50,6 +52,7 @@ pub struct MeteringCore {
     pub pepper: KeyPepper,
     pub workers: WorkerSettings,
     pub stats: WorkerStats,
+    pub key_holder_limit: KeyHolderLimit,
 }
 
 /// Settings of the metering service besides its adapters.
@@ -63,6 +66,8 @@ pub struct MeteringConfig {
     /// allows nothing else.
     pub gateway_token: Option<String>,
     pub workers: WorkerSettings,
+    /// `GetKeyBalance` calls each key may make per minute on this replica (0: no limit).
+    pub key_balance_per_minute: u32,
 }
 
 /// The metering service, ready to be served.
@@ -91,6 +96,7 @@ impl MeteringServer {
             pepper: config.pepper,
             workers: config.workers,
             stats: WorkerStats::default(),
+            key_holder_limit: KeyHolderLimit::new(config.key_balance_per_minute),
         });
         Self {
             core,

@@ -190,6 +190,10 @@ impl MeteringCore {
             return Err(NOT_VALID);
         }
         let now = self.clock.now_micros();
+        let key_name = names::key(&state.account_id, &state.key_id);
+        self.key_holder_limit.check(&key_name, now).await.map_err(|retry_after| {
+            MeteringError::ResourceExhausted("this key asked for its balance too often; retry later", retry_after)
+        })?;
         let windows = self.calendar.windows(now);
         let spend = self.store.key_totals(&state.account_id, &state.key_id, &windows.day, &windows.month).await?;
         let left = |limit: Option<i64>, used: i64| limit.map(|l| (l - used).max(0));
@@ -210,7 +214,7 @@ impl MeteringCore {
         let rows = self.store.usage_buckets(&scope, start, end, STEP).await?;
         let (_, buckets) = series::fold(&self.calendar, Granularity::Day, start, end, &rows, true);
         Ok(pb::GetKeyBalanceResponse {
-            key: names::key(&state.account_id, &state.key_id),
+            key: key_name,
             status: status as i32,
             expire_time: state.expire_time,
             quota: state.quota,

@@ -221,4 +221,8 @@ pub struct MeteringArgs {
     /// the dead letters.
     #[arg(long, env = "TOLLGATE_METERING_MAX_DELIVERIES", default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_deliveries: u32,
+    /// `KeyHolderService/GetKeyBalance` calls each key may make per minute on one replica
+    /// (0: no limit); more are RESOURCE_EXHAUSTED with a retry delay. Each reads the ledger.
+    #[arg(long, env = "TOLLGATE_KEY_BALANCE_RPM", default_value_t = 60)]
+    pub key_balance_rpm: u32,
 }

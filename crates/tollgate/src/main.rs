@@ -157,6 +157,7 @@ fn metering_settings(args: &MeteringArgs, authz: &AuthzArgs) -> MeteringSettings
         max_deliveries: args.max_deliveries,
         time_zone: authz.time_zone.clone(),
         gateway_token: authz.gateway_token.clone(),
+        key_balance_per_minute: args.key_balance_rpm,
     }
 }
 

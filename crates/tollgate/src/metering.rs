@@ -35,6 +35,8 @@ pub struct MeteringSettings {
     pub time_zone: String,
     /// When set, usage reports may come with this bearer token instead of the admin token.
     pub gateway_token: Option<String>,
+    /// `GetKeyBalance` calls each key may make per minute on one replica (0: no limit).
+    pub key_balance_per_minute: u32,
 }
 
 impl Default for MeteringSettings {
@@ -46,6 +48,7 @@ impl Default for MeteringSettings {
             max_deliveries: 5,
             time_zone: "UTC".into(),
             gateway_token: None,
+            key_balance_per_minute: 60,
         }
     }
 }
@@ -112,6 +115,7 @@ pub(crate) fn add(
             max_deliveries: settings.max_deliveries.max(1),
             ..WorkerSettings::default()
         },
+        key_balance_per_minute: settings.key_balance_per_minute,
     };
     let server =
         Arc::new(MeteringServer::new(config, adapters.store, adapters.queue, adapters.counters, adapters.directory));

@@ -28,6 +28,7 @@ macro_rules! metering_tests {
                     claim_idle: std::time::Duration::from_millis(300),
                     max_deliveries: 2,
                     time_zone: zone,
+                    key_balance_per_minute: KEY_BALANCE_PER_MINUTE,
                     ..Default::default()
                 },
                 ..Default::default()
@@ -68,8 +69,12 @@ metering_tests!(
     a_poison_report_is_dead_lettered_and_replayed,
     usage_lists_page_and_filter,
     the_key_holder_sees_its_own_key_but_never_a_deleted_one,
+    the_key_holder_asks_a_few_times_a_minute,
     bad_input_names_the_field,
 );
+
+/// `GetKeyBalance` calls a key may make per minute in these tests.
+const KEY_BALANCE_PER_MINUTE: u32 = 3;
 
 /// One in the morning of the next month's first day in Tokyo: an hour into a day and a
 /// month there, and ahead of the real clock, which Redis expires window counters by.
@@ -79,6 +84,7 @@ fn start() -> i64 {
 }
 
 const MINUTE: i64 = 60_000_000;
+const SECOND: i64 = 1_000_000;
 
 fn report(w: &World, key: &pb::Key, request_id: &str, input: i64, output: i64, cached: i64) -> metering::UsageReport {
     let start = start();
@@ -501,6 +507,28 @@ async fn the_key_holder_sees_its_own_key_but_never_a_deleted_one(h: &Harness, _c
             Code::Unauthenticated,
         );
     }
+}
+
+async fn the_key_holder_asks_a_few_times_a_minute(h: &Harness, clock: &ManualClock) {
+    use tonic_types::StatusExt;
+    let w = world(h, "asker").await;
+    let (_, secret) = create_key(h, &w, w.key("Asker")).await;
+    let (_, other) = create_key(h, &w, w.key("Other")).await;
+    let ask = |secret: &str| {
+        let mut holder = h.key_holder(secret);
+        async move { holder.get_key_balance(metering::GetKeyBalanceRequest::default()).await }
+    };
+    for _ in 0..KEY_BALANCE_PER_MINUTE {
+        ask(&secret).await.unwrap();
+    }
+    clock.advance(20 * SECOND);
+    let refused = assert_code(ask(&secret).await, Code::ResourceExhausted);
+    assert!(!refused.message().contains(&secret));
+    let retry = refused.get_details_retry_info().and_then(|r| r.retry_delay).expect("a retry delay");
+    assert_eq!(retry, Duration::from_secs(40), "until the key's minute is over");
+    ask(&other).await.expect("another key has its own minute");
+    clock.advance(40 * SECOND);
+    ask(&secret).await.expect("a new minute");
 }
 
 async fn bad_input_names_the_field(h: &Harness, clock: &ManualClock) {
