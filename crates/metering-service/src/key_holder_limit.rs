@@ -30,8 +30,8 @@ impl KeyHolderLimit {
         Self { per_minute, windows }
     }
 
-    /// Counts a call of the key named `key` at `now`; `Err` with how long until the key may ask again
-    /// once it has made its calls for the minute.
+    /// Counts a call of the key named `key` at `now`; once the key has made its calls for the
+    /// minute, `Err` with how long until it may ask again.
     pub async fn check(&self, key: &str, now: Micros) -> Result<(), Duration> {
         if self.per_minute == 0 {
             return Ok(());
