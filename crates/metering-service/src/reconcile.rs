@@ -1,12 +1,20 @@
 //! `tollgate metering reconcile`: rebuilds the counters authz reads (balances, each key's
 //! lifetime, today's and this month's spend) from the ledger, the way back after Redis lost
 //! its data. Holds and rate-limit state are left alone: they are short-lived.
+//!
+//! Workers may keep running. Settling and crediting pause for the accounts being rebuilt
+//! while the ledger is read and the counters are written; the commits and credit grants the
+//! ledger already holds are marked settled as the counters are written, so a worker (or a
+//! retried AddCredits) that comes to them afterwards changes nothing, and what was committed
+//! after the read is added on top.
 
 use std::collections::BTreeMap;
 
 use tollgate_core::time::Micros;
-use tollgate_core::windows::Calendar;
-use tollgate_state::counters::{CounterRestore, Counters, KeySpend};
+use tollgate_core::windows::{Calendar, Windows};
+use tollgate_state::counters::{
+    CREDITED_MEMORY_MS, CounterRestore, Counters, KeySpend, SETTLE_AGAIN_WITHIN_MS, SETTLED_MEMORY_MS,
+};
 use tollgate_store::metering::MeteringStore;
 
 use crate::MeteringCore;
@@ -19,10 +27,17 @@ pub struct Reconciled {
     pub keys: usize,
 }
 
-/// Overwrites every account's and key's counters with what the ledger says, for the windows
-/// of `now`. Reports that workers apply while it runs may be counted twice or not at all in
-/// Redis for the keys they touch; run it with the workers stopped, or run it again once they
-/// are idle.
+/// An account's counters as the ledger has them.
+#[derive(Debug, Default)]
+struct AccountRestore {
+    balance: i64,
+    keys: Vec<(String, KeySpend)>,
+    commits: Vec<(i64, String)>,
+    grants: Vec<String>,
+}
+
+/// Overwrites the counters of every account the ledger knows with what it says, for the
+/// windows of `now`.
 pub async fn reconcile(
     store: &dyn MeteringStore,
     counters: &dyn Counters,
@@ -30,21 +45,73 @@ pub async fn reconcile(
     now: Micros,
 ) -> MeteringResult<Reconciled> {
     let windows = calendar.windows(now);
-    let mut accounts: BTreeMap<String, (i64, Vec<(String, KeySpend)>)> = BTreeMap::new();
-    for (account_id, balance) in store.all_balances().await? {
-        accounts.entry(account_id).or_default().0 = balance.balance();
+    // The accounts to rebuild; one whose first money arrives later has nothing to rebuild.
+    let paused: Vec<String> = store.all_balances().await?.into_iter().map(|(account_id, _)| account_id).collect();
+    counters.pause_for_restore(&paused).await?;
+    let restored = restore_paused(store, counters, &windows, now, &paused).await;
+    if restored.is_err() {
+        // Counters left as they were settle on from there; waiting for the pause to expire
+        // would only hold them back.
+        if let Err(error) = counters.resume(&paused).await {
+            tracing::warn!(%error, "settling stays paused until the pause expires");
+        }
+    }
+    restored
+}
+
+/// Reads the ledger and writes the counters of the `paused` accounts.
+async fn restore_paused(
+    store: &dyn MeteringStore,
+    counters: &dyn Counters,
+    windows: &Windows,
+    now: Micros,
+    paused: &[String],
+) -> MeteringResult<Reconciled> {
+    // Workers settle again what they committed up to SETTLE_AGAIN_WITHIN_MS ago (by their
+    // clocks; a minute covers skew): those commits must be marked settled.
+    let commits_since = now - (SETTLE_AGAIN_WITHIN_MS + 60_000).min(SETTLED_MEMORY_MS) * 1000;
+    let grants_since = now - CREDITED_MEMORY_MS * 1000;
+    let snapshot = store.ledger_snapshot(&windows.day, &windows.month, commits_since, grants_since).await?;
+    // Only the paused accounts: any other one's first money came after the pause, and its
+    // counters are settled as usual.
+    let mut accounts: BTreeMap<String, AccountRestore> =
+        paused.iter().map(|account_id| (account_id.clone(), AccountRestore::default())).collect();
+    for (account_id, balance) in snapshot.balances {
+        if let Some(account) = accounts.get_mut(&account_id) {
+            account.balance = balance.balance();
+        }
     }
     let mut keys = 0;
-    for row in store.all_key_totals(&windows.day, &windows.month).await? {
-        let spend = KeySpend { used: row.totals.used, day: row.totals.day, month: row.totals.month };
-        accounts.entry(row.account_id).or_default().1.push((row.key_id, spend));
-        keys += 1;
+    for row in snapshot.keys {
+        if let Some(account) = accounts.get_mut(&row.account_id) {
+            let spend = KeySpend { used: row.totals.used, day: row.totals.day, month: row.totals.month };
+            account.keys.push((row.key_id, spend));
+            keys += 1;
+        }
     }
-    for (account_id, (balance, keys)) in accounts.iter() {
-        let restore = CounterRestore { account_id, balance: *balance, keys: keys.clone(), windows: &windows };
+    for (account_id, commit_id, day) in snapshot.commits {
+        if let Some(account) = accounts.get_mut(&account_id) {
+            account.commits.push((commit_id, day));
+        }
+    }
+    for (account_id, request_id) in snapshot.grants {
+        if let Some(account) = accounts.get_mut(&account_id) {
+            account.grants.push(crate::service::grant_marker(&request_id));
+        }
+    }
+    let restored = accounts.len();
+    for (account_id, account) in accounts {
+        let restore = CounterRestore {
+            account_id: &account_id,
+            balance: account.balance,
+            keys: account.keys,
+            windows,
+            commits: account.commits,
+            grants: account.grants,
+        };
         counters.restore(&restore).await?;
     }
-    Ok(Reconciled { accounts: accounts.len(), keys })
+    Ok(Reconciled { accounts: restored, keys })
 }
 
 impl MeteringCore {

@@ -84,7 +84,7 @@ impl MeteringCore {
         let (applied, balance) = self.store.add_credits(&grant).await?;
         // Also for a retry: if the first attempt committed but died before this step, the
         // retry finishes it; the grant's marker keeps it from counting twice.
-        self.counters.credit_once(account_id, &format!("grant:{}", request.request_id), request.credits).await?;
+        self.counters.credit_once(account_id, &grant_marker(&request.request_id), request.credits).await?;
         if applied {
             tracing::info!(
                 target: "audit",
@@ -201,4 +201,9 @@ fn is_dead_letter_id(id: &str) -> bool {
         Some((time, sequence)) => digits(time) && digits(sequence),
         None => digits(id),
     }
+}
+
+/// The id a credit grant is remembered by in the counters.
+pub(crate) fn grant_marker(request_id: &str) -> String {
+    format!("grant:{request_id}")
 }

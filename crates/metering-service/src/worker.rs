@@ -20,7 +20,8 @@ use tollgate_core::names;
 use tollgate_core::windows::WindowsCache;
 use tollgate_proto::metering::v1 as pb;
 use tollgate_proto::time::timestamp_micros;
-use tollgate_state::counters::{SETTLE_AGAIN_WITHIN_MS, Settlement};
+use tollgate_state::StateError;
+use tollgate_state::counters::{RECONCILE_PAUSE_MS, SETTLE_AGAIN_WITHIN_MS, Settlement};
 use tollgate_state::usage_queue::QueuedReport;
 use tollgate_store::StoreError;
 use tollgate_store::metering::{Charge, Outcome, UsageEntry};
@@ -139,6 +140,25 @@ pub async fn run(core: Arc<MeteringCore>, consumer: String, shutdown: Cancellati
     }
     if let Some(previous) = finishing {
         log_finish(previous.await);
+    }
+}
+
+/// How long a worker waits between tries while a reconciliation pauses settling.
+const RECONCILE_POLL: Duration = Duration::from_millis(100);
+
+/// Settles, waiting while `tollgate metering reconcile` rewrites an account's counters (the
+/// groups settled before the pause are remembered and skipped by the next try). Past the
+/// pause's own limit the entries are left to come back.
+async fn settle_when_not_paused(core: &MeteringCore, settlements: &[Settlement<'_>]) -> Result<(), Retry> {
+    let give_up = tokio::time::Instant::now() + Duration::from_millis(RECONCILE_PAUSE_MS.unsigned_abs());
+    loop {
+        match core.counters.settle_batch(settlements).await {
+            Ok(_) => return Ok(()),
+            Err(StateError::Reconciling) if tokio::time::Instant::now() < give_up => {
+                tokio::time::sleep(RECONCILE_POLL).await;
+            }
+            Err(error) => return Err(Retry(format!("counters: {error}"))),
+        }
     }
 }
 
@@ -328,7 +348,7 @@ async fn finish(core: Arc<MeteringCore>, committed: Committed) -> Result<(), Ret
             whole_commit: c.new,
         })
         .collect();
-    core.counters.settle_batch(&settlements).await.map_err(|e| Retry(format!("counters: {e}")))?;
+    settle_when_not_paused(&core, &settlements).await?;
     let new = charges.iter().filter(|c| c.new).count() as u64;
     core.stats.applied.fetch_add(new, Ordering::Relaxed);
     core.stats.duplicates.fetch_add(charges.len() as u64 - new, Ordering::Relaxed);

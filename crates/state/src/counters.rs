@@ -15,6 +15,7 @@
 //! | `P:{A}:committed:C:D` | string | ledger commit C's calls of day D were settled together (`all`), or some one by one after a redelivery (`part`); kept 15 minutes |
 //! | `P:{A}:settled:R` | string | request R was settled on its own (a redelivery; kept 15 minutes) |
 //! | `P:{A}:credited:R` | string | credit grant R was added to the balance (kept 7 days) |
+//! | `P:{A}:reconciling` | string | `tollgate metering reconcile` is rewriting the account's counters: settling and crediting wait (expires by itself) |
 
 use async_trait::async_trait;
 use tollgate_core::counters::{CounterOutcome, CounterRequest};
@@ -64,7 +65,8 @@ pub struct KeySpend {
 }
 
 /// Counter values rebuilt from the ledger, to overwrite what Redis holds
-/// (`tollgate metering reconcile`).
+/// (`tollgate metering reconcile`), with what the ledger already counts that a worker or a
+/// retried AddCredits may still try to settle or credit.
 #[derive(Debug, Clone)]
 pub struct CounterRestore<'a> {
     pub account_id: &'a str,
@@ -73,7 +75,16 @@ pub struct CounterRestore<'a> {
     /// Each key's spend in `windows`.
     pub keys: Vec<(String, KeySpend)>,
     pub windows: &'a Windows,
+    /// Recent ledger commits (commit id, day of its calls): their settlement is now a no-op.
+    pub commits: Vec<(i64, String)>,
+    /// Recent credit grants' ids (as given to [`Counters::credit_once`]): crediting them again
+    /// is now a no-op.
+    pub grants: Vec<String>,
 }
+
+/// How long an account's counters stay paused for a reconciliation that never finishes (it
+/// crashed): settling and crediting resume then.
+pub const RECONCILE_PAUSE_MS: i64 = 5 * 60 * 1000;
 
 /// How long a settlement is remembered, so a repeated one is ignored. Repeats come from a
 /// worker that died between settling and acknowledging, within the queue's claim time; the
@@ -121,7 +132,17 @@ pub trait Counters: Send + Sync {
         key_ids: &[String],
         windows: &Windows,
     ) -> Result<Vec<KeySpend>, StateError>;
-    /// Overwrites an account's balance and its keys' spend (holds and rates are kept).
+    /// Makes settling and crediting for these accounts fail with
+    /// [`StateError::Reconciling`] until [`Counters::restore`] (or
+    /// [`RECONCILE_PAUSE_MS`]), so nothing changes their counters between a reconciliation's
+    /// read of the ledger and its write.
+    async fn pause_for_restore(&self, account_ids: &[String]) -> Result<(), StateError>;
+    /// Ends the pause of accounts a failed reconciliation did not restore; their counters are
+    /// as they were, and settling goes on from there.
+    async fn resume(&self, account_ids: &[String]) -> Result<(), StateError>;
+    /// Overwrites an account's balance and its keys' spend (holds and rates are kept),
+    /// remembers its recent commits and grants as settled, and ends its pause: one atomic
+    /// step.
     async fn restore(&self, restore: &CounterRestore<'_>) -> Result<(), StateError>;
 }
 
@@ -158,6 +179,11 @@ impl CounterKeys {
     /// A key's counters hash (`used`, `rpm`, `tpm`, `d`/`ds`, `m`/`ms`).
     pub fn key_counters(&self, account_id: &str, key_id: &str) -> String {
         format!("{}:{{{account_id}}}:k:{key_id}", self.prefix)
+    }
+
+    /// Present while a reconciliation rewrites the account's counters.
+    pub fn reconciling(&self, account_id: &str) -> String {
+        self.account(account_id, "reconciling")
     }
 
     /// The marker of a credit grant applied to the balance.

@@ -28,6 +28,10 @@ pub enum StateError {
     Unavailable(String),
     #[error("state backend timed out")]
     Timeout,
+    /// `tollgate metering reconcile` is rewriting the account's counters; settle or credit
+    /// again shortly.
+    #[error("the account's counters are being rebuilt from the ledger; retry shortly")]
+    Reconciling,
 }
 
 /// One snapshot to store under a secret hash.

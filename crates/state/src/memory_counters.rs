@@ -41,16 +41,18 @@ impl<const MEMORY_MS: i64> Default for Remembered<MEMORY_MS> {
 }
 
 impl<const MEMORY_MS: i64> Remembered<MEMORY_MS> {
-    /// Remembers `id`; false if it is remembered already.
-    fn insert(&mut self, id: &str) -> bool {
+    /// Whether `id` is remembered (dropping the older generation when its time is up).
+    fn contains(&mut self, id: &str) -> bool {
         if self.since.elapsed() >= Duration::from_millis(MEMORY_MS.unsigned_abs()) {
             self.previous = std::mem::take(&mut self.current);
             self.since = Instant::now();
         }
-        if self.current.contains(id) || self.previous.contains(id) {
-            return false;
-        }
-        self.current.insert(id.to_owned())
+        self.current.contains(id) || self.previous.contains(id)
+    }
+
+    /// Remembers `id`; false if it is remembered already.
+    fn insert(&mut self, id: &str) -> bool {
+        !self.contains(id) && self.current.insert(id.to_owned())
     }
 }
 
@@ -62,6 +64,8 @@ struct AccountCounters {
     /// request id → (key id, credits, expires at ms)
     holds: HashMap<String, (String, i64, f64)>,
     settled: Remembered<SETTLED_MEMORY_MS>,
+    /// Ledger commits (`commit:day`) a restore counted: settling them changes nothing.
+    committed: Remembered<SETTLED_MEMORY_MS>,
     credited: Remembered<CREDITED_MEMORY_MS>,
     keys: HashMap<String, KeyCounters>,
 }
@@ -173,6 +177,10 @@ impl Counters for MemoryCounters {
     async fn settle(&self, settlement: &Settlement<'_>) -> Result<bool, StateError> {
         let mut accounts = self.accounts.lock().expect("counter lock poisoned");
         let account = accounts.entry(settlement.account_id.to_owned()).or_default();
+        let commit = format!("{}:{}", settlement.commit_id, settlement.windows.day);
+        if settlement.commit_id != 0 && account.committed.contains(&commit) {
+            return Ok(false);
+        }
         if !account.settled.insert(settlement.request_id) {
             return Ok(false);
         }
@@ -224,10 +232,26 @@ impl Counters for MemoryCounters {
             .collect())
     }
 
+    /// Settling waits for nobody here: `tollgate dev` rebuilds its counters before its workers
+    /// start.
+    async fn pause_for_restore(&self, _account_ids: &[String]) -> Result<(), StateError> {
+        Ok(())
+    }
+
+    async fn resume(&self, _account_ids: &[String]) -> Result<(), StateError> {
+        Ok(())
+    }
+
     async fn restore(&self, restore: &CounterRestore<'_>) -> Result<(), StateError> {
         let mut accounts = self.accounts.lock().expect("counter lock poisoned");
         let account = accounts.entry(restore.account_id.to_owned()).or_default();
         account.balance = restore.balance;
+        for (commit_id, day) in &restore.commits {
+            account.committed.insert(&format!("{commit_id}:{day}"));
+        }
+        for grant_id in &restore.grants {
+            account.credited.insert(grant_id);
+        }
         for (key_id, spend) in &restore.keys {
             let key = account.keys.entry(key_id.clone()).or_default();
             key.used = spend.used;

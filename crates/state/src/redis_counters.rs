@@ -12,7 +12,8 @@ use tollgate_core::windows::Windows;
 
 use crate::StateError;
 use crate::counters::{
-    CREDITED_MEMORY_MS, CounterCall, CounterKeys, CounterRestore, Counters, KeySpend, SETTLED_MEMORY_MS, Settlement,
+    CREDITED_MEMORY_MS, CounterCall, CounterKeys, CounterRestore, Counters, KeySpend, RECONCILE_PAUSE_MS,
+    SETTLED_MEMORY_MS, Settlement,
 };
 use crate::redis::{RedisState, script_pipeline};
 
@@ -109,6 +110,7 @@ impl RedisCounters {
                 invocation.key(self.keys.settled(account_id, settlements[i].request_id));
             }
         }
+        invocation.key(self.keys.reconciling(account_id));
         invocation
             .arg(if per_call { "calls" } else { "commit" })
             .arg(members.len())
@@ -236,6 +238,10 @@ impl Counters for RedisCounters {
         // A commit some of whose calls a redelivery settled one by one is answered 'calls':
         // those groups go again, call by call (which never answers 'calls').
         let replies = self.settle_groups(settlements, &groups).await?;
+        // Groups that did settle are remembered by their markers: a retry skips them.
+        if replies.iter().any(|reply| reply == "paused") {
+            return Err(StateError::Reconciling);
+        }
         let mut again = Vec::new();
         for ((members, _), reply) in groups.into_iter().zip(replies) {
             match reply.as_str() {
@@ -257,11 +263,14 @@ impl Counters for RedisCounters {
         invocation
             .key(self.keys.balance(account_id))
             .key(self.keys.credited(account_id, grant_id))
+            .key(self.keys.reconciling(account_id))
             .arg(credits)
             .arg(CREDITED_MEMORY_MS);
         let mut conn = self.conn.clone();
-        let applied: i64 = self.bounded(invocation.invoke_async(&mut conn)).await?;
-        Ok(applied == 1)
+        match self.bounded(invocation.invoke_async::<i64>(&mut conn)).await? {
+            -1 => Err(StateError::Reconciling),
+            applied => Ok(applied == 1),
+        }
     }
 
     async fn key_spend(
@@ -294,11 +303,39 @@ impl Counters for RedisCounters {
             .collect())
     }
 
+    async fn pause_for_restore(&self, account_ids: &[String]) -> Result<(), StateError> {
+        let mut pipe = redis::pipe();
+        for account_id in account_ids {
+            pipe.cmd("SET").arg(self.keys.reconciling(account_id)).arg("1").arg("PX").arg(RECONCILE_PAUSE_MS).ignore();
+        }
+        let mut conn = self.conn.clone();
+        self.bounded(pipe.query_async::<()>(&mut conn)).await
+    }
+
+    async fn resume(&self, account_ids: &[String]) -> Result<(), StateError> {
+        let mut pipe = redis::pipe();
+        for account_id in account_ids {
+            pipe.del(self.keys.reconciling(account_id)).ignore();
+        }
+        let mut conn = self.conn.clone();
+        self.bounded(pipe.query_async::<()>(&mut conn)).await
+    }
+
     async fn restore(&self, restore: &CounterRestore<'_>) -> Result<(), StateError> {
         let windows = restore.windows;
+        let account_id = restore.account_id;
         // MULTI/EXEC: every key shares the account's hash tag.
         let mut pipe = redis::pipe();
-        pipe.atomic().set(self.keys.balance(restore.account_id), restore.balance).ignore();
+        pipe.atomic().set(self.keys.balance(account_id), restore.balance).ignore();
+        for (commit_id, day) in &restore.commits {
+            let marker = self.keys.committed(account_id, *commit_id, day);
+            pipe.cmd("SET").arg(marker).arg("all").arg("PX").arg(SETTLED_MEMORY_MS).ignore();
+        }
+        for grant_id in &restore.grants {
+            let marker = self.keys.credited(account_id, grant_id);
+            pipe.cmd("SET").arg(marker).arg("1").arg("PX").arg(CREDITED_MEMORY_MS).ignore();
+        }
+        pipe.del(self.keys.reconciling(account_id)).ignore();
         for (key_id, spend) in &restore.keys {
             let fields = [
                 ("used", spend.used.to_string()),

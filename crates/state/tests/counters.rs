@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use tollgate_core::counters::{CounterCheck, CounterLimits, CounterRequest};
 use tollgate_core::windows::{Calendar, Windows};
-use tollgate_state::counters::{CounterCall, Counters, Settlement};
+use tollgate_state::StateError;
+use tollgate_state::counters::{CounterCall, CounterRestore, Counters, KeySpend, Settlement};
 use tollgate_state::memory_counters::MemoryCounters;
 use tollgate_state::redis::{RedisConfig, RedisState};
 use tollgate_state::redis_counters::RedisCounters;
@@ -57,6 +58,7 @@ conformance!(
     a_commit_settles_once_whether_its_redelivery_comes_first_or_after,
     budgets_start_over_in_a_new_window,
     peek_takes_nothing,
+    a_restore_overwrites_spend_and_counts_its_commits_and_grants_once,
 );
 
 /// Real time (Redis expires spend windows by wall clock), rounded to a whole second.
@@ -401,6 +403,81 @@ async fn peek_takes_nothing(counters: Arc<dyn Counters>) {
     }
     let taken = counters.authorize(&c.as_call()).await.unwrap().after_hold();
     assert_eq!((taken.quota_remaining, taken.rpm.unwrap().remaining), (Some(40), 1));
+}
+
+/// What a reconciliation writes: spend and balance as the ledger has them, and the commits and
+/// grants the ledger holds, which a late settlement or credit must not count again.
+async fn a_restore_overwrites_spend_and_counts_its_commits_and_grants_once(counters: Arc<dyn Counters>) {
+    let c = call(CounterLimits::default());
+    let today = c.windows.clone();
+    let settle = |request_id, commit_id| Settlement {
+        account_id: "acme",
+        key_id: "k1",
+        request_id,
+        cost: 7,
+        windows: &today,
+        commit_id,
+        whole_commit: true,
+    };
+    // Drifted counters, and a grant applied before.
+    counters.settle_batch(&[settle("old", 1)]).await.unwrap();
+    counters.credit_once("acme", "grant:g0", 1_000).await.unwrap();
+    counters.pause_for_restore(&["acme".to_owned()]).await.unwrap();
+    let restore = CounterRestore {
+        account_id: "acme",
+        balance: 500,
+        keys: vec![("k1".into(), KeySpend { used: 100, day: 40, month: 60 })],
+        windows: &today,
+        commits: vec![(2, today.day.clone())],
+        grants: vec!["grant:g1".into()],
+    };
+    counters.restore(&restore).await.unwrap();
+    let spend = counters.key_spend("acme", &["k1".into()], &today).await.unwrap();
+    assert_eq!(spend, [KeySpend { used: 100, day: 40, month: 60 }]);
+    assert_eq!(counters.settle_batch(&[settle("in-ledger", 2)]).await.unwrap(), [false], "commit 2 is counted");
+    assert_eq!(counters.settle_batch(&[settle("later", 3)]).await.unwrap(), [true], "commit 3 came after");
+    assert!(!counters.credit_once("acme", "grant:g1", 50).await.unwrap(), "grant g1 is counted");
+    assert!(counters.credit_once("acme", "grant:g2", 50).await.unwrap());
+    let spend = counters.key_spend("acme", &["k1".into()], &today).await.unwrap();
+    assert_eq!(spend[0].used, 107);
+    let floor = CounterLimits { account_floor: Some(0), ..Default::default() };
+    let balance = counters.peek(&Call { limits: floor, ..call(CounterLimits::default()) }.as_call()).await.unwrap();
+    assert_eq!(balance.account_remaining, Some(500 - 7 + 50));
+}
+
+/// While a reconciliation rewrites an account, settling and crediting it wait (Redis only:
+/// `dev` rebuilds its counters before its workers start).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn settling_and_crediting_wait_for_a_reconciliation() {
+    let Some((counters, _guard)) = redis_counters().await else { return };
+    let c = call(CounterLimits::default());
+    let settle = |account_id, request_id| Settlement {
+        account_id,
+        key_id: "k1",
+        request_id,
+        cost: 7,
+        windows: &c.windows,
+        commit_id: 9,
+        whole_commit: true,
+    };
+    counters.pause_for_restore(&["acme".to_owned(), "other".to_owned()]).await.unwrap();
+    let paused = counters.settle_batch(&[settle("acme", "r1"), settle("free", "r2")]).await;
+    assert!(matches!(paused, Err(StateError::Reconciling)), "{paused:?}");
+    assert!(matches!(counters.credit_once("acme", "grant:g", 5).await, Err(StateError::Reconciling)));
+    let restore = CounterRestore {
+        account_id: "acme",
+        balance: 0,
+        keys: Vec::new(),
+        windows: &c.windows,
+        commits: Vec::new(),
+        grants: Vec::new(),
+    };
+    counters.restore(&restore).await.unwrap();
+    counters.resume(&["other".to_owned()]).await.unwrap();
+    // The account not paused settled in the first try; the retry skips it.
+    assert_eq!(counters.settle_batch(&[settle("acme", "r1"), settle("free", "r2")]).await.unwrap(), [true, false]);
+    assert!(counters.credit_once("acme", "grant:g", 5).await.unwrap());
+    assert_eq!(counters.settle_batch(&[settle("other", "r3")]).await.unwrap(), [true]);
 }
 
 #[tokio::test]

@@ -61,6 +61,7 @@ conformance!(
     buckets_sum_per_width_and_model,
     large_batches_span_several_statements,
     key_totals_read_the_same_before_and_after_folding,
+    a_ledger_snapshot_holds_totals_and_recent_commits_and_grants,
 );
 
 const T0: i64 = 1_800_000_000_000_000;
@@ -175,6 +176,36 @@ async fn credit_grants_apply_once(store: SqlMeteringStore) {
     let (rest, more) = store.list_credit_grants("a", after, 10).await.unwrap();
     assert_eq!((rest.len(), rest[0].request_id.as_str(), rest[0].actor.as_str(), more), (1, "g1", "ops", false));
     assert!(store.list_credit_grants("b", None, 10).await.unwrap().0.is_empty());
+}
+
+async fn a_ledger_snapshot_holds_totals_and_recent_commits_and_grants(store: SqlMeteringStore) {
+    let grant = |request_id: &str, time| CreditGrant {
+        account_id: "a".into(),
+        request_id: request_id.into(),
+        credits: 100,
+        reason: "top-up".into(),
+        actor: "ops".into(),
+        time,
+    };
+    store.add_credits(&grant("old", T0 - 10 * MINUTE)).await.unwrap();
+    store.add_credits(&grant("new", T0)).await.unwrap();
+    let old = store.apply_usage(&[entry("a", "k1", "r1", 10, T0)], T0 - 10 * MINUTE).await.unwrap();
+    let new = store
+        .apply_usage(&[entry("a", "k1", "r2", 5, T0), entry("b", "k2", "r3", 7, T0), entry("a", "k2", "r4", 1, T0)], T0)
+        .await
+        .unwrap();
+    let snapshot = store.ledger_snapshot("20270115", "202701", T0 - MINUTE, T0 - MINUTE).await.unwrap();
+    let balances: Vec<(&str, i64)> = snapshot.balances.iter().map(|(a, b)| (a.as_str(), b.balance())).collect();
+    assert_eq!(balances, [("a", 200 - 16), ("b", -7)]);
+    let keys: Vec<(&str, &str, i64)> =
+        snapshot.keys.iter().map(|r| (r.account_id.as_str(), r.key_id.as_str(), r.totals.used)).collect();
+    assert_eq!(keys, [("a", "k1", 15), ("a", "k2", 1), ("b", "k2", 7)]);
+    // Only what was applied since the time asked for; one commit per account and day.
+    let commit = new[0].commit_id;
+    assert_ne!(commit, old[0].commit_id);
+    let day = "20270115".to_owned();
+    assert_eq!(snapshot.commits, [("a".to_owned(), commit, day.clone()), ("b".to_owned(), commit, day)]);
+    assert_eq!(snapshot.grants, [("a".to_owned(), "new".to_owned())]);
 }
 
 async fn usage_lists_newest_first_with_filters_and_cursors(store: SqlMeteringStore) {

@@ -37,6 +37,7 @@ pub enum Command {
 pub enum MeteringCommand {
     /// Rebuilds the Redis counters authz reads (balances, each key's spend today, this month
     /// and in its life) from the ledger in Postgres: the way back after Redis lost its data.
+    /// Workers may keep running: settling waits for each account while it is rebuilt.
     Reconcile(ReconcileArgs),
 }
 

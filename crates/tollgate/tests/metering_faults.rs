@@ -1,7 +1,8 @@
 //! Metering under failure, in production shape (Postgres, Redis, separate processes): a
-//! worker process killed with SIGKILL mid-batch under load, and Postgres stopped and started
-//! under load. Either way every distinct report is charged exactly once: the ledger's count
-//! and sum, the key's counter and the account's balance all match what was sent.
+//! worker process killed with SIGKILL mid-batch under load, Postgres stopped and started under
+//! load, the counters rebuilt after Redis lost them and while workers apply. Every way, every
+//! distinct report is charged exactly once: the ledger's count and sum, the key's counter and
+//! the account's balance all match what was sent.
 
 mod common;
 
@@ -13,10 +14,19 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tollgate::{KeysServeConfig, KeysSettings, MeteringServeConfig, MeteringSettings, Secrets};
 use tollgate_core::clock::SystemClock;
+use tollgate_core::time::{Micros, now_micros};
+use tollgate_core::windows::Calendar;
+use tollgate_metering_service::reconcile::reconcile;
 use tollgate_proto::keys::v1 as keys;
 use tollgate_proto::metering::v1 as metering;
 use tollgate_state::redis::RedisConfig;
-use tollgate_store::metering::{MeteringStore, SqlMeteringStore};
+use tollgate_state::redis::RedisState;
+use tollgate_state::redis_counters::RedisCounters;
+use tollgate_store::StoreResult;
+use tollgate_store::metering::{
+    Balance, BucketRow, Charge, CreditGrant, KeyCounterRow, KeyTotals, LedgerSnapshot, MeteringStore, SqlMeteringStore,
+    UsageCursor, UsageEntry, UsageFilter, UsageScope,
+};
 use tollgate_store::{Database, DatabaseConfig};
 
 use crate::common::Bearer;
@@ -316,6 +326,11 @@ async fn reconcile_rebuilds_the_counters_after_redis_lost_them() {
     .expect("reconcile");
     assert_eq!((done.accounts, done.keys), (1, 1));
     assert_exactly_once(&metering_db.url, &redis, &d.key, N).await;
+    // The gateway retries reports applied before the loss: their settled markers went with
+    // it, and reconcile put back those of the recent commits, so nothing counts twice.
+    send(&d.ingest, &d.metering.secrets.admin_token, &d.key, 0..100).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_exactly_once(&metering_db.url, &redis, &d.key, N).await;
     let key_id = d.key.rsplit('/').next().unwrap();
     let today = tollgate_core::windows::Calendar::utc().windows(tollgate_core::time::now_micros()).day;
     let (day, day_spent): (Option<String>, Option<i64>) = redis::cmd("HMGET")
@@ -326,4 +341,106 @@ async fn reconcile_rebuilds_the_counters_after_redis_lost_them() {
         .unwrap();
     assert_eq!(day.as_deref(), Some(today.as_str()));
     assert_eq!(day_spent, Some((0..N).map(cost).sum::<i64>()), "today's spend is back too");
+}
+
+/// The metering store, with a pause after reading the ledger for a reconciliation: the
+/// window in which workers would otherwise change the counters before reconcile writes them.
+struct SlowSnapshot(SqlMeteringStore);
+
+#[async_trait::async_trait]
+impl MeteringStore for SlowSnapshot {
+    async fn apply_usage(&self, entries: &[UsageEntry], now: Micros) -> StoreResult<Vec<Charge>> {
+        self.0.apply_usage(entries, now).await
+    }
+    async fn add_credits(&self, grant: &CreditGrant) -> StoreResult<(bool, Balance)> {
+        self.0.add_credits(grant).await
+    }
+    async fn balance(&self, account_id: &str) -> StoreResult<Balance> {
+        self.0.balance(account_id).await
+    }
+    async fn list_credit_grants(
+        &self,
+        account_id: &str,
+        after: Option<(Micros, String)>,
+        limit: u32,
+    ) -> StoreResult<(Vec<CreditGrant>, bool)> {
+        self.0.list_credit_grants(account_id, after, limit).await
+    }
+    async fn list_usage(
+        &self,
+        filter: &UsageFilter,
+        after: Option<&UsageCursor>,
+        limit: u32,
+    ) -> StoreResult<(Vec<UsageEntry>, bool)> {
+        self.0.list_usage(filter, after, limit).await
+    }
+    async fn usage_buckets(
+        &self,
+        scope: &UsageScope,
+        start: Micros,
+        end: Micros,
+        width: Micros,
+    ) -> StoreResult<Vec<BucketRow>> {
+        self.0.usage_buckets(scope, start, end, width).await
+    }
+    async fn key_totals(&self, account_id: &str, key_id: &str, day: &str, month: &str) -> StoreResult<KeyTotals> {
+        self.0.key_totals(account_id, key_id, day, month).await
+    }
+    async fn all_balances(&self) -> StoreResult<Vec<(String, Balance)>> {
+        self.0.all_balances().await
+    }
+    async fn all_key_totals(&self, day: &str, month: &str) -> StoreResult<Vec<KeyCounterRow>> {
+        self.0.all_key_totals(day, month).await
+    }
+    async fn ledger_snapshot(
+        &self,
+        day: &str,
+        month: &str,
+        commits_since: Micros,
+        grants_since: Micros,
+    ) -> StoreResult<LedgerSnapshot> {
+        let snapshot = self.0.ledger_snapshot(day, month, commits_since, grants_since).await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        snapshot
+    }
+    async fn fold_when_idle(&self) -> StoreResult<()> {
+        self.0.fold_when_idle().await
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reconcile_while_workers_apply_counts_each_charge_once() {
+    let (Some(keys_db), Some(metering_db), Some(redis)) =
+        (TestDatabase::create().await, TestDatabase::create().await, TestRedis::create().await)
+    else {
+        return;
+    };
+    let d = deploy(&keys_db, &metering_db.url, &redis).await;
+    let workers = MeteringServeConfig {
+        metering: MeteringSettings { workers: 2, ..d.metering.metering.clone() },
+        ..d.metering.clone()
+    };
+    spawn_in_process(|l, s| tollgate::run_metering(l, workers, s), &d.shutdown).await;
+    const N: u64 = 2_000;
+    let load = d.spawn_load(0..N);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while ledger_rows(&metering_db.url).await < 300 {
+        assert!(tokio::time::Instant::now() < deadline, "nothing applied");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // One reconciliation in the middle of the load, half a second between its read of the
+    // ledger and its write of the counters: batches commit and come to settle meanwhile.
+    let store = SlowSnapshot(SqlMeteringStore::new(
+        Database::connect(&DatabaseConfig::new(metering_db.url.clone(), "metering")).await.unwrap(),
+    ));
+    let state = RedisState::connect(&d.metering.redis).await.unwrap();
+    let counters = RedisCounters::new(&state, Duration::from_secs(2));
+    let before = ledger_rows(&metering_db.url).await;
+    let done = reconcile(&store, &counters, &Calendar::utc(), now_micros()).await.expect("reconcile");
+    assert_eq!(done.accounts, 1);
+    let after = ledger_rows(&metering_db.url).await;
+    assert!(after > before, "batches were applied while it ran ({before} → {after} rows)");
+    assert!(!load.is_finished(), "the load outlasted it");
+    load.await.unwrap();
+    assert_exactly_once(&metering_db.url, &redis, &d.key, N).await;
 }

@@ -72,13 +72,15 @@ pub(super) async fn add_credits(db: &Database, grant: &CreditGrant) -> StoreResu
     Ok((inserted, after))
 }
 
-pub(super) async fn all_balances(db: &Database) -> StoreResult<Vec<(String, Balance)>> {
+pub(super) async fn all_balances<'e>(
+    executor: impl Executor<'e, Database = Any>,
+) -> StoreResult<Vec<(String, Balance)>> {
     let rows = sqlx::query(
         "SELECT 'added' AS part, account_id AS name, credits_added AS credits, NULL AS deltas FROM account_balances \
          UNION ALL SELECT 'spent', scope, credits, NULL FROM usage_totals WHERE scope LIKE 'c/%' \
          UNION ALL SELECT 'pending', '', 0, deltas FROM totals_pending",
     )
-    .fetch_all(&db.pool)
+    .fetch_all(executor)
     .await?;
     let mut balances: BTreeMap<String, Balance> = BTreeMap::new();
     let mut texts = Vec::new();

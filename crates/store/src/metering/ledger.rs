@@ -289,11 +289,21 @@ impl super::MeteringStore for SqlMeteringStore {
     }
 
     async fn all_balances(&self) -> StoreResult<Vec<(String, super::Balance)>> {
-        super::balances::all_balances(&self.db).await
+        super::balances::all_balances(&self.db.pool).await
     }
 
     async fn all_key_totals(&self, day: &str, month: &str) -> StoreResult<Vec<super::KeyCounterRow>> {
-        totals::all_key_totals(&self.db, day, month).await
+        totals::all_key_totals(&self.db.pool, day, month).await
+    }
+
+    async fn ledger_snapshot(
+        &self,
+        day: &str,
+        month: &str,
+        commits_since: Micros,
+        grants_since: Micros,
+    ) -> StoreResult<super::LedgerSnapshot> {
+        super::snapshot::ledger_snapshot(&self.db, day, month, commits_since, grants_since).await
     }
 
     async fn fold_when_idle(&self) -> StoreResult<()> {

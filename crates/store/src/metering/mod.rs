@@ -6,6 +6,7 @@ mod balances;
 mod inbox;
 mod ledger;
 mod queries;
+mod snapshot;
 mod totals;
 
 use std::fmt::Write as _;
@@ -183,6 +184,19 @@ pub struct KeyCounterRow {
     pub totals: KeyTotals,
 }
 
+/// The ledger as of one moment, for rebuilding the counters.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LedgerSnapshot {
+    /// By account.
+    pub balances: Vec<(String, Balance)>,
+    /// By account and key.
+    pub keys: Vec<KeyCounterRow>,
+    /// (account, commit id, day of its calls) of the recent commits.
+    pub commits: Vec<(String, i64, String)>,
+    /// (account, grant request id) of the recent credit grants.
+    pub grants: Vec<(String, String)>,
+}
+
 /// The money store.
 #[async_trait]
 pub trait MeteringStore: Send + Sync {
@@ -225,6 +239,16 @@ pub trait MeteringStore: Send + Sync {
     async fn all_balances(&self) -> StoreResult<Vec<(String, Balance)>>;
     /// Every key's spend, with its day and month window spend.
     async fn all_key_totals(&self, day: &str, month: &str) -> StoreResult<Vec<KeyCounterRow>>;
+    /// What the counters should hold, read in one snapshot: every balance, every key's spend
+    /// (with its spend in `day` and `month`), the commits applied since `commits_since` and
+    /// the credit grants made since `grants_since`.
+    async fn ledger_snapshot(
+        &self,
+        day: &str,
+        month: &str,
+        commits_since: Micros,
+        grants_since: Micros,
+    ) -> StoreResult<LedgerSnapshot>;
     /// Folds pending totals into their rows if this store charged batches since it last did
     /// (a worker with nothing to do calls it, so reads find few pending rows).
     async fn fold_when_idle(&self) -> StoreResult<()>;

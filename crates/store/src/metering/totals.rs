@@ -378,8 +378,12 @@ pub(super) async fn key_totals(
 }
 
 /// Every key's spend, sorted by account and key (for rebuilding the counters).
-pub(super) async fn all_key_totals(db: &Database, day: &str, month: &str) -> StoreResult<Vec<KeyCounterRow>> {
-    let rows = sqlx::query(AssertSqlSafe(rows_and_pending("", ""))).fetch_all(&db.pool).await?;
+pub(super) async fn all_key_totals<'e>(
+    executor: impl sqlx::Executor<'e, Database = Any>,
+    day: &str,
+    month: &str,
+) -> StoreResult<Vec<KeyCounterRow>> {
+    let rows = sqlx::query(AssertSqlSafe(rows_and_pending("", ""))).fetch_all(executor).await?;
     spend_by_key(&rows, None, day, month)
 }
 
