@@ -129,7 +129,7 @@ pub async fn run(core: Arc<MeteringCore>, consumer: String, shutdown: Cancellati
                 if let Some(previous) = finishing.take() {
                     log_finish(previous.await);
                 }
-                finishing = Some(tokio::spawn(finish(core.clone(), committed)));
+                finishing = Some(tokio::spawn(finish(core.clone(), committed, shutdown.clone())));
             }
             Err(Retry(reason)) => {
                 tracing::warn!(%reason, entries = batch.len(), "usage batch not applied; it will be retried");
@@ -148,14 +148,21 @@ const RECONCILE_POLL: Duration = Duration::from_millis(100);
 
 /// Settles, waiting while `tollgate metering reconcile` rewrites an account's counters (the
 /// groups settled before the pause are remembered and skipped by the next try). Past the
-/// pause's own limit the entries are left to come back.
-async fn settle_when_not_paused(core: &MeteringCore, settlements: &[Settlement<'_>]) -> Result<(), Retry> {
+/// pause's own limit, or on shutdown, the entries are left to come back.
+async fn settle_when_not_paused(
+    core: &MeteringCore,
+    settlements: &[Settlement<'_>],
+    shutdown: &CancellationToken,
+) -> Result<(), Retry> {
     let give_up = tokio::time::Instant::now() + Duration::from_millis(RECONCILE_PAUSE_MS.unsigned_abs());
     loop {
         match core.counters.settle_batch(settlements).await {
             Ok(_) => return Ok(()),
             Err(StateError::Reconciling) if tokio::time::Instant::now() < give_up => {
-                tokio::time::sleep(RECONCILE_POLL).await;
+                tokio::select! {
+                    _ = shutdown.cancelled() => return Err(Retry("shutting down while reconcile runs".into())),
+                    _ = tokio::time::sleep(RECONCILE_POLL) => {}
+                }
             }
             Err(error) => return Err(Retry(format!("counters: {error}"))),
         }
@@ -324,7 +331,7 @@ async fn commit(core: &MeteringCore, batch: &[QueuedReport], shutdown: &Cancella
 /// Brings the counters authz reads up to date with a committed batch, then acknowledges it.
 /// If either fails the entries stay pending and come back: the ledger skips them then, and the
 /// counters' markers skip what was settled.
-async fn finish(core: Arc<MeteringCore>, committed: Committed) -> Result<(), Retry> {
+async fn finish(core: Arc<MeteringCore>, committed: Committed, shutdown: CancellationToken) -> Result<(), Retry> {
     let started = std::time::Instant::now();
     let Committed { mut charges, acks } = committed;
     // A call committed long ago was settled then; its settled marker may be gone, so settling
@@ -348,7 +355,7 @@ async fn finish(core: Arc<MeteringCore>, committed: Committed) -> Result<(), Ret
             whole_commit: c.new,
         })
         .collect();
-    settle_when_not_paused(&core, &settlements).await?;
+    settle_when_not_paused(&core, &settlements, &shutdown).await?;
     let new = charges.iter().filter(|c| c.new).count() as u64;
     core.stats.applied.fetch_add(new, Ordering::Relaxed);
     core.stats.duplicates.fetch_add(charges.len() as u64 - new, Ordering::Relaxed);
