@@ -140,7 +140,7 @@ async fn totals_windows_and_balances_add_up(store: SqlMeteringStore) {
     assert_eq!((k1.used, k1.day, k1.month), (20, 2, 2));
     let none = store.key_totals("a", "nope", "20270115", "202701").await.unwrap();
     assert_eq!((none.used, none.day, none.month), (0, 0, 0));
-    let all = store.all_key_totals("20270201", "202702").await.unwrap();
+    let all = store.ledger_snapshot("20270201", "202702", T0, T0).await.unwrap().keys;
     let rows: Vec<(&str, i64, i64, i64)> =
         all.iter().map(|r| (r.key_id.as_str(), r.totals.used, r.totals.day, r.totals.month)).collect();
     assert_eq!(rows, [("k1", 20, 2, 2), ("k2", 5, 0, 0)]);
@@ -305,7 +305,7 @@ async fn key_totals_read_the_same_before_and_after_folding(store: SqlMeteringSto
     assert_eq!(store.fold_pending_totals().await.unwrap(), 0, "nothing left pending");
     let k1 = store.key_totals("a", "k1", "20270116", "202701").await.unwrap();
     assert_eq!((k1.used, k1.day, k1.month), (used, day_spend, used));
-    let all = store.all_key_totals("20270116", "202701").await.unwrap();
+    let all = store.ledger_snapshot("20270116", "202701", T0, T0).await.unwrap().keys;
     let rows: Vec<(&str, i64)> = all.iter().map(|r| (r.key_id.as_str(), r.totals.used)).collect();
     assert_eq!(rows, [("k1", used), ("k2", 800), ("k3", 700), ("k4", 600)]);
     assert_eq!(store.balance("a").await.unwrap().credits_spent, used + 2_100);

@@ -24,8 +24,8 @@ use tollgate_state::redis::RedisState;
 use tollgate_state::redis_counters::RedisCounters;
 use tollgate_store::StoreResult;
 use tollgate_store::metering::{
-    Balance, BucketRow, Charge, CreditGrant, KeyCounterRow, KeyTotals, LedgerSnapshot, MeteringStore, SqlMeteringStore,
-    UsageCursor, UsageEntry, UsageFilter, UsageScope,
+    Balance, BucketRow, Charge, CreditGrant, KeyTotals, LedgerSnapshot, MeteringStore, SqlMeteringStore, UsageCursor,
+    UsageEntry, UsageFilter, UsageScope,
 };
 use tollgate_store::{Database, DatabaseConfig};
 
@@ -184,6 +184,15 @@ struct Deployment {
 }
 
 impl Deployment {
+    /// Runs a metering server with `workers` stream workers in this process.
+    async fn start_workers(&self, workers: usize) {
+        let config = MeteringServeConfig {
+            metering: MeteringSettings { workers, ..self.metering.metering.clone() },
+            ..self.metering.clone()
+        };
+        spawn_in_process(|l, s| tollgate::run_metering(l, config, s), &self.shutdown).await;
+    }
+
     /// Sends reports `range` through the ingest server in the background.
     fn spawn_load(&self, range: std::ops::Range<u64>) -> tokio::task::JoinHandle<()> {
         let (ingest, key, token) = (self.ingest.clone(), self.key.clone(), self.metering.secrets.admin_token.clone());
@@ -234,6 +243,15 @@ async fn deploy(keys_db: &TestDatabase, metering_db: &str, redis: &TestRedis) ->
     Deployment { shutdown, ingest, key, metering }
 }
 
+/// Waits until the ledger holds at least `rows` rows; `what` says what failed otherwise.
+async fn wait_for_rows(url: &str, rows: i64, what: &str) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while ledger_rows(url).await < rows {
+        assert!(tokio::time::Instant::now() < deadline, "{what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 async fn ledger_rows(url: &str) -> i64 {
     let Ok(mut db) = sqlx::PgConnection::connect(url).await else { return 0 };
     sqlx::query_as::<_, (i64,)>("SELECT COUNT(*) FROM metering.usage_ledger")
@@ -254,11 +272,7 @@ async fn a_worker_killed_mid_batch_loses_and_doubles_nothing() {
     const N: u64 = 3_000;
     let load = d.spawn_load(0..N);
     // Kill the worker process while it is busy with a stream of batches.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    while ledger_rows(&metering_db.url).await < 300 {
-        assert!(tokio::time::Instant::now() < deadline, "the first worker applied nothing");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_for_rows(&metering_db.url, 300, "the first worker applied nothing").await;
     first.start_kill().expect("SIGKILL the worker");
     first.wait().await.unwrap();
     let at_kill = ledger_rows(&metering_db.url).await;
@@ -275,18 +289,10 @@ async fn postgres_stopped_and_started_under_load_loses_nothing() {
     let Some(mut postgres) = PrivatePostgres::start().await else { return };
     let metering_url = postgres.url();
     let d = deploy(&keys_db, &metering_url, &redis).await;
-    let workers = MeteringServeConfig {
-        metering: MeteringSettings { workers: 2, ..d.metering.metering.clone() },
-        ..d.metering.clone()
-    };
-    spawn_in_process(|l, s| tollgate::run_metering(l, workers, s), &d.shutdown).await;
+    d.start_workers(2).await;
     const N: u64 = 2_000;
     let load = d.spawn_load(0..N);
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    while ledger_rows(&metering_url).await < 200 {
-        assert!(tokio::time::Instant::now() < deadline, "nothing applied before the outage");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_for_rows(&metering_url, 200, "nothing applied before the outage").await;
     postgres.stop();
     tokio::time::sleep(Duration::from_secs(2)).await;
     postgres.restart().await.expect("Postgres starts again");
@@ -302,11 +308,7 @@ async fn reconcile_rebuilds_the_counters_after_redis_lost_them() {
         return;
     };
     let d = deploy(&keys_db, &metering_db.url, &redis).await;
-    let workers = MeteringServeConfig {
-        metering: MeteringSettings { workers: 1, ..d.metering.metering.clone() },
-        ..d.metering.clone()
-    };
-    spawn_in_process(|l, s| tollgate::run_metering(l, workers, s), &d.shutdown).await;
+    d.start_workers(1).await;
     const N: u64 = 200;
     send(&d.ingest, &d.metering.secrets.admin_token, &d.key, 0..N).await;
     assert_exactly_once(&metering_db.url, &redis, &d.key, N).await;
@@ -389,9 +391,6 @@ impl MeteringStore for SlowSnapshot {
     async fn all_balances(&self) -> StoreResult<Vec<(String, Balance)>> {
         self.0.all_balances().await
     }
-    async fn all_key_totals(&self, day: &str, month: &str) -> StoreResult<Vec<KeyCounterRow>> {
-        self.0.all_key_totals(day, month).await
-    }
     async fn ledger_snapshot(
         &self,
         day: &str,
@@ -416,18 +415,10 @@ async fn reconcile_while_workers_apply_counts_each_charge_once() {
         return;
     };
     let d = deploy(&keys_db, &metering_db.url, &redis).await;
-    let workers = MeteringServeConfig {
-        metering: MeteringSettings { workers: 2, ..d.metering.metering.clone() },
-        ..d.metering.clone()
-    };
-    spawn_in_process(|l, s| tollgate::run_metering(l, workers, s), &d.shutdown).await;
+    d.start_workers(2).await;
     const N: u64 = 2_000;
     let load = d.spawn_load(0..N);
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    while ledger_rows(&metering_db.url).await < 300 {
-        assert!(tokio::time::Instant::now() < deadline, "nothing applied");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_for_rows(&metering_db.url, 300, "nothing applied").await;
     // One reconciliation in the middle of the load, half a second between its read of the
     // ledger and its write of the counters: batches commit and come to settle meanwhile.
     let store = SlowSnapshot(SqlMeteringStore::new(

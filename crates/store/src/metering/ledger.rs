@@ -292,10 +292,6 @@ impl super::MeteringStore for SqlMeteringStore {
         super::balances::all_balances(&self.db.pool).await
     }
 
-    async fn all_key_totals(&self, day: &str, month: &str) -> StoreResult<Vec<super::KeyCounterRow>> {
-        totals::all_key_totals(&self.db.pool, day, month).await
-    }
-
     async fn ledger_snapshot(
         &self,
         day: &str,

@@ -237,8 +237,6 @@ pub trait MeteringStore: Send + Sync {
     async fn key_totals(&self, account_id: &str, key_id: &str, day: &str, month: &str) -> StoreResult<KeyTotals>;
     /// Every account's balance.
     async fn all_balances(&self) -> StoreResult<Vec<(String, Balance)>>;
-    /// Every key's spend, with its day and month window spend.
-    async fn all_key_totals(&self, day: &str, month: &str) -> StoreResult<Vec<KeyCounterRow>>;
     /// What the counters should hold, read in one snapshot: every balance, every key's spend
     /// (with its spend in `day` and `month`), the commits applied since `commits_since` and
     /// the credit grants made since `grants_since`.
