@@ -30,10 +30,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     prost_config.protoc_executable(protoc_bin_vendored::protoc_bin_path()?);
 
     let descriptor_path = PathBuf::from(std::env::var("OUT_DIR")?).join("tollgate_descriptor.bin");
-    tonic_prost_build::configure().file_descriptor_set_path(&descriptor_path).compile_with_config(
-        prost_config,
-        &protos.map(|p| proto_root.join(p)),
-        std::slice::from_ref(&proto_root),
-    )?;
+    // Requests that do not decode are INVALID_ARGUMENT, not tonic's INTERNAL (see codec.rs).
+    tonic_prost_build::configure()
+        .codec_path("crate::codec::StrictCodec")
+        .file_descriptor_set_path(&descriptor_path)
+        .compile_with_config(prost_config, &protos.map(|p| proto_root.join(p)), std::slice::from_ref(&proto_root))?;
     Ok(())
 }

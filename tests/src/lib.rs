@@ -58,13 +58,14 @@ impl Interceptor for Bearer {
     }
 }
 
-type Authed = InterceptedService<Channel, Bearer>;
+/// A channel whose calls carry a bearer token.
+pub type Authed = InterceptedService<Channel, Bearer>;
 
 /// What keeps a backend alive while a test runs.
 #[allow(dead_code)]
 enum Resources {
     Embedded(tempfile::TempDir),
-    Production(TestDatabase, TestRedis),
+    Production(Option<TestDatabase>, TestRedis),
 }
 
 /// One running server process (in this test process).
@@ -147,8 +148,14 @@ pub struct Options {
     pub drain: Duration,
     /// Production only: a Redis of the test's own instead of a prefix on the shared one.
     pub redis_url: Option<String>,
+    /// Production only: a Postgres database of the test's own instead of a fresh one on the
+    /// shared server.
+    pub database_url: Option<String>,
     /// A clock the test moves; the system clock otherwise.
     pub clock: Option<ManualClock>,
+    /// Production only: the longest wait for a database connection (default 1 s, above the
+    /// service's 250 ms, so a loaded test machine does not shed calls).
+    pub db_acquire_timeout: Option<Duration>,
 }
 
 impl Options {
@@ -213,13 +220,18 @@ impl Harness {
     /// they are not reachable.
     pub async fn production(options: Options) -> Option<Harness> {
         init_logs();
-        let db = TestDatabase::create().await?;
+        let db = match &options.database_url {
+            Some(_) => None,
+            None => Some(TestDatabase::create().await?),
+        };
+        let database_url = options.database_url.clone().or_else(|| db.as_ref().map(|db| db.url.clone()))?;
         let redis = TestRedis::create().await?;
         let secrets = secrets();
         let redis_url = options.redis_url.clone().unwrap_or_else(|| redis.url.clone());
         let config = KeysServeConfig {
-            database_url: db.url.clone(),
+            database_url: database_url.clone(),
             db_max_connections: 8,
+            db_acquire_timeout: options.db_acquire_timeout.unwrap_or(Duration::from_secs(1)),
             migrate_on_start: true,
             redis: RedisConfig {
                 url: redis_url.clone(),
@@ -240,7 +252,7 @@ impl Harness {
             metering_servers: Vec::new(),
             admin_token: secrets.admin_token.clone(),
             key_pepper: secrets.key_pepper.clone(),
-            database: db.url.clone(),
+            database: database_url,
             redis: Some((redis_url, redis.prefix.clone())),
             options,
             secrets,
@@ -258,6 +270,7 @@ impl Harness {
         let config = MeteringServeConfig {
             database_url: self.database.clone(),
             db_max_connections: 8,
+            db_acquire_timeout: self.options.db_acquire_timeout.unwrap_or(Duration::from_secs(1)),
             migrate_on_start: true,
             redis: RedisConfig { url, prefix, op_timeout: Duration::from_secs(2) },
             keys_url: format!("http://{}", self.keys_address),
@@ -357,6 +370,11 @@ impl Harness {
     /// Authorize and ExplainAuthorize, with the admin token (ExplainAuthorize needs it).
     pub fn authz(&self) -> pb_authz::authz_service_client::AuthzServiceClient<Authed> {
         pb_authz::authz_service_client::AuthzServiceClient::with_interceptor(self.authz_channel(), self.bearer())
+    }
+
+    /// Authorize on `channel` (an authz replica), with the admin token.
+    pub fn authz_on(&self, channel: Channel) -> pb_authz::authz_service_client::AuthzServiceClient<Authed> {
+        pb_authz::authz_service_client::AuthzServiceClient::with_interceptor(channel, self.bearer())
     }
 
     /// Starts the graceful shutdown of every server.

@@ -16,19 +16,42 @@ const MAX_ESTIMATED_TOKENS: i64 = 1_000_000_000;
 /// Longest model id accepted; longer ones cannot be in the catalog.
 const MAX_MODEL_LEN: usize = 128;
 
+/// Who may call Authorize.
+#[derive(Debug, Clone)]
+pub enum AuthorizeAccess {
+    /// Anyone who can reach the port: `tollgate dev` on loopback, or an explicit
+    /// `--allow-unauthenticated-authorize`. Anyone could then test whether a key is valid.
+    Open,
+    /// A caller presenting one of these tokens (the gateway token, the admin token).
+    Tokens(Vec<BearerAuth>),
+}
+
+impl AuthorizeAccess {
+    fn check(&self, metadata: &tonic::metadata::MetadataMap) -> Result<(), Status> {
+        let AuthorizeAccess::Tokens(tokens) = self else { return Ok(()) };
+        let mut refused = Status::unauthenticated("missing `authorization: Bearer <token>` metadata");
+        for token in tokens {
+            match token.check(metadata) {
+                Ok(()) => return Ok(()),
+                Err(status) => refused = status,
+            }
+        }
+        Err(refused)
+    }
+}
+
 /// `tollgate.authz.v1.AuthzService`.
 #[derive(Clone)]
 pub struct AuthzGrpc {
     authorizer: Arc<Authorizer>,
-    /// Guards Authorize when a gateway token is configured.
-    gateway_auth: Option<BearerAuth>,
+    authorize_access: AuthorizeAccess,
     /// Guards ExplainAuthorize, a support tool that reveals a key's limits.
     admin_auth: BearerAuth,
 }
 
 impl AuthzGrpc {
-    pub fn new(authorizer: Arc<Authorizer>, gateway_auth: Option<BearerAuth>, admin_auth: BearerAuth) -> Self {
-        Self { authorizer, gateway_auth, admin_auth }
+    pub fn new(authorizer: Arc<Authorizer>, authorize_access: AuthorizeAccess, admin_auth: BearerAuth) -> Self {
+        Self { authorizer, authorize_access, admin_auth }
     }
 }
 
@@ -77,9 +100,7 @@ impl pb::authz_service_server::AuthzService for AuthzGrpc {
         &self,
         request: Request<pb::AuthorizeRequest>,
     ) -> Result<Response<pb::AuthorizeResponse>, Status> {
-        if let Some(auth) = &self.gateway_auth {
-            auth.check(request.metadata())?;
-        }
+        self.authorize_access.check(request.metadata())?;
         let input = input(request.into_inner(), "")?;
         Ok(Response::new(self.authorizer.authorize(&input).await?))
     }

@@ -34,7 +34,7 @@ pub use failure::RedisErrorPolicy;
 pub use resolver::CacheTtls;
 
 use crate::catalog::CatalogHolder;
-use crate::grpc::AuthzGrpc;
+use crate::grpc::{AuthorizeAccess, AuthzGrpc};
 use crate::resolver::KeyResolver;
 use crate::source::KeyStateSource;
 
@@ -47,8 +47,12 @@ pub struct AuthzConfig {
     pub settings: AuthorizerSettings,
     pub cache_capacity: u64,
     pub cache_ttls: CacheTtls,
-    /// When set, Authorize needs this bearer token.
+    /// A bearer token Authorize accepts besides the admin token.
     pub gateway_token: Option<String>,
+    /// Authorize needs no token at all when no gateway token is set (`tollgate dev` on
+    /// loopback, `--allow-unauthenticated-authorize`); otherwise it needs the gateway or the
+    /// admin token.
+    pub open_authorize: bool,
     /// ExplainAuthorize needs the admin token.
     pub admin_token: String,
 }
@@ -74,11 +78,13 @@ impl AuthzServer {
         let resolver = KeyResolver::new(config.cache_capacity, config.cache_ttls, shared.clone(), source.clone());
         let catalog = CatalogHolder::new(shared, source);
         let authorizer = Arc::new(Authorizer::new(resolver, catalog, counters, config.settings));
-        let grpc = AuthzGrpc::new(
-            authorizer.clone(),
-            config.gateway_token.as_deref().map(BearerAuth::new),
-            BearerAuth::new(&config.admin_token),
-        );
+        let admin = BearerAuth::new(&config.admin_token);
+        let access = match &config.gateway_token {
+            None if config.open_authorize => AuthorizeAccess::Open,
+            None => AuthorizeAccess::Tokens(vec![admin.clone()]),
+            Some(gateway) => AuthorizeAccess::Tokens(vec![BearerAuth::new(gateway), admin.clone()]),
+        };
+        let grpc = AuthzGrpc::new(authorizer.clone(), access, admin);
         authorizer.catalog.reload().await;
         Self { authorizer, grpc, bus }
     }

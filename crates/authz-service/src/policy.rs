@@ -33,6 +33,9 @@ pub struct Call<'a> {
 /// Evaluates one static rule: whether the call passes it, and why.
 pub fn evaluate(rule: DenyReason, key: &CompiledKey, call: &Call<'_>, catalog: &Catalog) -> (bool, &'static str) {
     match rule {
+        DenyReason::KeyDisabled if key.unreadable.is_some() => {
+            (false, "the key's stored settings cannot be read, so it is refused until they are saved again")
+        }
         DenyReason::KeyDisabled if key.enabled => (true, "the key is enabled"),
         DenyReason::KeyDisabled => (false, "the key is disabled"),
         DenyReason::KeyExpired if key.expire_at.is_some_and(|at| at <= call.now) => (false, "the key has expired"),
@@ -48,10 +51,17 @@ pub fn evaluate(rule: DenyReason, key: &CompiledKey, call: &Call<'_>, catalog: &
             (false, "the key has an IP allowlist and the call gave no client address")
         }
         DenyReason::IpNotAllowed => (false, "the client address is outside the key's allowlist"),
-        DenyReason::CapabilityNotAllowed if key.capabilities == 0 || key.capabilities & call.capability.bit() != 0 => {
-            (true, "the key may use this capability")
+        DenyReason::CapabilityNotAllowed if !key.allows_capability(call.capability) => {
+            (false, "the key may not use this capability")
         }
-        DenyReason::CapabilityNotAllowed => (false, "the key may not use this capability"),
+        // The caller names the capability; the catalog says what the model does. Both must be
+        // allowed, or a text-only key could call an image model by claiming text.
+        DenyReason::CapabilityNotAllowed
+            if catalog.price(call.model).is_some_and(|price| !key.allows_capability(price.capability)) =>
+        {
+            (false, "the key may not use the capability of this model")
+        }
+        DenyReason::CapabilityNotAllowed => (true, "the key may use this capability"),
         DenyReason::ModelNotAllowed if catalog.price(call.model).is_none() => {
             (false, "the model is not in the catalog")
         }
@@ -69,4 +79,56 @@ pub fn first_failure(key: &CompiledKey, call: &Call<'_>, catalog: &Catalog) -> O
         (false, message) => Some((rule, message)),
         (true, _) => None,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use tollgate_proto::keys::v1 as keys;
+
+    use super::*;
+
+    fn catalog() -> Catalog {
+        let model = |id: &str, capability: keys::Capability| keys::CatalogModel {
+            model_id: id.into(),
+            capability: capability as i32,
+            ..Default::default()
+        };
+        Catalog::from_proto(&keys::GetModelCatalogResponse {
+            models: vec![model("chat", keys::Capability::Text), model("draw", keys::Capability::Image)],
+            ..Default::default()
+        })
+    }
+
+    fn key(edit: impl FnOnce(&mut keys::KeyState)) -> CompiledKey {
+        let mut state = keys::KeyState {
+            enabled: true,
+            any_model: true,
+            price_multiplier: "1".into(),
+            capabilities: vec![keys::Capability::Text as i32],
+            ..Default::default()
+        };
+        edit(&mut state);
+        CompiledKey::compile(&state).expect("not deleted")
+    }
+
+    fn call(model: &str) -> Call<'_> {
+        Call { model, capability: Capability::Text, client_ip: None, now: 0 }
+    }
+
+    #[test]
+    fn a_model_of_another_capability_is_refused_whatever_the_call_claims() {
+        let text_only = key(|_| {});
+        assert_eq!(first_failure(&text_only, &call("chat"), &catalog()), None);
+        let denied = first_failure(&text_only, &call("draw"), &catalog()).map(|(rule, _)| rule);
+        assert_eq!(denied, Some(DenyReason::CapabilityNotAllowed));
+        let anything = key(|s| s.capabilities.clear());
+        assert_eq!(first_failure(&anything, &call("draw"), &catalog()), None);
+    }
+
+    #[test]
+    fn a_key_with_unreadable_settings_is_refused_first() {
+        let unreadable = key(|s| s.ip_allowlist = vec!["10.0.0.0/99".into()]);
+        let denied = first_failure(&unreadable, &call("chat"), &catalog()).map(|(rule, _)| rule);
+        assert_eq!(denied, Some(DenyReason::KeyDisabled));
+    }
 }

@@ -58,6 +58,25 @@ impl StateSync {
         self.cache.as_ref()
     }
 
+    /// Writes what a look-up read back into the cache (which repairs it after Redis lost its
+    /// data) without holding up the answer: while Redis is down each write waits for its
+    /// timeout, and authz's fallback look-ups must not.
+    pub fn repair_in_background(&self, writes: Vec<tollgate_state::KeyStateWrite>, catalog: Option<Vec<u8>>) {
+        let cache = self.cache.clone();
+        tokio::spawn(async move {
+            if !writes.is_empty()
+                && let Err(error) = cache.put_key_states(&writes).await
+            {
+                tracing::debug!(%error, "key-state read repair skipped");
+            }
+            if let Some(catalog) = catalog
+                && let Err(error) = cache.put_catalog(&catalog).await
+            {
+                tracing::debug!(%error, "catalog read repair skipped");
+            }
+        });
+    }
+
     /// Pushes every pending change; returns how many outbox rows were pushed.
     pub async fn flush(&self) -> Result<usize, SyncError> {
         let _one_at_a_time = self.flushing.lock().await;

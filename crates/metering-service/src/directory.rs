@@ -29,6 +29,8 @@ pub trait KeyDirectory: Send + Sync {
     /// An account's credit limit: `None` when there is no such account, `Some(None)` for a
     /// postpaid account without a limit.
     async fn credit_limit(&self, account_id: &str) -> Result<Option<Option<i64>>, DirectoryError>;
+    /// Whether the account has this application.
+    async fn application_exists(&self, account_id: &str, application_id: &str) -> Result<bool, DirectoryError>;
 }
 
 /// Adds the bearer token the keys service expects.
@@ -49,6 +51,7 @@ type Authed = InterceptedService<Channel, Token>;
 pub struct GrpcKeyDirectory {
     key_state: keys::key_state_service_client::KeyStateServiceClient<Authed>,
     accounts: keys::account_service_client::AccountServiceClient<Authed>,
+    applications: keys::application_service_client::ApplicationServiceClient<Authed>,
 }
 
 impl std::fmt::Debug for GrpcKeyDirectory {
@@ -77,7 +80,11 @@ impl GrpcKeyDirectory {
                 channel.clone(),
                 token.clone(),
             ),
-            accounts: keys::account_service_client::AccountServiceClient::with_interceptor(channel, token),
+            accounts: keys::account_service_client::AccountServiceClient::with_interceptor(
+                channel.clone(),
+                token.clone(),
+            ),
+            applications: keys::application_service_client::ApplicationServiceClient::with_interceptor(channel, token),
         })
     }
 }
@@ -119,6 +126,16 @@ impl KeyDirectory for GrpcKeyDirectory {
                 .account
                 .map(|account| (!account.unlimited_credit).then_some(account.credit_limit))),
             Err(status) if status.code() == Code::NotFound => Ok(None),
+            Err(status) => Err(unavailable(status)),
+        }
+    }
+
+    async fn application_exists(&self, account_id: &str, application_id: &str) -> Result<bool, DirectoryError> {
+        let request =
+            keys::GetApplicationRequest { name: tollgate_core::names::application(account_id, application_id) };
+        match self.applications.clone().get_application(request).await {
+            Ok(_) => Ok(true),
+            Err(status) if status.code() == Code::NotFound => Ok(false),
             Err(status) => Err(unavailable(status)),
         }
     }

@@ -112,21 +112,36 @@ impl Pricer {
         self.reload().await
     }
 
-    /// A model's prices; `None` when the catalog does not have it even after a reload.
-    pub async fn prices(&self, model: &str) -> Result<Option<TokenPrices>, DirectoryError> {
+    /// A model's prices, reading the catalog again when it does not have them (at most once
+    /// a second, so unknown models cannot flood the keys service).
+    pub async fn model(&self, model: &str) -> Result<ModelLookup, DirectoryError> {
         let (loaded, catalog) = self.catalog.lock().expect("catalog lock").clone();
         let stale = loaded.is_none_or(|at| at.elapsed() > CATALOG_TTL);
         let may_reload = loaded.is_none_or(|at| at.elapsed() > RELOAD_GAP);
         if let Some(prices) = catalog.get(model)
             && !stale
         {
-            return Ok(Some(*prices));
+            return Ok(ModelLookup::Priced(*prices));
         }
         if !stale && !may_reload {
-            return Ok(None);
+            return Ok(ModelLookup::NotYetKnown);
         }
-        Ok(self.reload().await?.get(model).copied())
+        Ok(match self.reload().await?.get(model) {
+            Some(prices) => ModelLookup::Priced(*prices),
+            None => ModelLookup::Unknown,
+        })
     }
+}
+
+/// What the catalog says of a model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ModelLookup {
+    Priced(TokenPrices),
+    /// The catalog, read just now, does not have it.
+    Unknown,
+    /// The catalog read a moment ago does not have it, and it is too soon to read it again:
+    /// it may be a model added since.
+    NotYetKnown,
 }
 
 fn prices_of(catalog: &keys::GetModelCatalogResponse) -> HashMap<String, TokenPrices> {

@@ -89,6 +89,28 @@ fn cursor_decode(token: &str) -> Option<Option<UsageCursor>> {
 }
 
 impl MeteringCore {
+    /// NOT_FOUND unless the account, and the application or key named under it, exist: an
+    /// empty list or a series of zeros would say they do. Deleted keys keep their usage.
+    async fn check_exists(
+        &self,
+        account_id: &str,
+        application_id: Option<&str>,
+        key_id: Option<&str>,
+    ) -> MeteringResult<()> {
+        self.credit_limit(account_id).await?;
+        if let Some(application_id) = application_id
+            && !self.directory.application_exists(account_id, application_id).await?
+        {
+            return Err(MeteringError::NotFound("application"));
+        }
+        if let Some(key_id) = key_id
+            && self.directory.keys_by_id(&[(account_id.to_owned(), key_id.to_owned())]).await?.is_empty()
+        {
+            return Err(MeteringError::NotFound("key"));
+        }
+        Ok(())
+    }
+
     /// One page of per-call rows, newest first.
     pub async fn list_usage(&self, request: &pb::ListUsageRequest) -> MeteringResult<pb::ListUsageResponse> {
         let mut v = Violations::new();
@@ -112,6 +134,7 @@ impl MeteringCore {
         if key.is_some_and(|(owner, _)| owner != account_id) {
             return Err(MeteringError::NotFound("key"));
         }
+        self.check_exists(account_id, application.map(|(_, id)| id), key.map(|(_, id)| id)).await?;
         let filter = UsageFilter {
             account_id: account_id.to_owned(),
             application_id: application.map(|(_, id)| id.to_owned()),
@@ -168,6 +191,11 @@ impl MeteringCore {
         v.into_result()?;
         let (scope, start, end, granularity) =
             (scope.expect("checked"), start.expect("checked"), end.expect("checked"), granularity.expect("checked"));
+        match &scope {
+            UsageScope::Account(account_id) => self.check_exists(account_id, None, None).await?,
+            UsageScope::Application(account_id, id) => self.check_exists(account_id, Some(id), None).await?,
+            UsageScope::Key(account_id, id) => self.check_exists(account_id, None, Some(id)).await?,
+        }
         let rows = self.store.usage_buckets(&scope, start, end, STEP).await?;
         let (totals, buckets) = series::fold(&self.calendar, granularity, start, end, &rows, request.split_by_model);
         Ok(pb::GetUsageSummaryResponse {

@@ -10,6 +10,7 @@ use tollgate_store::metering::{Balance, CreditGrant};
 
 use crate::MeteringCore;
 use crate::error::{MeteringError, MeteringResult};
+use crate::pricing::ModelLookup;
 use crate::validate::{self, MAX_BATCH};
 
 /// Most credits one AddCredits may add or take.
@@ -31,12 +32,37 @@ impl MeteringCore {
             validate::report(&mut v, &name, report, now);
         }
         v.into_result()?;
+        self.check_known(&reports, |i| if single { field.to_owned() } else { format!("{field}[{i}]") }).await?;
         let payloads: Vec<Vec<u8>> = reports.iter().map(Message::encode_to_vec).collect();
         self.queue.enqueue(&payloads).await?;
         Ok(payloads.len())
     }
 
-    async fn credit_limit(&self, account_id: &str) -> MeteringResult<Option<i64>> {
+    /// Refuses reports whose key or model the keys service says, now, does not exist: no
+    /// worker could ever charge them. When it cannot tell (unreachable, or a model not in the
+    /// catalog read a moment ago), the report is taken and the worker decides.
+    async fn check_known(&self, reports: &[pb::UsageReport], name: impl Fn(usize) -> String) -> MeteringResult<()> {
+        let ids: Vec<(String, String)> = reports
+            .iter()
+            .filter_map(|r| names::parse_key(&r.key).map(|(account, key)| (account.to_owned(), key.to_owned())))
+            .collect();
+        let mut v = Violations::new();
+        // Models first: the first lookup of a fresh process reads the catalog, and only a read
+        // made now can say a model does not exist.
+        for (i, report) in reports.iter().enumerate() {
+            if let Ok(ModelLookup::Unknown) = self.pricer.model(&report.model).await {
+                v.add(format!("{}.model", name(i)), "is not in the model catalog");
+            }
+        }
+        if let Ok(found) = self.pricer.keys(&ids).await {
+            for (i, key) in found.iter().enumerate() {
+                v.check(key.is_some(), format!("{}.key", name(i)), "is not a key of that account");
+            }
+        }
+        Ok(v.into_result()?)
+    }
+
+    pub(crate) async fn credit_limit(&self, account_id: &str) -> MeteringResult<Option<i64>> {
         self.directory.credit_limit(account_id).await?.ok_or(MeteringError::NotFound("account"))
     }
 

@@ -27,7 +27,7 @@ use tollgate_store::StoreError;
 use tollgate_store::metering::{Charge, Outcome, UsageEntry};
 
 use crate::MeteringCore;
-use crate::pricing::PricedKey;
+use crate::pricing::{ModelLookup, PricedKey};
 
 /// How a worker batches and gives up.
 #[derive(Debug, Clone)]
@@ -235,17 +235,24 @@ async fn price(core: &MeteringCore, batch: &[QueuedReport], acks: &mut Vec<Strin
             core.stats.duplicates.fetch_add(1, Ordering::Relaxed);
             continue;
         }
+        // Cached keys exist; the others were just read from the keys service, so a key it
+        // does not have is final.
         let Some(Some(key)) = keys.get(report.key.as_str()) else {
-            failed(core, entry, &format!("unknown key {}", report.key)).await?;
+            dead_letter(core, entry, &format!("unknown key {}", report.key)).await?;
             continue;
         };
         let prices = match catalog.get(&report.model) {
             Some(prices) => *prices,
             // Maybe a model added since the catalog was read: read it again (at most once a
             // second).
-            None => match core.pricer.prices(&report.model).await {
-                Ok(Some(prices)) => prices,
-                Ok(None) => {
+            None => match core.pricer.model(&report.model).await {
+                Ok(ModelLookup::Priced(prices)) => prices,
+                // The keys service says so now: no later delivery will know it either.
+                Ok(ModelLookup::Unknown) => {
+                    dead_letter(core, entry, &format!("unknown model {:?}", report.model)).await?;
+                    continue;
+                }
+                Ok(ModelLookup::NotYetKnown) => {
                     failed(core, entry, &format!("unknown model {:?}", report.model)).await?;
                     continue;
                 }

@@ -1,5 +1,7 @@
 //! Tollgate's v1 gRPC contracts, generated from `proto/` at build time.
 
+pub mod codec;
+
 /// `tollgate.keys.v1`: accounts, applications, groups, models, keys, audit, key state.
 pub mod keys {
     pub mod v1 {

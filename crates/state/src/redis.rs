@@ -177,7 +177,9 @@ impl RedisState {
                         tracing::warn!(%error, "cannot subscribe to invalidations; retrying")
                     }
                 }
-                let _ = sender.send(Invalidation::Everything);
+                // No "drop everything" per failed attempt: while Redis is down nothing can be
+                // published, and the reconnect above sends one for whatever was missed.
+                // Dropping caches on every retry sent every look-up to the keys service.
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(2));
             }

@@ -43,6 +43,7 @@ pub struct RedisUsageQueue {
     state: RedisState,
     /// When this process last trimmed acknowledged entries off the stream.
     last_trim: std::sync::Arc<std::sync::Mutex<Option<std::time::Instant>>>,
+    forget_script: std::sync::Arc<redis::Script>,
 }
 
 /// How often a process trims acknowledged entries off the stream.
@@ -129,6 +130,7 @@ impl RedisUsageQueue {
             readers: Default::default(),
             state: state.clone(),
             last_trim: Default::default(),
+            forget_script: std::sync::Arc::new(redis::Script::new(include_str!("lua/forget_consumers.lua"))),
         };
         queue.ensure_group().await?;
         Ok(queue)
@@ -183,6 +185,20 @@ impl RedisUsageQueue {
         let Some(bound) = bound else { return Ok(()) };
         let options = StreamTrimOptions::minid(StreamTrimmingMode::Exact, bound);
         let _: usize = self.bounded(conn.xtrim_options(&self.stream, &options)).await?.map_err(unavailable)?;
+        Ok(())
+    }
+
+    /// Removes the group's consumers that are gone (each process's workers have names of their
+    /// own, so every restart would leave some behind): nothing pending and idle for four claim
+    /// times. Their entries were taken over after one.
+    async fn forget_gone_consumers(&self) -> Result<(), StateError> {
+        let mut conn = self.conn.clone();
+        let mut invocation = self.forget_script.key(&self.stream);
+        invocation.arg(GROUP).arg((self.claim_idle * 4).as_millis() as u64);
+        let removed: u64 = self.bounded(invocation.invoke_async(&mut conn)).await?.map_err(unavailable)?;
+        if removed > 0 {
+            tracing::info!(removed, "removed usage stream consumers that are gone");
+        }
         Ok(())
     }
 
@@ -248,6 +264,10 @@ impl UsageQueue for RedisUsageQueue {
                 // There may be more: look again on the next receive.
                 *self.last_claim.lock().expect("claim clock") = None;
                 return Ok(reclaimed);
+            }
+            // Housekeeping: a failure here is retried on the next look.
+            if let Err(error) = self.forget_gone_consumers().await {
+                tracing::warn!(%error, "cannot remove gone usage stream consumers");
             }
         }
         let mut read = redis::cmd("XREADGROUP");

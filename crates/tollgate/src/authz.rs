@@ -24,8 +24,12 @@ use crate::server::Services;
 /// Settings of the authz service.
 #[derive(Debug, Clone)]
 pub struct AuthzSettings {
-    /// When set, Authorize needs `authorization: Bearer <gateway token>`.
+    /// A token Authorize accepts (`authorization: Bearer <gateway token>`) besides the admin
+    /// token; the gateway's, which can do nothing else.
     pub gateway_token: Option<String>,
+    /// With no gateway token set, Authorize needs no token at all. `tollgate dev` on a
+    /// loopback address is open regardless.
+    pub allow_unauthenticated: bool,
     /// IANA zone of the daily and monthly budget windows.
     pub time_zone: String,
     /// How long a hold lasts when no usage report settles it.
@@ -45,6 +49,7 @@ impl Default for AuthzSettings {
     fn default() -> Self {
         Self {
             gateway_token: None,
+            allow_unauthenticated: false,
             time_zone: "UTC".into(),
             hold_ttl: Duration::from_secs(600),
             cache_ttl: Duration::from_secs(30),
@@ -85,6 +90,7 @@ pub(crate) async fn add(
     secrets: &Secrets,
     settings: &AuthzSettings,
     clock: Arc<dyn Clock>,
+    open_authorize: bool,
     shutdown: &CancellationToken,
 ) -> anyhow::Result<Arc<AuthzServer>> {
     let pepper = KeyPepper::new(secrets.key_pepper.as_bytes().to_vec()).context("TOLLGATE_KEY_PEPPER")?;
@@ -108,6 +114,7 @@ pub(crate) async fn add(
             unsettled: Duration::from_millis(200),
         },
         gateway_token: settings.gateway_token.clone(),
+        open_authorize: open_authorize || settings.allow_unauthenticated,
         admin_token: secrets.admin_token.clone(),
     };
     let authz = Arc::new(AuthzServer::new(config, shared, bus, counters, source).await);

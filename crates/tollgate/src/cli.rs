@@ -92,6 +92,10 @@ pub struct ServeArgs {
     /// Most Postgres connections this process opens.
     #[arg(long, env = "TOLLGATE_DB_MAX_CONNECTIONS", default_value_t = 16)]
     pub db_max_connections: u32,
+    /// Longest a call waits for a Postgres connection before it is UNAVAILABLE: how fast calls
+    /// fail while the database is unreachable (or every connection is busy).
+    #[arg(long, env = "TOLLGATE_DB_ACQUIRE_TIMEOUT", default_value = "250ms", value_parser = humantime::parse_duration)]
+    pub db_acquire_timeout: Duration,
     /// Apply migrations at start-up (otherwise run `tollgate migrate` first).
     #[arg(long, env = "TOLLGATE_MIGRATE_ON_START")]
     pub migrate_on_start: bool,
@@ -175,10 +179,15 @@ pub struct KeysArgs {
 
 #[derive(Debug, Args)]
 pub struct AuthzArgs {
-    /// Bearer token the gateway must send with Authorize, and may send with usage reports
-    /// instead of the admin token; unset leaves Authorize open to whoever can reach it.
+    /// Bearer token the gateway sends with Authorize and usage reports; it can do nothing
+    /// else. Authorize also takes the admin token.
     #[arg(long, env = "TOLLGATE_GATEWAY_TOKEN", hide_env_values = true)]
     pub gateway_token: Option<String>,
+    /// Serve Authorize to callers without a token when no gateway token is set (anyone who
+    /// reaches the port can then test whether a key is valid). `dev` on a loopback address
+    /// is open regardless.
+    #[arg(long, env = "TOLLGATE_ALLOW_UNAUTHENTICATED_AUTHORIZE")]
+    pub allow_unauthenticated_authorize: bool,
     /// IANA time zone of daily and monthly budgets (the same for authz and metering).
     #[arg(long, env = "TOLLGATE_TIME_ZONE", default_value = "UTC")]
     pub time_zone: String,
@@ -218,8 +227,9 @@ pub struct MeteringArgs {
     /// another worker takes it over.
     #[arg(long, env = "TOLLGATE_METERING_CLAIM_IDLE", default_value = "30s", value_parser = humantime::parse_duration)]
     pub claim_idle: Duration,
-    /// Deliveries after which a report that cannot be applied (unknown key or model) moves to
-    /// the dead letters.
+    /// Deliveries after which a report that cannot be applied yet (a model the catalog did not
+    /// have a moment ago) moves to the dead letters. A key or model the keys service says does
+    /// not exist moves there at once.
     #[arg(long, env = "TOLLGATE_METERING_MAX_DELIVERIES", default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_deliveries: u32,
     /// `KeyHolderService/GetKeyBalance` calls each key may make per minute on one replica

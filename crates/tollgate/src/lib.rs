@@ -62,6 +62,8 @@ pub struct DevConfig {
 pub struct KeysServeConfig {
     pub database_url: String,
     pub db_max_connections: u32,
+    /// Longest wait for a database connection: how fast calls fail while it is unreachable.
+    pub db_acquire_timeout: Duration,
     pub migrate_on_start: bool,
     pub redis: RedisConfig,
     pub secrets: Secrets,
@@ -87,6 +89,8 @@ pub struct AuthzServeConfig {
 pub struct MeteringServeConfig {
     pub database_url: String,
     pub db_max_connections: u32,
+    /// Longest wait for a database connection: how fast calls fail while it is unreachable.
+    pub db_acquire_timeout: Duration,
     pub migrate_on_start: bool,
     pub redis: RedisConfig,
     /// The keys service, `http://keys:50051`.
@@ -117,6 +121,8 @@ pub async fn run_dev(listener: TcpListener, config: DevConfig, shutdown: Cancell
     };
     let keys = keys::add(&mut services, adapters, &config.secrets, &config.keys, &shutdown).await?;
     let source = Arc::new(authz::InProcessKeys(keys.service()));
+    // Only this machine can reach a loopback listener: Authorize may stay open there.
+    let on_loopback = listener.local_addr().is_ok_and(|address| address.ip().is_loopback());
     let metering_url = format!("sqlite://{}", config.data_dir.join("metering.db").display());
     let metering_store =
         SqlMeteringStore::new(Database::connect(&DatabaseConfig::new(metering_url, "metering")).await?)
@@ -143,6 +149,7 @@ pub async fn run_dev(listener: TcpListener, config: DevConfig, shutdown: Cancell
         &config.secrets,
         &config.authz,
         config.clock,
+        on_loopback,
         &shutdown,
     )
     .await?;
@@ -157,6 +164,7 @@ pub async fn run_keys(
 ) -> anyhow::Result<()> {
     let mut db_config = DatabaseConfig::new(config.database_url.clone(), "keys");
     db_config.max_connections = config.db_max_connections;
+    db_config.acquire_timeout = config.db_acquire_timeout;
     let store = SqlKeysStore::new(Database::connect(&db_config).await.context("connecting to Postgres")?);
     if config.migrate_on_start {
         store.migrate().await.context("migrating the keys schema")?;
@@ -196,6 +204,7 @@ pub async fn run_authz(
         &config.secrets,
         &config.authz,
         config.clock,
+        false,
         &shutdown,
     )
     .await?;
@@ -208,6 +217,7 @@ async fn metering_backends(
 ) -> anyhow::Result<(Arc<SqlMeteringStore>, Arc<RedisState>, Arc<RedisCounters>)> {
     let mut db_config = DatabaseConfig::new(config.database_url.clone(), "metering");
     db_config.max_connections = config.db_max_connections;
+    db_config.acquire_timeout = config.db_acquire_timeout;
     let store = SqlMeteringStore::new(Database::connect(&db_config).await.context("connecting to Postgres")?);
     if config.migrate_on_start {
         store.migrate().await.context("migrating the metering schema")?;

@@ -94,6 +94,7 @@ async fn serve(args: ServeArgs, shutdown: CancellationToken) -> anyhow::Result<(
                     .clone()
                     .context("TOLLGATE_DATABASE_URL (--database-url) is required")?,
                 db_max_connections: args.db_max_connections,
+                db_acquire_timeout: args.db_acquire_timeout,
                 migrate_on_start: args.migrate_on_start,
                 redis: redis(Duration::from_secs(1)),
                 secrets,
@@ -120,6 +121,7 @@ async fn serve(args: ServeArgs, shutdown: CancellationToken) -> anyhow::Result<(
                     .clone()
                     .context("TOLLGATE_DATABASE_URL (--database-url) is required")?,
                 db_max_connections: args.db_max_connections,
+                db_acquire_timeout: args.db_acquire_timeout,
                 migrate_on_start: args.migrate_on_start,
                 redis: redis(Duration::from_secs(2)),
                 keys_url: args.keys_url.clone().context("TOLLGATE_KEYS_URL (--keys-url) is required")?,
@@ -164,6 +166,7 @@ fn metering_settings(args: &MeteringArgs, authz: &AuthzArgs) -> MeteringSettings
 fn authz_settings(args: &AuthzArgs) -> AuthzSettings {
     AuthzSettings {
         gateway_token: args.gateway_token.clone(),
+        allow_unauthenticated: args.allow_unauthenticated_authorize,
         time_zone: args.time_zone.clone(),
         hold_ttl: args.hold_ttl,
         cache_ttl: args.key_cache_ttl,

@@ -85,6 +85,14 @@ impl KeyDirectory for InProcessDirectory {
             Err(error) => Err(directory_error(error)),
         }
     }
+
+    async fn application_exists(&self, account_id: &str, application_id: &str) -> Result<bool, DirectoryError> {
+        match self.0.get_application(account_id, application_id).await {
+            Ok(_) => Ok(true),
+            Err(KeysError::NotFound(_)) => Ok(false),
+            Err(error) => Err(directory_error(error)),
+        }
+    }
 }
 
 /// The adapters the metering service runs over.

@@ -214,6 +214,7 @@ async fn deploy(keys_db: &TestDatabase, metering_db: &str, redis: &TestRedis) ->
     let keys_config = KeysServeConfig {
         database_url: keys_db.url.clone(),
         db_max_connections: 4,
+        db_acquire_timeout: Duration::from_secs(1),
         migrate_on_start: true,
         redis: redis_config.clone(),
         secrets: secrets.clone(),
@@ -225,6 +226,7 @@ async fn deploy(keys_db: &TestDatabase, metering_db: &str, redis: &TestRedis) ->
     let metering = MeteringServeConfig {
         database_url: metering_db.to_owned(),
         db_max_connections: 4,
+        db_acquire_timeout: Duration::from_secs(1),
         migrate_on_start: true,
         redis: redis_config,
         keys_url: format!("http://{keys_address}"),

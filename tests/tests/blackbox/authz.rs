@@ -45,6 +45,7 @@ macro_rules! with_clock {
 with_clock!(
     malformed_and_unknown_keys_are_denied_without_a_lookup,
     static_rules_deny_in_order,
+    the_models_capability_is_checked_not_only_the_claimed_one,
     ip_allowlists_match_v4_v6_cidr_and_mapped_addresses,
     expiry_is_exact_at_the_boundary,
     rotated_secrets_work_until_their_grace_ends,
@@ -114,6 +115,26 @@ async fn malformed_and_unknown_keys_are_denied_without_a_lookup(h: &Harness, _: 
     // A deleted key is unknown at once.
     h.keys().delete_key(pb::DeleteKeyRequest { name: key.name }).await.unwrap();
     assert_denied(&authorize(h, call(&w, &secret)).await, authz::DenyReason::KeyNotFound);
+}
+
+async fn the_models_capability_is_checked_not_only_the_claimed_one(h: &Harness, _: &ManualClock) {
+    let w = postpaid_world(h, "claims").await;
+    let image_model = format!("{}-image", w.model);
+    h.models()
+        .create_model(pb::CreateModelRequest {
+            model_id: image_model.clone(),
+            model: Some(pb::Model { capability: pb::Capability::Image as i32, ..Default::default() }),
+        })
+        .await
+        .unwrap();
+    let (_, text_only) =
+        create_key(h, &w, pb::Key { capabilities: vec![pb::Capability::Text as i32], ..w.key("Text only") }).await;
+    let (_, any) = create_key(h, &w, w.key("Anything")).await;
+    let claims_text = |secret: &str| authz::AuthorizeRequest { model: image_model.clone(), ..call(&w, secret) };
+    // Claiming text does not open an image model to a text-only key.
+    assert_denied(&authorize(h, claims_text(&text_only)).await, authz::DenyReason::CapabilityNotAllowed);
+    assert_allowed(&authorize(h, claims_text(&any)).await);
+    assert_allowed(&authorize(h, call(&w, &text_only)).await);
 }
 
 async fn static_rules_deny_in_order(h: &Harness, _: &ManualClock) {
@@ -477,6 +498,29 @@ mod configured {
         );
         let response = gateway.authorize(call(&w, &secret)).await.unwrap().into_inner();
         assert_eq!(response.reason(), authz::DenyReason::AccountBalanceExhausted, "prepaid without credits");
+        h.stop().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn serve_needs_a_token_for_authorize_unless_told_otherwise() {
+        async fn anonymous_answer(h: &Harness, account: &str) -> Result<authz::AuthorizeResponse, tonic::Status> {
+            let w = world(h, account).await;
+            let (_, secret) = create_key(h, &w, w.key("Anyone")).await;
+            // The admin token is always accepted.
+            assert_eq!(authorize(h, call(&w, &secret)).await.reason(), authz::DenyReason::AccountBalanceExhausted);
+            let mut anonymous = authz::authz_service_client::AuthzServiceClient::new(h.authz_channel());
+            anonymous.authorize(call(&w, &secret)).await.map(tonic::Response::into_inner)
+        }
+        // `tollgate dev` on loopback: only this machine can reach it.
+        let h = Harness::embedded(Options::default()).await;
+        anonymous_answer(&h, "dev-open").await.expect("dev on loopback is open");
+        h.stop().await;
+        let Some(h) = Harness::production(Options::default()).await else { return };
+        assert_code(anonymous_answer(&h, "closed").await, Code::Unauthenticated);
+        h.stop().await;
+        let open = tollgate::AuthzSettings { allow_unauthenticated: true, ..Default::default() };
+        let Some(h) = Harness::production(Options { authz: open, ..Default::default() }).await else { return };
+        anonymous_answer(&h, "opened").await.expect("--allow-unauthenticated-authorize");
         h.stop().await;
     }
 

@@ -24,11 +24,10 @@ fn call(w: &World, secret: &str) -> authz::AuthorizeRequest {
     }
 }
 
-async fn authorize_on(
-    channel: tonic::transport::Channel,
-    request: authz::AuthorizeRequest,
-) -> authz::AuthorizeResponse {
-    authz::authz_service_client::AuthzServiceClient::new(channel).authorize(request).await.unwrap().into_inner()
+type Client = authz::authz_service_client::AuthzServiceClient<tollgate_tests::Authed>;
+
+async fn authorize_on(mut client: Client, request: authz::AuthorizeRequest) -> authz::AuthorizeResponse {
+    client.authorize(request).await.unwrap().into_inner()
 }
 
 /// A key in a group without default limits, so only its own settings count.
@@ -84,7 +83,7 @@ async fn redis_commands_per_authorize() {
         key_without_defaults(&h, &w, pb::Key { quota: Some(1_000_000), rpm_limit: Some(1_000), ..w.key("Counted") })
             .await;
     let unknown = tollgate_core::key_format::ApiKeySecret::generate().expose().to_owned();
-    let channel = h.authz_channel();
+    let channel = h.authz_on(h.authz_channel());
     // Warm the in-process caches (the first lookup of each key reads Redis).
     for secret in [&free, &counted, &unknown] {
         authorize_on(channel.clone(), call(&w, secret)).await;
@@ -137,7 +136,7 @@ async fn a_redis_outage_follows_the_policy_and_recovers() {
     let free = key_without_defaults(&h, &w, w.key("Free")).await;
     let rated = key_without_defaults(&h, &w, pb::Key { rpm_limit: Some(100), ..w.key("Rated") }).await;
     let paid = key_without_defaults(&h, &w, pb::Key { quota: Some(1_000_000), ..w.key("Paid") }).await;
-    let channel = h.authz_channel();
+    let channel = h.authz_on(h.authz_channel());
     for secret in [&free, &rated, &paid] {
         assert_eq!(authorize_on(channel.clone(), call(&w, secret)).await.decision(), authz::Decision::Allow);
     }
@@ -148,7 +147,7 @@ async fn a_redis_outage_follows_the_policy_and_recovers() {
     let rated_response = authorize_on(channel.clone(), call(&w, &rated)).await;
     assert_eq!(rated_response.decision(), authz::Decision::Allow, "rate limits fail open by default");
     assert!(rated_response.headroom.is_none(), "nothing is known of the counters");
-    let mut client = authz::authz_service_client::AuthzServiceClient::new(channel.clone());
+    let mut client = channel.clone();
     let status = client.authorize(call(&w, &paid)).await.expect_err("money checks fail closed by default");
     assert_eq!(status.code(), Code::Unavailable);
     assert!(started.elapsed() < Duration::from_secs(2), "calls fail fast: {:?}", started.elapsed());
@@ -177,11 +176,11 @@ async fn redis_errors_can_fail_everything_open_or_closed() {
     let w = postpaid_world(&h, "strict").await;
     let rated = key_without_defaults(&h, &w, pb::Key { rpm_limit: Some(100), ..w.key("Rated") }).await;
     let free = key_without_defaults(&h, &w, w.key("Free")).await;
-    let channel = h.authz_channel();
+    let channel = h.authz_on(h.authz_channel());
     authorize_on(channel.clone(), call(&w, &rated)).await;
     authorize_on(channel.clone(), call(&w, &free)).await;
     redis.kill();
-    let mut client = authz::authz_service_client::AuthzServiceClient::new(channel.clone());
+    let mut client = channel.clone();
     assert_eq!(client.authorize(call(&w, &rated)).await.unwrap_err().code(), Code::Unavailable);
     assert_eq!(
         authorize_on(channel, call(&w, &free)).await.decision(),
@@ -195,7 +194,8 @@ async fn redis_errors_can_fail_everything_open_or_closed() {
 async fn every_replica_obeys_a_change_within_a_second() {
     let Some(mut h) = Harness::production(Options::default()).await else { return };
     let second = h.start_authz_replica().await;
-    let first = h.authz_channel();
+    let second = h.authz_on(second);
+    let first = h.authz_on(h.authz_channel());
     let w = postpaid_world(&h, "replicas").await;
     let (key, secret) = create_key(&h, &w, w.key("Watched")).await;
     let mut delays = Vec::new();
@@ -241,13 +241,13 @@ async fn cached_keys_outlive_a_keys_service_outage_and_unknown_keys_are_unavaila
     let Some(mut h) = Harness::production(Options::default()).await else { return };
     let w = postpaid_world(&h, "nokeys").await;
     let (_, secret) = create_key(&h, &w, w.key("Cached")).await;
-    let channel = h.authz_channel();
+    let channel = h.authz_on(h.authz_channel());
     assert_eq!(authorize_on(channel.clone(), call(&w, &secret)).await.decision(), authz::Decision::Allow);
     h.stop_keys_service().await;
     assert_eq!(authorize_on(channel.clone(), call(&w, &secret)).await.decision(), authz::Decision::Allow);
     // A key neither cached nor in Redis: only the keys service could tell, and it is down.
     let unknown = tollgate_core::key_format::ApiKeySecret::generate();
-    let mut client = authz::authz_service_client::AuthzServiceClient::new(channel);
+    let mut client = channel;
     let status = client.authorize(call(&w, unknown.expose())).await.expect_err("never ALLOW an unknown key");
     assert_eq!(status.code(), Code::Unavailable);
     h.stop().await;

@@ -8,8 +8,10 @@ mod cross_account;
 mod key_state;
 mod keys_api;
 mod metering;
+mod outages;
 mod secrets;
 mod server;
+mod undecodable;
 mod validation;
 
 use tonic::Code;

@@ -71,6 +71,7 @@ metering_tests!(
     the_key_holder_sees_its_own_key_but_never_a_deleted_one,
     the_key_holder_asks_a_few_times_a_minute,
     bad_input_names_the_field,
+    what_does_not_exist_is_refused_or_not_found,
 );
 
 /// `GetKeyBalance` calls a key may make per minute in these tests.
@@ -614,6 +615,58 @@ async fn bad_input_names_the_field(h: &Harness, clock: &ManualClock) {
     // Without the admin token nothing is answered.
     let anonymous = metering::metering_service_client::MeteringServiceClient::new(h.metering_channel());
     assert_code(anonymous.clone().list_usage(list(&w.account, 0, "")).await, Code::Unauthenticated);
+}
+
+/// Reports naming a model or key that does not exist are refused at once, and usage of an
+/// account, application or key that does not exist is NOT_FOUND, not an empty answer.
+async fn what_does_not_exist_is_refused_or_not_found(h: &Harness, clock: &ManualClock) {
+    let now = clock.now_micros();
+    let w = world(h, "real").await;
+    let other = world(h, "other").await;
+    let (key, _) = create_key(h, &w, w.key("Real")).await;
+    let (foreign, _) = create_key(h, &other, other.key("Foreign")).await;
+    let m = h.metering();
+    let refused = |result: Result<tonic::Response<metering::RecordUsageResponse>, tonic::Status>| {
+        violated_fields(&assert_code(result, Code::InvalidArgument))
+    };
+    let unknown_model = metering::UsageReport { model: "no-such-model".into(), ..report(&w, &key, "n-1", 1, 1, 0) };
+    let got = refused(m.clone().record_usage(metering::RecordUsageRequest { report: Some(unknown_model) }).await);
+    assert_eq!(got, ["report.model"]);
+    let foreign_id = foreign.name.rsplit('/').next().unwrap();
+    let misnamed = pb::Key { name: format!("{}/keys/{foreign_id}", w.account), ..key.clone() };
+    let got = refused(
+        m.clone()
+            .record_usage(metering::RecordUsageRequest { report: Some(report(&w, &misnamed, "n-2", 1, 1, 0)) })
+            .await,
+    );
+    assert_eq!(got, ["report.key"]);
+    // Nothing of either reached the ledger; a good report still does.
+    record(h, report(&w, &key, "n-3", 1, 1, 0)).await;
+    assert_eq!(applied(h, &w, 1).await[0].request_id, "n-3");
+
+    let list = |parent: &str, application: &str, key: &str| metering::ListUsageRequest {
+        parent: parent.into(),
+        application: application.into(),
+        key: key.into(),
+        ..Default::default()
+    };
+    assert_code(m.clone().list_usage(list("accounts/nobody", "", "")).await, Code::NotFound);
+    let no_app = format!("{}/applications/nope", w.account);
+    assert_code(m.clone().list_usage(list(&w.account, &no_app, "")).await, Code::NotFound);
+    assert_code(m.clone().list_usage(list(&w.account, "", &misnamed.name)).await, Code::NotFound);
+    let summary = |scope: &str| metering::GetUsageSummaryRequest {
+        scope: scope.into(),
+        start_time: Some(timestamp(now - 60 * MINUTE)),
+        end_time: Some(timestamp(now)),
+        granularity: metering::Granularity::Hour as i32,
+        split_by_model: false,
+    };
+    for scope in ["accounts/nobody", no_app.as_str(), misnamed.name.as_str()] {
+        assert_code(m.clone().get_usage_summary(summary(scope)).await, Code::NotFound);
+    }
+    for scope in [w.account.as_str(), w.application.as_str(), key.name.as_str()] {
+        m.clone().get_usage_summary(summary(scope)).await.unwrap_or_else(|e| panic!("{scope}: {e:?}"));
+    }
 }
 
 /// With a gateway token configured, the gateway reports usage with it, and it opens nothing

@@ -4,7 +4,6 @@ use prost::Message;
 use tollgate_core::SecretHash;
 use tollgate_core::time::now_micros;
 use tollgate_proto::keys::v1 as pb;
-use tollgate_state::KeyStateWrite;
 
 use super::KeysService;
 use crate::error::{KeysError, KeysResult};
@@ -25,10 +24,7 @@ impl KeysService {
             .pop()
             .ok_or(KeysError::NotFound("key"))?;
         let now = now_micros();
-        let writes = snapshot::key_state_writes(&source, &self.config.caps, now);
-        if let Err(error) = self.cache_writes(&writes).await {
-            tracing::debug!(%error, "key-state read repair skipped");
-        }
+        self.sync.repair_in_background(snapshot::key_state_writes(&source, &self.config.caps, now), None);
         if source.deleted {
             return Err(KeysError::NotFound("key"));
         }
@@ -48,18 +44,12 @@ impl KeysService {
             .collect())
     }
 
-    async fn cache_writes(&self, writes: &[KeyStateWrite]) -> Result<(), tollgate_state::StateError> {
-        self.sync.cache().put_key_states(writes).await
-    }
-
     /// The whole catalog as authz prices it.
     pub async fn model_catalog(&self) -> KeysResult<pb::GetModelCatalogResponse> {
         let models = self.store.all_models().await.map_err(KeysError::from_store("model"))?;
         let update_time = models.iter().map(|m| m.update_time).max().unwrap_or(0);
         let catalog = snapshot::catalog(&models, update_time);
-        if let Err(error) = self.sync.cache().put_catalog(&catalog.encode_to_vec()).await {
-            tracing::debug!(%error, "catalog read repair skipped");
-        }
+        self.sync.repair_in_background(Vec::new(), Some(catalog.encode_to_vec()));
         Ok(catalog)
     }
 }

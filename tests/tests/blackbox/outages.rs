@@ -1,0 +1,115 @@
+//! How long answers take while a dependency is down: every call is answered within its
+//! configured bound (a Redis call's timeout, the database's acquire timeout), and the service
+//! recovers by itself when the dependency is back.
+
+use std::time::{Duration, Instant};
+
+use tollgate_proto::authz::v1 as authz;
+use tollgate_proto::keys::v1 as pb;
+use tollgate_test_support::{PrivatePostgres, PrivateRedis};
+use tollgate_tests::fixtures::{World, create_key, postpaid_world};
+use tollgate_tests::{Harness, Options};
+use tonic::Code;
+
+/// The authz replicas' Redis call timeout in the harness.
+const AUTHZ_REDIS_TIMEOUT: Duration = Duration::from_millis(200);
+const DB_ACQUIRE_TIMEOUT: Duration = Duration::from_millis(250);
+
+fn call(w: &World, secret: &str) -> authz::AuthorizeRequest {
+    authz::AuthorizeRequest {
+        api_key: secret.into(),
+        model: w.model.clone(),
+        capability: pb::Capability::Text as i32,
+        client_ip: "203.0.113.9".into(),
+        estimated_tokens: 100,
+        request_id: format!("req-{}", tollgate_core::ids::new_id()),
+    }
+}
+
+/// The `q`-quantile of `samples`.
+fn quantile(samples: &mut [Duration], q: f64) -> Duration {
+    samples.sort();
+    samples[((samples.len() - 1) as f64 * q).round() as usize]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn authorize_answers_within_twice_the_redis_timeout_while_redis_is_down() {
+    let Some(redis) = PrivateRedis::start().await else { return };
+    let mut redis = redis;
+    let Some(h) = Harness::production(Options { redis_url: Some(redis.url()), ..Default::default() }).await else {
+        return;
+    };
+    let w = postpaid_world(&h, "slowredis").await;
+    let free = create_key(&h, &w, w.key("Free")).await.1;
+    let paid = create_key(&h, &w, pb::Key { quota: Some(1_000_000), ..w.key("Paid") }).await.1;
+    let client = h.authz();
+    for secret in [&free, &paid] {
+        assert_eq!(
+            client.clone().authorize(call(&w, secret)).await.unwrap().get_ref().decision(),
+            authz::Decision::Allow
+        );
+    }
+    redis.kill();
+    // Long enough for the invalidation subscriber to fail and retry several times.
+    let mut latencies = Vec::new();
+    let until = Instant::now() + Duration::from_secs(4);
+    while Instant::now() < until {
+        for secret in [&free, &paid] {
+            let started = Instant::now();
+            let answer = client.clone().authorize(call(&w, secret)).await;
+            latencies.push(started.elapsed());
+            match answer {
+                Ok(response) => assert_eq!(response.get_ref().decision(), authz::Decision::Allow, "{secret:?}"),
+                Err(status) => assert_eq!(status.code(), Code::Unavailable, "money fails closed: {status:?}"),
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let p99 = quantile(&mut latencies, 0.99);
+    eprintln!("{} calls while Redis was down: p50 {:?}, p99 {p99:?}", latencies.len(), quantile(&mut latencies, 0.5));
+    assert!(p99 <= 2 * AUTHZ_REDIS_TIMEOUT, "p99 {p99:?} over twice the Redis timeout");
+    redis.restart().await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while client.clone().authorize(call(&w, &paid)).await.is_err() {
+        assert!(Instant::now() < deadline, "authz did not recover");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_calls_fail_within_the_acquire_timeout_while_postgres_is_down() {
+    let Some(mut postgres) = PrivatePostgres::start().await else { return };
+    let options = Options {
+        database_url: Some(postgres.url()),
+        db_acquire_timeout: Some(DB_ACQUIRE_TIMEOUT),
+        ..Default::default()
+    };
+    let Some(h) = Harness::production(options).await else { return };
+    let w = postpaid_world(&h, "nodb").await;
+    let get = async || h.accounts().get_account(pb::GetAccountRequest { name: w.account.clone() }).await;
+    get().await.expect("the account is there");
+    postgres.stop();
+    // Pooled connections find out they are dead on first use.
+    for _ in 0..8 {
+        let _ = get().await;
+    }
+    let mut latencies = Vec::new();
+    for _ in 0..20 {
+        let started = Instant::now();
+        let status = get().await.expect_err("no database");
+        latencies.push(started.elapsed());
+        assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    }
+    let p90 = quantile(&mut latencies, 0.9);
+    eprintln!("GetAccount without Postgres: p90 {p90:?}, max {:?}", latencies.last().unwrap());
+    assert!(p90 <= DB_ACQUIRE_TIMEOUT + Duration::from_millis(150), "p90 {p90:?}");
+    assert!(*latencies.last().unwrap() <= Duration::from_secs(1), "max {:?}", latencies.last());
+    postgres.restart().await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while get().await.is_err() {
+        assert!(Instant::now() < deadline, "the keys service did not recover");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    h.stop().await;
+}
