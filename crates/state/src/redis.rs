@@ -55,8 +55,10 @@ fn unavailable(error: RedisError) -> StateError {
     StateError::Unavailable(error.to_string())
 }
 
-/// A self-healing connection whose replies may take up to `response_timeout`.
-async fn connection_manager(
+/// A self-healing connection whose replies may take up to `response_timeout`. It connects on
+/// first use, so a service starts while Redis is unreachable and its calls fail (each within
+/// its bound) until Redis is there.
+fn connection_manager(
     client: &Client,
     op_timeout: Duration,
     response_timeout: Duration,
@@ -66,17 +68,15 @@ async fn connection_manager(
         .set_response_timeout(Some(response_timeout))
         .set_number_of_retries(2)
         .set_max_delay(Duration::from_secs(2));
-    tokio::time::timeout(Duration::from_secs(10), client.get_connection_manager_with_config(manager_config))
-        .await
-        .map_err(|_| StateError::Timeout)?
-        .map_err(unavailable)
+    client.get_connection_manager_lazy(manager_config).map_err(unavailable)
 }
 
 impl RedisState {
-    /// Connects; the connection then re-establishes itself after failures.
+    /// Sets up the connection, which is made on first use and re-established after failures;
+    /// fails only for a URL that is not one. [`RedisState::ping`] says whether Redis answers.
     pub async fn connect(config: &RedisConfig) -> Result<Self, StateError> {
         let client = Client::open(config.url.as_str()).map_err(unavailable)?;
-        let conn = connection_manager(&client, config.op_timeout, config.op_timeout).await?;
+        let conn = connection_manager(&client, config.op_timeout, config.op_timeout)?;
         Ok(Self {
             client,
             conn,
@@ -98,7 +98,13 @@ impl RedisState {
     /// up to `longest_wait`: Redis answers a connection's commands in order, so on the shared
     /// connection a waiting read would hold up every command sent after it.
     pub async fn blocking_connection(&self, longest_wait: Duration) -> Result<ConnectionManager, StateError> {
-        connection_manager(&self.client, self.op_timeout, self.op_timeout + longest_wait).await
+        connection_manager(&self.client, self.op_timeout, self.op_timeout + longest_wait)
+    }
+
+    /// Whether Redis answers a PING within the operation timeout.
+    pub async fn ping(&self) -> Result<(), StateError> {
+        let mut conn = self.conn.clone();
+        self.bounded(redis::cmd("PING").query_async::<()>(&mut conn)).await
     }
 
     /// The key prefix.

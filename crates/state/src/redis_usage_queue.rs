@@ -118,7 +118,9 @@ fn field_string(entry: &StreamId, name: &str) -> String {
 
 impl RedisUsageQueue {
     /// The queue on `state`'s connection and prefix; entries idle longer than `claim_idle` are
-    /// taken over from the consumer that left them. Creates the consumer group if missing.
+    /// taken over from the consumer that left them. Creates the consumer group if missing; if
+    /// Redis cannot be reached now, the first read makes it (reports sent meanwhile wait in the
+    /// stream, which the group reads from its start).
     pub async fn new(state: &RedisState, claim_idle: Duration, op_timeout: Duration) -> Result<Self, StateError> {
         let queue = Self {
             conn: state.connection(),
@@ -132,7 +134,9 @@ impl RedisUsageQueue {
             last_trim: Default::default(),
             forget_script: std::sync::Arc::new(redis::Script::new(include_str!("lua/forget_consumers.lua"))),
         };
-        queue.ensure_group().await?;
+        if let Err(error) = queue.ensure_group().await {
+            tracing::warn!(%error, "cannot create the usage stream's consumer group yet; the workers will");
+        }
         Ok(queue)
     }
 

@@ -28,7 +28,6 @@ use tollgate_state::redis_usage_queue::RedisUsageQueue;
 use tollgate_store::keys::SqlKeysStore;
 use tollgate_store::metering::SqlMeteringStore;
 use tollgate_store::{Database, DatabaseConfig};
-use tonic::service::RoutesBuilder;
 
 pub use authz::AuthzSettings;
 pub use keys::KeysSettings;
@@ -112,7 +111,7 @@ pub async fn run_dev(listener: TcpListener, config: DevConfig, shutdown: Cancell
     // One set of counters: authz takes holds in it, metering settles them, keys reads spend.
     let counters = Arc::new(MemoryCounters::new());
 
-    let mut services = Services { routes: RoutesBuilder::default(), names: Vec::new() };
+    let mut services = Services::default();
     let adapters = keys::KeysAdapters {
         store: Arc::new(store),
         cache: state.clone(),
@@ -169,9 +168,9 @@ pub async fn run_keys(
     if config.migrate_on_start {
         store.migrate().await.context("migrating the keys schema")?;
     }
-    let redis = Arc::new(RedisState::connect(&config.redis).await.context("connecting to Redis")?);
+    let redis = Arc::new(RedisState::connect(&config.redis).await.context("TOLLGATE_REDIS_URL")?);
 
-    let mut services = Services { routes: RoutesBuilder::default(), names: Vec::new() };
+    let mut services = Services::default();
     let counters = Arc::new(RedisCounters::new(&redis, config.redis.op_timeout));
     let adapters = keys::KeysAdapters { store: Arc::new(store), cache: redis.clone(), bus: redis, counters };
     keys::add(&mut services, adapters, &config.secrets, &config.keys, &shutdown).await?;
@@ -184,7 +183,7 @@ pub async fn run_authz(
     config: AuthzServeConfig,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let redis = Arc::new(RedisState::connect(&config.redis).await.context("connecting to Redis")?);
+    let redis = Arc::new(RedisState::connect(&config.redis).await.context("TOLLGATE_REDIS_URL")?);
     let counters = Arc::new(RedisCounters::new(&redis, config.redis.op_timeout));
     let source = Arc::new(
         tollgate_authz_service::source::GrpcKeyStateSource::new(
@@ -194,7 +193,8 @@ pub async fn run_authz(
         )
         .context("TOLLGATE_KEYS_URL")?,
     );
-    let mut services = Services { routes: RoutesBuilder::default(), names: Vec::new() };
+    let mut services = Services::default();
+    services.dependencies.push(redis_probe(&redis));
     authz::add(
         &mut services,
         redis.clone(),
@@ -211,6 +211,16 @@ pub async fn run_authz(
     server::serve(listener, services, config.drain, shutdown).await
 }
 
+/// Health waits for Redis to answer once: authz and metering cannot do their work without it.
+fn redis_probe(redis: &Arc<RedisState>) -> (&'static str, server::Probe) {
+    let redis = redis.clone();
+    let probe: server::Probe = Box::new(move || {
+        let redis = redis.clone();
+        Box::pin(async move { redis.ping().await.is_ok() })
+    });
+    ("redis", probe)
+}
+
 /// Connects the metering store, Redis state and counters of `tollgate serve metering`.
 async fn metering_backends(
     config: &MeteringServeConfig,
@@ -222,7 +232,7 @@ async fn metering_backends(
     if config.migrate_on_start {
         store.migrate().await.context("migrating the metering schema")?;
     }
-    let redis = Arc::new(RedisState::connect(&config.redis).await.context("connecting to Redis")?);
+    let redis = Arc::new(RedisState::connect(&config.redis).await.context("TOLLGATE_REDIS_URL")?);
     let counters = Arc::new(RedisCounters::new(&redis, config.redis.op_timeout));
     Ok((Arc::new(store), redis, counters))
 }
@@ -246,7 +256,8 @@ pub async fn run_metering(
         .context("creating the usage stream's consumer group")?;
     let adapters =
         metering::MeteringAdapters { store, queue: Arc::new(queue), counters, directory: metering_directory(&config)? };
-    let mut services = Services { routes: RoutesBuilder::default(), names: Vec::new() };
+    let mut services = Services::default();
+    services.dependencies.push(redis_probe(&redis));
     metering::add(&mut services, adapters, &config.secrets, &config.metering, config.clock.clone(), &shutdown)?;
     server::serve(listener, services, config.drain, shutdown).await
 }
@@ -267,7 +278,7 @@ pub async fn reconcile(config: ReconcileConfig) -> anyhow::Result<tollgate_meter
             .await
             .context("connecting to Postgres")?,
     );
-    let redis = RedisState::connect(&config.redis).await.context("connecting to Redis")?;
+    let redis = RedisState::connect(&config.redis).await.context("TOLLGATE_REDIS_URL")?;
     let counters = RedisCounters::new(&redis, config.redis.op_timeout);
     let calendar = Calendar::new(&config.time_zone).context("TOLLGATE_TIME_ZONE")?;
     let done = tollgate_metering_service::reconcile::reconcile(&store, &counters, &calendar, now_micros()).await;

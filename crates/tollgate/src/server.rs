@@ -3,6 +3,7 @@
 //! the drain period (so load balancers and Kubernetes stop sending traffic), then stops
 //! accepting and lets in-flight calls finish.
 
+use std::pin::Pin;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
@@ -15,11 +16,55 @@ use tonic_health::ServingStatus;
 /// Upper bound of any one call.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// Whether a dependency answers now.
+pub type Probe = Box<dyn Fn() -> Pin<Box<dyn Future<Output = bool> + Send>> + Send + Sync>;
+
 /// What one process serves.
+#[derive(Default)]
 pub struct Services {
     pub routes: RoutesBuilder,
     /// Fully-qualified names reported by the health service.
     pub names: Vec<&'static str>,
+    /// What must answer once before health says SERVING, by name (e.g. `redis`). The process
+    /// starts and serves anyway, so a pod started during an outage waits instead of
+    /// crash-looping; once SERVING it stays so (a later outage of a shared dependency is
+    /// handled per call, and taking every replica out of rotation would make it total).
+    pub dependencies: Vec<(&'static str, Probe)>,
+}
+
+/// How often a dependency not yet reached is tried.
+const DEPENDENCY_RETRY: Duration = Duration::from_millis(250);
+
+/// Reports SERVING once every dependency has answered, unless shutdown came first.
+async fn serve_when_ready(
+    health: tonic_health::server::HealthReporter,
+    names: Vec<&'static str>,
+    dependencies: Vec<(&'static str, Probe)>,
+    shutdown: CancellationToken,
+) {
+    let started = std::time::Instant::now();
+    let mut last_warning: Option<std::time::Instant> = None;
+    for (name, probe) in &dependencies {
+        while !probe().await {
+            if last_warning.is_none_or(|at| at.elapsed() >= Duration::from_secs(10)) {
+                tracing::warn!(dependency = name, waited = ?started.elapsed(), "not serving yet: cannot reach a dependency");
+                last_warning = Some(std::time::Instant::now());
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(DEPENDENCY_RETRY) => {}
+            }
+        }
+    }
+    if shutdown.is_cancelled() {
+        return;
+    }
+    for name in names.iter().copied().chain([""]) {
+        health.set_service_status(name, ServingStatus::Serving).await;
+    }
+    if last_warning.is_some() {
+        tracing::info!(waited = ?started.elapsed(), "every dependency answers: serving");
+    }
 }
 
 /// Serves until `shutdown` is cancelled, then drains for `drain` and stops.
@@ -31,8 +76,14 @@ pub async fn serve(
 ) -> anyhow::Result<()> {
     let (health, health_service) = tonic_health::server::health_reporter();
     for name in services.names.iter().copied().chain([""]) {
-        health.set_service_status(name, ServingStatus::Serving).await;
+        health.set_service_status(name, ServingStatus::NotServing).await;
     }
+    let ready = tokio::spawn(serve_when_ready(
+        health.clone(),
+        services.names.clone(),
+        std::mem::take(&mut services.dependencies),
+        shutdown.clone(),
+    ));
     // v1 for current grpcurl and Postman, v1alpha for older clients such as evans.
     let reflection = || {
         tonic_reflection::server::Builder::configure()
@@ -48,6 +99,8 @@ pub async fn serve(
     let names = services.names.clone();
     let signal = async move {
         shutdown.cancelled().await;
+        // It reports SERVING only if shutdown has not begun; wait so it cannot do so after.
+        let _ = ready.await;
         for name in names.iter().copied().chain([""]) {
             health.set_service_status(name, ServingStatus::NotServing).await;
         }

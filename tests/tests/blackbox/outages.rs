@@ -113,3 +113,32 @@ async fn keys_calls_fail_within_the_acquire_timeout_while_postgres_is_down() {
     }
     h.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn authz_and_metering_started_while_redis_is_down_wait_and_then_serve() {
+    let Some(mut redis) = PrivateRedis::start().await else { return };
+    let Some(mut h) = Harness::production(Options { redis_url: Some(redis.url()), ..Default::default() }).await else {
+        return;
+    };
+    let w = postpaid_world(&h, "latestart").await;
+    let secret = create_key(&h, &w, pb::Key { quota: Some(1_000_000), ..w.key("Late") }).await.1;
+    redis.kill();
+    let down_for = Duration::from_secs(2);
+    let started = Instant::now();
+    let restart = tokio::spawn(async move {
+        tokio::time::sleep(down_for).await;
+        redis.restart().await.unwrap();
+        redis
+    });
+    // Each waits for SERVING and fails the test if its server stops.
+    let authz_channel = h.start_authz_replica().await;
+    let metering_channel = h.start_metering().await;
+    assert!(started.elapsed() >= down_for, "SERVING before Redis answered: {:?}", started.elapsed());
+    let _redis = restart.await.unwrap();
+    let response = h.authz_on(authz_channel).authorize(call(&w, &secret)).await.expect("authorize");
+    assert_eq!(response.get_ref().decision(), authz::Decision::Allow);
+    let mut health = tonic_health::pb::health_client::HealthClient::new(metering_channel);
+    let check = health.check(tonic_health::pb::HealthCheckRequest { service: String::new() }).await.unwrap();
+    assert_eq!(check.get_ref().status(), tonic_health::pb::health_check_response::ServingStatus::Serving);
+    h.stop().await;
+}
