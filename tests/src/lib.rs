@@ -236,6 +236,7 @@ impl Harness {
             redis: RedisConfig {
                 url: redis_url.clone(),
                 prefix: redis.prefix.clone(),
+                cluster: false,
                 op_timeout: Duration::from_secs(2),
             },
             secrets: secrets.clone(),
@@ -263,6 +264,20 @@ impl Harness {
         Some(harness)
     }
 
+    /// [`Harness::production`] on a 3-primary Redis Cluster shared by the tests of this
+    /// process (each on its own key prefix), or `None` (skip) without one.
+    pub async fn cluster(options: Options) -> Option<Harness> {
+        let url = tollgate_test_support::shared_redis_cluster_url().await?;
+        Harness::production(Options { redis_url: Some(url), ..options }).await
+    }
+
+    /// Production only: a connection to the Redis (or Redis Cluster) the servers use.
+    pub fn redis_connection(&self) -> Option<tollgate_state::redis_conn::RedisConn> {
+        let (url, _) = self.redis.as_ref()?;
+        let topology = tollgate_state::redis_conn::Topology::parse(url, false).expect("the harness's Redis URL");
+        Some(topology.connect(Duration::from_secs(2), Duration::from_secs(2)).expect("a Redis connection"))
+    }
+
     /// Production only: starts a metering server (RPCs and workers) on the same Postgres,
     /// Redis and keys service.
     pub async fn start_metering(&mut self) -> Channel {
@@ -272,7 +287,7 @@ impl Harness {
             db_max_connections: 8,
             db_acquire_timeout: self.options.db_acquire_timeout.unwrap_or(Duration::from_secs(1)),
             migrate_on_start: true,
-            redis: RedisConfig { url, prefix, op_timeout: Duration::from_secs(2) },
+            redis: RedisConfig { url, prefix, cluster: false, op_timeout: Duration::from_secs(2) },
             keys_url: format!("http://{}", self.keys_address),
             secrets: self.secrets.clone(),
             metering: self.options.metering.clone(),
@@ -290,7 +305,7 @@ impl Harness {
     pub async fn start_authz_replica(&mut self) -> Channel {
         let (url, prefix) = self.redis.clone().expect("authz replicas run on the production backend");
         let config = AuthzServeConfig {
-            redis: RedisConfig { url, prefix, op_timeout: Duration::from_millis(200) },
+            redis: RedisConfig { url, prefix, cluster: false, op_timeout: Duration::from_millis(200) },
             keys_url: format!("http://{}", self.keys_address),
             secrets: self.secrets.clone(),
             authz: self.options.authz.clone(),
@@ -410,8 +425,8 @@ impl Harness {
     }
 }
 
-/// Defines each listed `async fn(&Harness)` as two tests: on the embedded backend and on
-/// Postgres + Redis (skipped without them unless `CI=true`).
+/// Defines each listed `async fn(&Harness)` as three tests: on the embedded backend, on
+/// Postgres + Redis, and on Postgres + a Redis Cluster (skipped without them unless `CI=true`).
 #[macro_export]
 macro_rules! on_both_backends {
     ($($check:ident),* $(,)?) => {
@@ -430,6 +445,17 @@ macro_rules! on_both_backends {
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $check() {
                     if let Some(harness) = $crate::Harness::production(Default::default()).await {
+                        super::$check(&harness).await;
+                        harness.stop().await;
+                    }
+                }
+            )*
+        }
+        mod cluster {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $check() {
+                    if let Some(harness) = $crate::Harness::cluster(Default::default()).await {
                         super::$check(&harness).await;
                         harness.stop().await;
                     }

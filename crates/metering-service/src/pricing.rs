@@ -112,6 +112,15 @@ impl Pricer {
         self.reload().await
     }
 
+    /// A model's prices from a catalog read now: for a report that comes back (each does at
+    /// most once per claim time), so its verdict is final.
+    pub async fn model_now(&self, model: &str) -> Result<ModelLookup, DirectoryError> {
+        Ok(match self.reload().await?.get(model) {
+            Some(prices) => ModelLookup::Priced(*prices),
+            None => ModelLookup::Unknown,
+        })
+    }
+
     /// A model's prices, reading the catalog again when it does not have them (at most once
     /// a second, so unknown models cannot flood the keys service).
     pub async fn model(&self, model: &str) -> Result<ModelLookup, DirectoryError> {

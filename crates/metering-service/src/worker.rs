@@ -245,7 +245,11 @@ async fn price(core: &MeteringCore, batch: &[QueuedReport], acks: &mut Vec<Strin
             Some(prices) => *prices,
             // Maybe a model added since the catalog was read: read it again (at most once a
             // second).
-            None => match core.pricer.model(&report.model).await {
+            None => match if entry.deliveries > 1 {
+                core.pricer.model_now(&report.model).await
+            } else {
+                core.pricer.model(&report.model).await
+            } {
                 Ok(ModelLookup::Priced(prices)) => prices,
                 // The keys service says so now: no later delivery will know it either.
                 Ok(ModelLookup::Unknown) => {

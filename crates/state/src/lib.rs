@@ -11,6 +11,7 @@ pub mod counters;
 pub mod memory;
 pub mod memory_counters;
 pub mod redis;
+pub mod redis_conn;
 pub mod redis_counters;
 pub mod redis_usage_queue;
 pub mod usage_queue;

@@ -6,25 +6,30 @@
 //! - `P:catalog`: encoded `GetModelCatalogResponse`;
 //! - channel `P:invalidations`: [`Invalidation::encode`] messages.
 //!
-//! Each operation is single-key, so the layout works unchanged on Redis Cluster.
+//! Each operation is single-key (a batch of snapshot writes goes out one pipeline per slot),
+//! so the layout works on Redis Cluster; invalidations published on any node reach
+//! subscribers on every node.
 
 use std::sync::{Arc, OnceLock, Weak};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use futures::StreamExt;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{AsyncCommands, Client, ErrorKind, RedisError, Script, ServerErrorKind};
+use redis::{AsyncCommands, RedisError, Script};
 use tokio::sync::broadcast;
 use tollgate_core::SecretHash;
 
+use crate::redis_conn::{RedisConn, Topology, script_cmd};
 use crate::{Invalidation, InvalidationBus, KeyStateCache, KeyStateWrite, StateError};
 
 /// How to reach Redis.
 #[derive(Debug, Clone)]
 pub struct RedisConfig {
-    /// `redis://host:port[/db]` or `rediss://…`.
+    /// `redis://host:port[/db]` or `rediss://…`; for a cluster, one or more seed nodes
+    /// separated by commas.
     pub url: String,
+    /// Whether `url` names a Redis Cluster (implied by more than one URL).
+    pub cluster: bool,
     /// Prefix of every key and channel, so several deployments (or tests) share a server.
     pub prefix: String,
     /// Upper bound of each operation; past it the call fails with [`StateError::Timeout`].
@@ -34,8 +39,8 @@ pub struct RedisConfig {
 /// Key-state cache and invalidation bus on Redis.
 #[derive(Clone)]
 pub struct RedisState {
-    client: Client,
-    conn: ConnectionManager,
+    topology: Topology,
+    conn: RedisConn,
     prefix: Arc<str>,
     op_timeout: Duration,
     put_script: Arc<Script>,
@@ -55,30 +60,18 @@ fn unavailable(error: RedisError) -> StateError {
     StateError::Unavailable(error.to_string())
 }
 
-/// A self-healing connection whose replies may take up to `response_timeout`. It connects on
-/// first use, so a service starts while Redis is unreachable and its calls fail (each within
-/// its bound) until Redis is there.
-fn connection_manager(
-    client: &Client,
-    op_timeout: Duration,
-    response_timeout: Duration,
-) -> Result<ConnectionManager, StateError> {
-    let manager_config = ConnectionManagerConfig::new()
-        .set_connection_timeout(Some(op_timeout.max(Duration::from_millis(500))))
-        .set_response_timeout(Some(response_timeout))
-        .set_number_of_retries(2)
-        .set_max_delay(Duration::from_secs(2));
-    client.get_connection_manager_lazy(manager_config).map_err(unavailable)
-}
+/// Connecting waits at least this long, whatever the operation timeout: a TLS handshake to a
+/// managed Redis takes longer than a command.
+const MIN_CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
 
 impl RedisState {
     /// Sets up the connection, which is made on first use and re-established after failures;
     /// fails only for a URL that is not one. [`RedisState::ping`] says whether Redis answers.
     pub async fn connect(config: &RedisConfig) -> Result<Self, StateError> {
-        let client = Client::open(config.url.as_str()).map_err(unavailable)?;
-        let conn = connection_manager(&client, config.op_timeout, config.op_timeout)?;
+        let topology = Topology::parse(&config.url, config.cluster)?;
+        let conn = topology.connect(config.op_timeout.max(MIN_CONNECT_TIMEOUT), config.op_timeout)?;
         Ok(Self {
-            client,
+            topology,
             conn,
             prefix: config.prefix.clone().into(),
             op_timeout: config.op_timeout,
@@ -89,16 +82,16 @@ impl RedisState {
         })
     }
 
-    /// The multiplexed connection, for other adapters on the same server.
-    pub fn connection(&self) -> ConnectionManager {
+    /// The connection, for other adapters on the same server or cluster.
+    pub fn connection(&self) -> RedisConn {
         self.conn.clone()
     }
 
     /// A connection of its own for commands that wait on the server (`XREADGROUP … BLOCK`)
     /// up to `longest_wait`: Redis answers a connection's commands in order, so on the shared
     /// connection a waiting read would hold up every command sent after it.
-    pub async fn blocking_connection(&self, longest_wait: Duration) -> Result<ConnectionManager, StateError> {
-        connection_manager(&self.client, self.op_timeout, self.op_timeout + longest_wait)
+    pub async fn blocking_connection(&self, longest_wait: Duration) -> Result<RedisConn, StateError> {
+        self.topology.connect(self.op_timeout.max(MIN_CONNECT_TIMEOUT), self.op_timeout + longest_wait)
     }
 
     /// Whether Redis answers a PING within the operation timeout.
@@ -128,32 +121,32 @@ impl RedisState {
         tokio::time::timeout(self.op_timeout, op).await.map_err(|_| StateError::Timeout)?.map_err(unavailable)
     }
 
-    fn put_pipeline(&self, writes: &[KeyStateWrite]) -> redis::Pipeline {
-        let mut pipe = redis::pipe();
-        for write in writes {
-            let expire_at_ms = write.expire_at.map_or(0, |micros| micros / 1000);
-            pipe.invoke_script(
-                self.put_script
-                    .key(self.key_state_key(&write.hash))
-                    .arg(write.version)
-                    .arg(write.encoded.as_slice())
-                    .arg(expire_at_ms),
-            )
-            .ignore();
-        }
-        pipe
+    fn put_commands(&self, writes: &[KeyStateWrite]) -> Vec<(Vec<u8>, redis::Cmd)> {
+        writes
+            .iter()
+            .map(|write| {
+                let key = self.key_state_key(&write.hash);
+                let expire_at_ms = write.expire_at.map_or(0, |micros| micros / 1000);
+                let mut invocation = self.put_script.key(&key);
+                invocation.arg(write.version).arg(write.encoded.as_slice()).arg(expire_at_ms);
+                (key.into_bytes(), script_cmd(&invocation))
+            })
+            .collect()
     }
 
     /// Relays channel messages to local subscribers until the last clone is dropped;
     /// reconnects by itself and tells subscribers to drop everything after any gap.
     fn start_subscriber(&self) {
-        let client = self.client.clone();
+        let topology = self.topology.clone();
         let channel = self.channel();
         let sender = self.invalidations.clone();
         let alive: Weak<()> = Arc::downgrade(&self.alive);
         tokio::spawn(async move {
             let mut backoff = Duration::from_millis(100);
+            let mut attempt = 0usize;
             while alive.strong_count() > 0 {
+                let client = topology.subscribe_target(&channel, attempt).await;
+                attempt += 1;
                 match client.get_async_pubsub().await {
                     Ok(mut pubsub) => {
                         if let Err(error) = pubsub.subscribe(&channel).await {
@@ -193,36 +186,14 @@ impl RedisState {
     }
 }
 
-/// Runs a pipeline of EVALSHAs of `script`, each call bounded by `op_timeout`. After a Redis
-/// restart the script cache is empty: then the script is loaded once and the pipeline resent,
-/// so its scripts must be safe to run twice.
-pub(crate) async fn script_pipeline<T: redis::FromRedisValue>(
-    conn: &ConnectionManager,
-    pipe: &redis::Pipeline,
-    script: &Script,
-    op_timeout: Duration,
-) -> Result<T, StateError> {
-    let mut conn = conn.clone();
-    let first = tokio::time::timeout(op_timeout, pipe.query_async::<T>(&mut conn)).await;
-    match first.map_err(|_| StateError::Timeout)? {
-        Err(error) if error.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
-            let load = tokio::time::timeout(op_timeout, script.prepare_invoke().load_async(&mut conn)).await;
-            load.map_err(|_| StateError::Timeout)?.map_err(unavailable)?;
-            let again = tokio::time::timeout(op_timeout, pipe.query_async::<T>(&mut conn)).await;
-            again.map_err(|_| StateError::Timeout)?.map_err(unavailable)
-        }
-        first => first.map_err(unavailable),
-    }
-}
-
 #[async_trait]
 impl KeyStateCache for RedisState {
     async fn put_key_states(&self, writes: &[KeyStateWrite]) -> Result<(), StateError> {
         if writes.is_empty() {
             return Ok(());
         }
-        let pipe = self.put_pipeline(writes);
-        script_pipeline::<()>(&self.conn, &pipe, &self.put_script, self.op_timeout).await
+        let commands = self.put_commands(writes);
+        self.conn.query_by_slot::<redis::Value>(commands, Some(&self.put_script), self.op_timeout).await.map(drop)
     }
 
     async fn get_key_state(&self, hash: &SecretHash) -> Result<Option<Vec<u8>>, StateError> {

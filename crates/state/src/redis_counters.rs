@@ -6,7 +6,6 @@ use std::time::Duration;
 use async_trait::async_trait;
 use foldhash::HashMap;
 use redis::Script;
-use redis::aio::ConnectionManager;
 use tollgate_core::counters::{CounterCheck, CounterOutcome, RateOutcome};
 use tollgate_core::windows::Windows;
 
@@ -15,12 +14,13 @@ use crate::counters::{
     CREDITED_MEMORY_MS, CounterCall, CounterKeys, CounterRestore, Counters, KeySpend, RECONCILE_PAUSE_MS,
     SETTLED_MEMORY_MS, Settlement,
 };
-use crate::redis::{RedisState, script_pipeline};
+use crate::redis::RedisState;
+use crate::redis_conn::{RedisConn, script_cmd};
 
 /// Counters on the Redis behind a [`RedisState`].
 #[derive(Clone)]
 pub struct RedisCounters {
-    conn: ConnectionManager,
+    conn: RedisConn,
     keys: CounterKeys,
     script: Arc<Script>,
     settle_script: Arc<Script>,
@@ -142,12 +142,15 @@ impl RedisCounters {
         settlements: &[Settlement<'_>],
         groups: &[(Vec<usize>, bool)],
     ) -> Result<Vec<String>, StateError> {
-        let mut pipe = redis::pipe();
-        for (members, per_call) in groups {
-            pipe.invoke_script(&self.settle_invocation(settlements, members, *per_call));
-        }
+        let commands = groups
+            .iter()
+            .map(|(members, per_call)| {
+                let slot_key = self.keys.balance(settlements[members[0]].account_id).into_bytes();
+                (slot_key, script_cmd(&self.settle_invocation(settlements, members, *per_call)))
+            })
+            .collect();
         // The markers make a resend after NOSCRIPT harmless.
-        script_pipeline(&self.conn, &pipe, &self.settle_script, self.op_timeout).await
+        self.conn.query_by_slot(commands, Some(&self.settle_script), self.op_timeout).await
     }
 
     async fn bounded<T>(&self, op: impl Future<Output = redis::RedisResult<T>>) -> Result<T, StateError> {
@@ -304,21 +307,29 @@ impl Counters for RedisCounters {
     }
 
     async fn pause_for_restore(&self, account_ids: &[String]) -> Result<(), StateError> {
-        let mut pipe = redis::pipe();
-        for account_id in account_ids {
-            pipe.cmd("SET").arg(self.keys.reconciling(account_id)).arg("1").arg("PX").arg(RECONCILE_PAUSE_MS).ignore();
-        }
-        let mut conn = self.conn.clone();
-        self.bounded(pipe.query_async::<()>(&mut conn)).await
+        let commands = account_ids
+            .iter()
+            .map(|account_id| {
+                let key = self.keys.reconciling(account_id);
+                let mut set = redis::cmd("SET");
+                set.arg(&key).arg("1").arg("PX").arg(RECONCILE_PAUSE_MS);
+                (key.into_bytes(), set)
+            })
+            .collect();
+        self.conn.query_by_slot::<redis::Value>(commands, None, self.op_timeout).await.map(drop)
     }
 
     async fn resume(&self, account_ids: &[String]) -> Result<(), StateError> {
-        let mut pipe = redis::pipe();
-        for account_id in account_ids {
-            pipe.del(self.keys.reconciling(account_id)).ignore();
-        }
-        let mut conn = self.conn.clone();
-        self.bounded(pipe.query_async::<()>(&mut conn)).await
+        let commands = account_ids
+            .iter()
+            .map(|account_id| {
+                let key = self.keys.reconciling(account_id);
+                let mut del = redis::cmd("DEL");
+                del.arg(&key);
+                (key.into_bytes(), del)
+            })
+            .collect();
+        self.conn.query_by_slot::<redis::Value>(commands, None, self.op_timeout).await.map(drop)
     }
 
     async fn restore(&self, restore: &CounterRestore<'_>) -> Result<(), StateError> {

@@ -12,7 +12,6 @@
 use std::time::Duration;
 
 use async_trait::async_trait;
-use redis::aio::ConnectionManager;
 use redis::streams::{
     StreamAutoClaimOptions, StreamAutoClaimReply, StreamId, StreamInfoGroupsReply, StreamPendingCountReply,
     StreamPendingReply, StreamRangeReply, StreamTrimOptions, StreamTrimmingMode,
@@ -22,6 +21,7 @@ use tollgate_core::time::Micros;
 
 use crate::StateError;
 use crate::redis::RedisState;
+use crate::redis_conn::RedisConn;
 use crate::usage_queue::{DeadLetter, QueuedReport, UsageQueue};
 
 const GROUP: &str = "metering";
@@ -29,7 +29,7 @@ const GROUP: &str = "metering";
 /// The usage queue on the Redis behind a [`RedisState`].
 #[derive(Clone)]
 pub struct RedisUsageQueue {
-    conn: ConnectionManager,
+    conn: RedisConn,
     stream: String,
     dead: String,
     claim_idle: Duration,
@@ -39,7 +39,7 @@ pub struct RedisUsageQueue {
     last_claim: std::sync::Arc<std::sync::Mutex<Option<std::time::Instant>>>,
     /// Each consumer's connection for its blocking reads (see
     /// [`RedisState::blocking_connection`]), made on its first read.
-    readers: std::sync::Arc<tokio::sync::Mutex<std::collections::HashMap<String, ConnectionManager>>>,
+    readers: std::sync::Arc<tokio::sync::Mutex<std::collections::HashMap<String, RedisConn>>>,
     state: RedisState,
     /// When this process last trimmed acknowledged entries off the stream.
     last_trim: std::sync::Arc<std::sync::Mutex<Option<std::time::Instant>>>,
@@ -156,7 +156,7 @@ impl RedisUsageQueue {
     }
 
     /// `consumer`'s connection for blocking reads.
-    async fn reader(&self, consumer: &str, wait: Duration) -> Result<ConnectionManager, StateError> {
+    async fn reader(&self, consumer: &str, wait: Duration) -> Result<RedisConn, StateError> {
         let mut readers = self.readers.lock().await;
         if let Some(conn) = readers.get(consumer) {
             return Ok(conn.clone());

@@ -15,8 +15,12 @@ impl<T: KeyStateCache + InvalidationBus> State for T {}
 
 async fn redis_state() -> Option<(RedisState, TestRedis)> {
     let redis = TestRedis::create().await?;
-    let config =
-        RedisConfig { url: redis.url.clone(), prefix: redis.prefix.clone(), op_timeout: Duration::from_secs(2) };
+    let config = RedisConfig {
+        url: redis.url.clone(),
+        prefix: redis.prefix.clone(),
+        cluster: false,
+        op_timeout: Duration::from_secs(2),
+    };
     Some((RedisState::connect(&config).await.unwrap(), redis))
 }
 

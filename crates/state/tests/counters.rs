@@ -15,8 +15,12 @@ use tollgate_test_support::TestRedis;
 
 async fn redis_counters() -> Option<(Arc<dyn Counters>, TestRedis)> {
     let redis = TestRedis::create().await?;
-    let config =
-        RedisConfig { url: redis.url.clone(), prefix: redis.prefix.clone(), op_timeout: Duration::from_secs(2) };
+    let config = RedisConfig {
+        url: redis.url.clone(),
+        prefix: redis.prefix.clone(),
+        cluster: false,
+        op_timeout: Duration::from_secs(2),
+    };
     let state = RedisState::connect(&config).await.unwrap();
     Some((Arc::new(RedisCounters::new(&state, Duration::from_secs(2))), redis))
 }

@@ -4,9 +4,13 @@
 //! made. When a server is not reachable the test is skipped with a message, unless
 //! `CI=true`, where a missing server fails the run.
 
+mod redis_cluster;
+
 use std::time::Duration;
 
 use sqlx::{AssertSqlSafe, Connection, PgConnection};
+
+pub use redis_cluster::{PrivateRedisCluster, shared_redis_cluster_url};
 
 /// Where the shared Postgres is; the tests create and drop their own databases on it.
 pub fn postgres_admin_url() -> String {

@@ -46,9 +46,13 @@ pub struct ReconcileArgs {
     /// Postgres URL.
     #[arg(long, env = "TOLLGATE_DATABASE_URL")]
     pub database_url: String,
-    /// Redis URL, e.g. redis://redis:6379.
+    /// Redis URL, e.g. redis://redis:6379; for a Redis Cluster, seed nodes separated by
+    /// commas (redis://node-1:6379,redis://node-2:6379).
     #[arg(long, env = "TOLLGATE_REDIS_URL")]
     pub redis_url: String,
+    /// The URL is a Redis Cluster's seed node (implied by more than one URL).
+    #[arg(long, env = "TOLLGATE_REDIS_CLUSTER")]
+    pub redis_cluster: bool,
     /// Prefix of every Redis key and channel.
     #[arg(long, env = "TOLLGATE_REDIS_PREFIX", default_value = "tollgate")]
     pub redis_prefix: String,
@@ -99,9 +103,13 @@ pub struct ServeArgs {
     /// Apply migrations at start-up (otherwise run `tollgate migrate` first).
     #[arg(long, env = "TOLLGATE_MIGRATE_ON_START")]
     pub migrate_on_start: bool,
-    /// Redis URL, e.g. redis://redis:6379.
+    /// Redis URL, e.g. redis://redis:6379; for a Redis Cluster, seed nodes separated by
+    /// commas (redis://node-1:6379,redis://node-2:6379).
     #[arg(long, env = "TOLLGATE_REDIS_URL")]
     pub redis_url: String,
+    /// The URL is a Redis Cluster's seed node (implied by more than one URL).
+    #[arg(long, env = "TOLLGATE_REDIS_CLUSTER")]
+    pub redis_cluster: bool,
     /// Prefix of every Redis key and channel.
     #[arg(long, env = "TOLLGATE_REDIS_PREFIX", default_value = "tollgate")]
     pub redis_prefix: String,
@@ -227,9 +235,10 @@ pub struct MeteringArgs {
     /// another worker takes it over.
     #[arg(long, env = "TOLLGATE_METERING_CLAIM_IDLE", default_value = "30s", value_parser = humantime::parse_duration)]
     pub claim_idle: Duration,
-    /// Deliveries after which a report that cannot be applied yet (a model the catalog did not
-    /// have a moment ago) moves to the dead letters. A key or model the keys service says does
-    /// not exist moves there at once.
+    /// Deliveries after which a report that still cannot be applied moves to the dead letters.
+    /// A key or model the keys service says does not exist moves there at once; a model a
+    /// catalog read a moment ago lacked is checked again, against a fresh one, when it comes
+    /// back.
     #[arg(long, env = "TOLLGATE_METERING_MAX_DELIVERIES", default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_deliveries: u32,
     /// `KeyHolderService/GetKeyBalance` calls each key may make per minute on one replica

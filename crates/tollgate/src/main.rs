@@ -66,6 +66,7 @@ async fn main() -> anyhow::Result<()> {
                 redis: RedisConfig {
                     url: args.redis_url,
                     prefix: args.redis_prefix,
+                    cluster: args.redis_cluster,
                     op_timeout: Duration::from_secs(5),
                 },
                 time_zone: args.time_zone,
@@ -84,6 +85,7 @@ async fn serve(args: ServeArgs, shutdown: CancellationToken) -> anyhow::Result<(
     let redis = |default_timeout: Duration| RedisConfig {
         url: args.redis_url.clone(),
         prefix: args.redis_prefix.clone(),
+        cluster: args.redis_cluster,
         op_timeout: args.redis_timeout.unwrap_or(default_timeout),
     };
     match args.service {

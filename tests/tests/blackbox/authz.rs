@@ -39,6 +39,19 @@ macro_rules! with_clock {
                 }
             )*
         }
+        mod cluster {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $check() {
+                    let clock = tollgate_core::clock::ManualClock::new(tollgate_core::time::now_micros());
+                    let options = tollgate_tests::Options { clock: Some(clock.clone()), ..Default::default() };
+                    if let Some(h) = tollgate_tests::Harness::cluster(options).await {
+                        super::$check(&h, &clock).await;
+                        h.stop().await;
+                    }
+                }
+            )*
+        }
     };
 }
 

@@ -19,8 +19,8 @@ async fn state_of(h: &Harness, secret: &str) -> pb::KeyState {
 
 /// The snapshot Redis holds for a secret (production only).
 async fn cached_state(h: &Harness, secret: &str) -> Option<pb::KeyState> {
-    let (url, prefix) = h.redis.as_ref()?;
-    let mut conn = redis::Client::open(url.as_str()).unwrap().get_multiplexed_async_connection().await.unwrap();
+    let (_, prefix) = h.redis.as_ref()?;
+    let mut conn = h.redis_connection()?;
     let key = format!("{prefix}:ks:{}", hex::encode(h.secret_hash(secret)));
     let bytes: Option<Vec<u8>> = conn.hget(key, "s").await.unwrap();
     bytes.map(|b| pb::KeyState::decode(b.as_slice()).unwrap())

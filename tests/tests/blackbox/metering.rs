@@ -57,6 +57,18 @@ macro_rules! metering_tests {
                 }
             )*
         }
+        mod cluster {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $check() {
+                    let clock = tollgate_core::clock::ManualClock::new(super::start());
+                    if let Some(h) = tollgate_tests::Harness::cluster(super::options(&clock)).await {
+                        super::$check(&h, &clock).await;
+                        h.stop().await;
+                    }
+                }
+            )*
+        }
     };
 }
 

@@ -1,0 +1,206 @@
+//! Redis Clusters of the tests' own: `redis-server --cluster-enabled yes` nodes on free
+//! loopback ports, joined with `redis-cli --cluster create`.
+
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use tokio::sync::OnceCell;
+
+use crate::unavailable;
+
+/// A cluster of `masters` primaries, each with `replicas` replicas. Every node is killed when
+/// this is dropped, or, for the shared cluster, when the test process exits.
+#[derive(Debug)]
+pub struct PrivateRedisCluster {
+    /// Every node's port; the first `masters` were made primaries.
+    pub ports: Vec<u16>,
+    children: Vec<Option<Child>>,
+    dir: tempfile::TempDir,
+}
+
+fn free_port() -> u16 {
+    let probe = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a probe socket");
+    probe.local_addr().expect("probe address").port()
+}
+
+impl PrivateRedisCluster {
+    /// Starts one, or returns `None` (skip) when `redis-server` or `redis-cli` is missing.
+    pub async fn start(masters: usize, replicas: usize) -> Option<Self> {
+        match Self::try_start(masters, replicas, None).await {
+            Ok(cluster) => Some(cluster),
+            Err(error) => {
+                unavailable("a private Redis Cluster", error);
+                None
+            }
+        }
+    }
+
+    /// With `outlive_not`: the nodes stop by themselves once that process is gone.
+    async fn try_start(masters: usize, replicas: usize, outlive_not: Option<u32>) -> Result<Self, String> {
+        let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+        let count = masters * (1 + replicas);
+        let ports: Vec<u16> = (0..count).map(|_| free_port()).collect();
+        let mut cluster = Self { ports, children: Vec::new(), dir };
+        for i in 0..count {
+            let child = cluster.spawn(i, outlive_not)?;
+            cluster.children.push(Some(child));
+        }
+        for port in &cluster.ports {
+            wait_for_ping(*port).await?;
+        }
+        let nodes: Vec<String> = cluster.ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+        let created = Command::new("redis-cli")
+            .arg("--cluster")
+            .arg("create")
+            .args(&nodes)
+            .args(["--cluster-replicas", &replicas.to_string(), "--cluster-yes"])
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|e| format!("cannot run redis-cli: {e}"))?;
+        if !created.status.success() {
+            return Err(format!("redis-cli --cluster create failed: {}", String::from_utf8_lossy(&created.stdout)));
+        }
+        for port in &cluster.ports {
+            wait_until_ok(*port).await?;
+        }
+        Ok(cluster)
+    }
+
+    fn spawn(&self, index: usize, outlive_not: Option<u32>) -> Result<Child, String> {
+        let port = self.ports[index].to_string();
+        let dir = self.dir.path().display().to_string();
+        let config = format!("nodes-{port}.conf");
+        let args = [
+            "--port",
+            &port,
+            "--bind",
+            "127.0.0.1",
+            "--cluster-enabled",
+            "yes",
+            "--cluster-config-file",
+            &config,
+            "--cluster-node-timeout",
+            "1000",
+            "--dir",
+            &dir,
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ];
+        let child = match outlive_not {
+            None => Command::new("redis-server").args(args).stdout(Stdio::null()).stderr(Stdio::null()).spawn(),
+            // A shell keeps the node while the test process lives, then stops it.
+            Some(pid) => {
+                let quoted: Vec<String> = args.iter().map(|a| format!("'{a}'")).collect();
+                let script = format!(
+                    "redis-server {} & node=$!; while kill -0 {pid} 2>/dev/null; do sleep 1; done; kill $node",
+                    quoted.join(" ")
+                );
+                Command::new("sh").args(["-c", &script]).stdout(Stdio::null()).stderr(Stdio::null()).spawn()
+            }
+        };
+        child.map_err(|e| format!("cannot run redis-server: {e}"))
+    }
+
+    /// Every node's URL, comma-separated: the seed list Tollgate takes.
+    pub fn url(&self) -> String {
+        self.ports.iter().map(|p| format!("redis://127.0.0.1:{p}")).collect::<Vec<_>>().join(",")
+    }
+
+    /// Kills one node, as a crash would.
+    pub fn kill(&mut self, index: usize) {
+        if let Some(mut child) = self.children[index].take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// The node serving `key`'s slot as primary now (its index in [`Self::ports`]).
+    pub fn primary_of(&self, key: &str) -> Option<usize> {
+        let alive = self.children.iter().position(Option::is_some)?;
+        let output = Command::new("redis-cli")
+            .args(["-p", &self.ports[alive].to_string(), "cluster", "keyslot", key])
+            .output()
+            .ok()?;
+        let slot: u16 = String::from_utf8_lossy(&output.stdout).trim().parse().ok()?;
+        let nodes =
+            Command::new("redis-cli").args(["-p", &self.ports[alive].to_string(), "cluster", "nodes"]).output().ok()?;
+        for line in String::from_utf8_lossy(&nodes.stdout).lines() {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            if fields.len() < 9 || !fields[2].contains("master") || fields[2].contains("fail") {
+                continue;
+            }
+            let owns = fields[8..].iter().any(|range| match range.split_once('-') {
+                Some((from, to)) => {
+                    from.parse::<u16>().is_ok_and(|f| f <= slot) && to.parse::<u16>().is_ok_and(|t| slot <= t)
+                }
+                None => range.parse::<u16>() == Ok(slot),
+            });
+            if owns {
+                let port: u16 = fields[1].split(['@', ':']).nth(1)?.parse().ok()?;
+                return self.ports.iter().position(|p| *p == port);
+            }
+        }
+        None
+    }
+}
+
+async fn wait_for_ping(port: u16) -> Result<(), String> {
+    let client = redis::Client::open(format!("redis://127.0.0.1:{port}")).map_err(|e| e.to_string())?;
+    for _ in 0..200 {
+        if let Ok(mut conn) = client.get_multiplexed_async_connection().await
+            && redis::cmd("PING").query_async::<String>(&mut conn).await.is_ok()
+        {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    Err(format!("the cluster node on {port} did not answer"))
+}
+
+async fn wait_until_ok(port: u16) -> Result<(), String> {
+    let client = redis::Client::open(format!("redis://127.0.0.1:{port}")).map_err(|e| e.to_string())?;
+    for _ in 0..400 {
+        if let Ok(mut conn) = client.get_multiplexed_async_connection().await
+            && let Ok(info) = redis::cmd("CLUSTER").arg("INFO").query_async::<String>(&mut conn).await
+            && info.contains("cluster_state:ok")
+        {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    Err(format!("the cluster node on {port} did not reach cluster_state:ok"))
+}
+
+impl Drop for PrivateRedisCluster {
+    fn drop(&mut self) {
+        for i in 0..self.children.len() {
+            self.kill(i);
+        }
+    }
+}
+
+/// The seed list of a 3-primary cluster shared by every test of this process (each test keeps
+/// to its own key prefix, as on the shared Redis), or `None` (skip) when one cannot be
+/// started. Its nodes stop when the process exits.
+pub async fn shared_redis_cluster_url() -> Option<String> {
+    static SHARED: OnceCell<Option<String>> = OnceCell::const_new();
+    SHARED
+        .get_or_init(|| async {
+            match PrivateRedisCluster::try_start(3, 0, Some(std::process::id())).await {
+                Ok(cluster) => {
+                    let url = cluster.url();
+                    // The nodes outlive this value: the shells stop them with the process.
+                    std::mem::forget(cluster);
+                    Some(url)
+                }
+                Err(error) => {
+                    unavailable("a Redis Cluster", error);
+                    None
+                }
+            }
+        })
+        .await
+        .clone()
+}
