@@ -13,8 +13,8 @@ use tollgate_test_support::TestRedis;
 trait State: KeyStateCache + InvalidationBus {}
 impl<T: KeyStateCache + InvalidationBus> State for T {}
 
-async fn redis_state() -> Option<(RedisState, TestRedis)> {
-    let redis = TestRedis::create().await?;
+async fn redis_state(redis: Option<TestRedis>) -> Option<(RedisState, TestRedis)> {
+    let redis = redis?;
     let config = RedisConfig {
         url: redis.url.clone(),
         prefix: redis.prefix.clone(),
@@ -38,7 +38,17 @@ macro_rules! conformance {
             $(
                 #[tokio::test]
                 async fn $check() {
-                    if let Some((state, _guard)) = super::redis_state().await {
+                    if let Some((state, _guard)) = super::redis_state(tollgate_test_support::TestRedis::create().await).await {
+                        super::$check(&state).await;
+                    }
+                }
+            )*
+        }
+        mod redis_cluster {
+            $(
+                #[tokio::test]
+                async fn $check() {
+                    if let Some((state, _guard)) = super::redis_state(tollgate_test_support::TestRedis::on_cluster().await).await {
                         super::$check(&state).await;
                     }
                 }

@@ -13,8 +13,8 @@ use tollgate_state::redis::{RedisConfig, RedisState};
 use tollgate_state::redis_counters::RedisCounters;
 use tollgate_test_support::TestRedis;
 
-async fn redis_counters() -> Option<(Arc<dyn Counters>, TestRedis)> {
-    let redis = TestRedis::create().await?;
+async fn redis_counters(redis: Option<TestRedis>) -> Option<(Arc<dyn Counters>, TestRedis)> {
+    let redis = redis?;
     let config = RedisConfig {
         url: redis.url.clone(),
         prefix: redis.prefix.clone(),
@@ -39,7 +39,17 @@ macro_rules! conformance {
             $(
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $check() {
-                    if let Some((counters, _guard)) = super::redis_counters().await {
+                    if let Some((counters, _guard)) = super::redis_counters(tollgate_test_support::TestRedis::create().await).await {
+                        super::$check(counters).await;
+                    }
+                }
+            )*
+        }
+        mod redis_cluster {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $check() {
+                    if let Some((counters, _guard)) = super::redis_counters(tollgate_test_support::TestRedis::on_cluster().await).await {
                         super::$check(counters).await;
                     }
                 }
@@ -453,7 +463,7 @@ async fn a_restore_overwrites_spend_and_counts_its_commits_and_grants_once(count
 /// `dev` rebuilds its counters before its workers start).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn settling_and_crediting_wait_for_a_reconciliation() {
-    let Some((counters, _guard)) = redis_counters().await else { return };
+    let Some((counters, _guard)) = redis_counters(TestRedis::create().await).await else { return };
     let c = call(CounterLimits::default());
     let settle = |account_id, request_id| Settlement {
         account_id,

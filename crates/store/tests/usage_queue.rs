@@ -38,8 +38,8 @@ async fn postgres_queue() -> Option<(Box<dyn UsageQueue>, Guard)> {
     Some((Box::new(store), Guard::Postgres(db)))
 }
 
-async fn redis_queue() -> Option<(Box<dyn UsageQueue>, Guard)> {
-    let redis = TestRedis::create().await?;
+async fn redis_queue(redis: Option<TestRedis>) -> Option<(Box<dyn UsageQueue>, Guard)> {
+    let redis = redis?;
     let config = RedisConfig {
         url: redis.url.clone(),
         prefix: redis.prefix.clone(),
@@ -69,7 +69,13 @@ macro_rules! conformance {
                 }
                 #[tokio::test]
                 async fn redis() {
-                    if let Some((queue, _guard)) = super::redis_queue().await {
+                    if let Some((queue, _guard)) = super::redis_queue(tollgate_test_support::TestRedis::create().await).await {
+                        super::$check(queue.as_ref()).await;
+                    }
+                }
+                #[tokio::test]
+                async fn redis_cluster() {
+                    if let Some((queue, _guard)) = super::redis_queue(tollgate_test_support::TestRedis::on_cluster().await).await {
                         super::$check(queue.as_ref()).await;
                     }
                 }

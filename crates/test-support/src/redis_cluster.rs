@@ -63,6 +63,10 @@ impl PrivateRedisCluster {
         for port in &cluster.ports {
             wait_until_ok(*port).await?;
         }
+        // A replica can take over only once it has its primary's data.
+        for port in &cluster.ports[masters..] {
+            wait_until_synced(*port).await?;
+        }
         Ok(cluster)
     }
 
@@ -87,6 +91,9 @@ impl PrivateRedisCluster {
             "",
             "--appendonly",
             "no",
+            // Replicas sync at once instead of after the default 5 s wait for more of them.
+            "--repl-diskless-sync-delay",
+            "0",
         ];
         let child = match outlive_not {
             None => Command::new("redis-server").args(args).stdout(Stdio::null()).stderr(Stdio::null()).spawn(),
@@ -171,6 +178,20 @@ async fn wait_until_ok(port: u16) -> Result<(), String> {
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
     Err(format!("the cluster node on {port} did not reach cluster_state:ok"))
+}
+
+async fn wait_until_synced(port: u16) -> Result<(), String> {
+    let client = redis::Client::open(format!("redis://127.0.0.1:{port}")).map_err(|e| e.to_string())?;
+    for _ in 0..400 {
+        if let Ok(mut conn) = client.get_multiplexed_async_connection().await
+            && let Ok(info) = redis::cmd("INFO").arg("replication").query_async::<String>(&mut conn).await
+            && info.contains("master_link_status:up")
+        {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    Err(format!("the replica on {port} did not sync with its primary"))
 }
 
 impl Drop for PrivateRedisCluster {

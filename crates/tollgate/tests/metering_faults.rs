@@ -114,8 +114,8 @@ async fn send(channel: &Channel, token: &str, key: &str, range: std::ops::Range<
 async fn assert_exactly_once(metering_db: &str, redis: &TestRedis, key: &str, n: u64) {
     let expected: i64 = (0..n).map(cost).sum();
     let mut db = sqlx::PgConnection::connect(metering_db).await.unwrap();
-    let client = redis::Client::open(redis.url.as_str()).unwrap();
-    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let topology = tollgate_state::redis_conn::Topology::parse(&redis.url, false).unwrap();
+    let mut conn = topology.connect(Duration::from_secs(2), Duration::from_secs(2)).unwrap();
     let key_id = key.rsplit('/').next().unwrap();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
     loop {
@@ -268,8 +268,17 @@ async fn ledger_rows(url: &str) -> i64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_killed_mid_batch_loses_and_doubles_nothing() {
+    a_worker_killed_mid_batch(TestRedis::create().await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_killed_mid_batch_loses_and_doubles_nothing_on_a_redis_cluster() {
+    a_worker_killed_mid_batch(TestRedis::on_cluster().await).await;
+}
+
+async fn a_worker_killed_mid_batch(redis: Option<TestRedis>) {
     let (Some(keys_db), Some(metering_db), Some(redis)) =
-        (TestDatabase::create().await, TestDatabase::create().await, TestRedis::create().await)
+        (TestDatabase::create().await, TestDatabase::create().await, redis)
     else {
         return;
     };

@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use tollgate_proto::authz::v1 as authz;
 use tollgate_proto::keys::v1 as pb;
+use tollgate_proto::metering::v1 as metering;
 use tollgate_test_support::{PrivatePostgres, PrivateRedis};
 use tollgate_tests::fixtures::{World, create_key, postpaid_world};
 use tollgate_tests::{Harness, Options};
@@ -140,5 +141,65 @@ async fn authz_and_metering_started_while_redis_is_down_wait_and_then_serve() {
     let mut health = tonic_health::pb::health_client::HealthClient::new(metering_channel);
     let check = health.check(tonic_health::pb::HealthCheckRequest { service: String::new() }).await.unwrap();
     assert_eq!(check.get_ref().status(), tonic_health::pb::health_check_response::ServingStatus::Serving);
+    h.stop().await;
+}
+
+/// A cluster primary fails and its replica is promoted: calls for the accounts on its slots
+/// fail meanwhile (money closed, within the timeout) and succeed again once the replica has
+/// taken over, with nobody restarting anything.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_primary_failing_over_is_survived() {
+    let Some(mut cluster) = tollgate_test_support::PrivateRedisCluster::start(3, 1).await else { return };
+    let Some(h) = Harness::production(Options { redis_url: Some(cluster.url()), ..Default::default() }).await else {
+        return;
+    };
+    let w = postpaid_world(&h, "failover").await;
+    let (key, paid) = create_key(&h, &w, pb::Key { quota: Some(1_000_000), ..w.key("Paid") }).await;
+    let client = h.authz();
+    assert_eq!(client.clone().authorize(call(&w, &paid)).await.unwrap().get_ref().decision(), authz::Decision::Allow);
+    let primary = cluster.primary_of("{failover}").expect("a primary serves the account's slot");
+    cluster.kill(primary);
+    let killed = Instant::now();
+    let mut slowest = Duration::ZERO;
+    loop {
+        let started = Instant::now();
+        let answer = client.clone().authorize(call(&w, &paid)).await;
+        slowest = slowest.max(started.elapsed());
+        match answer {
+            Ok(response) if response.get_ref().decision() == authz::Decision::Allow => break,
+            Ok(response) => panic!("denied during a failover: {response:?}"),
+            Err(status) => assert_eq!(status.code(), Code::Unavailable, "{status:?}"),
+        }
+        assert!(killed.elapsed() < Duration::from_secs(30), "authz did not recover after the failover");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    eprintln!("recovered {:?} after the primary died; slowest answer {slowest:?}", killed.elapsed());
+    assert!(slowest <= 2 * AUTHZ_REDIS_TIMEOUT + Duration::from_millis(100), "slowest answer {slowest:?}");
+    assert_ne!(cluster.primary_of("{failover}"), Some(primary), "a replica was promoted");
+    // Changes still reach authz, and usage is still taken.
+    h.keys()
+        .update_key(pb::UpdateKeyRequest {
+            key: Some(pb::Key { name: key.name.clone(), enabled: Some(false), ..Default::default() }),
+            update_mask: Some(prost_types::FieldMask { paths: vec!["enabled".into()] }),
+            expire_after: None,
+        })
+        .await
+        .expect("the keys service writes through the new primary");
+    let deadline = Instant::now() + Duration::from_secs(1);
+    while client.clone().authorize(call(&w, &paid)).await.map(|r| r.get_ref().reason()).ok()
+        != Some(authz::DenyReason::KeyDisabled)
+    {
+        assert!(Instant::now() < deadline, "the disabled key was not obeyed within a second");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let report = metering::UsageReport {
+        request_id: "after-failover".into(),
+        key: key.name.clone(),
+        model: w.model.clone(),
+        input_tokens: 10,
+        outcome: metering::UsageOutcome::Success as i32,
+        ..Default::default()
+    };
+    h.metering().record_usage(metering::RecordUsageRequest { report: Some(report) }).await.expect("usage is taken");
     h.stop().await;
 }
