@@ -130,6 +130,11 @@ impl Deployment {
             keys_port,
         )
         .await?;
+        // No metering runs here: build the counters (and their rebuilt markers) once, as its
+        // watch would, so Authorize counts.
+        let database_env = env(&[("TOLLGATE_DATABASE_URL", database.url.clone())]);
+        processes::tollgate_once(&["migrate"], &database_env)?;
+        processes::tollgate_once(&["metering", "reconcile"], &database_env)?;
         let mut authz = Vec::new();
         for _ in 0..authz_replicas {
             let port = free_port();

@@ -118,6 +118,20 @@ pub async fn tollgate(args: &[&str], env: &[(&str, String)], port: u16) -> anyho
     bail!("tollgate {args:?} did not start listening on {port}")
 }
 
+/// Runs `tollgate <args>` with `env` to its end.
+pub fn tollgate_once(args: &[&str], env: &[(&str, String)]) -> anyhow::Result<()> {
+    let mut command = Command::new(tollgate_binary()?);
+    command.args(args).env("RUST_LOG", "warn").stdout(Stdio::null());
+    for (key, value) in env {
+        command.env(key, value);
+    }
+    let status = command.status().with_context(|| format!("running tollgate {args:?}"))?;
+    if !status.success() {
+        bail!("tollgate {args:?} exited with {status}");
+    }
+    Ok(())
+}
+
 /// CPU time a process has used, in microseconds (user + system, from /proc).
 pub fn cpu_micros(pid: u32) -> anyhow::Result<u64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;

@@ -37,10 +37,14 @@ const SYNC_RETRY_INTERVAL: Duration = Duration::from_secs(1);
 const CAPS_SETTING: &str = "system_caps";
 
 /// The keys service, ready to be served.
+#[derive(Clone)]
 pub struct KeysServer {
     service: Arc<KeysService>,
     grpc: KeysGrpc,
     sync: Arc<StateSync>,
+    store: Arc<dyn KeysStore>,
+    /// The system caps as stored in [`CAPS_SETTING`].
+    caps: String,
 }
 
 impl KeysServer {
@@ -53,16 +57,37 @@ impl KeysServer {
         counters: Arc<dyn Counters>,
         config: KeysConfig,
     ) -> KeysResult<Self> {
+        let server = Self::build(store, cache, bus, counters, config);
+        server.prepare().await?;
+        Ok(server)
+    }
+
+    /// [`KeysServer::new`] without its start-up work in the database; run
+    /// [`KeysServer::prepare`] before serving, or retry it while serving (the database may
+    /// not be there yet).
+    pub fn build(
+        store: Arc<dyn KeysStore>,
+        cache: Arc<dyn KeyStateCache>,
+        bus: Arc<dyn InvalidationBus>,
+        counters: Arc<dyn Counters>,
+        config: KeysConfig,
+    ) -> Self {
         let caps = format!("{:?}/{:?}", config.caps.max_rpm, config.caps.max_tpm);
-        let stored_caps = store.get_setting(CAPS_SETTING).await.map_err(KeysError::from_store("setting"))?;
-        if stored_caps.as_deref() != Some(caps.as_str()) {
-            store.enqueue_everything().await.map_err(KeysError::from_store("setting"))?;
-            store.put_setting(CAPS_SETTING, &caps).await.map_err(KeysError::from_store("setting"))?;
-        }
         let sync = Arc::new(StateSync::new(store.clone(), cache, bus, config.caps));
-        sync.flush_after_commit().await;
-        let service = Arc::new(KeysService::new(store, sync.clone(), counters, config));
-        Ok(Self { grpc: KeysGrpc::new(service.clone()), service, sync })
+        let service = Arc::new(KeysService::new(store.clone(), sync.clone(), counters, config));
+        Self { grpc: KeysGrpc::new(service.clone()), service, sync, store, caps }
+    }
+
+    /// Queues every key for a push when the system caps differ from those the stored
+    /// snapshots were computed with, and pushes what is pending.
+    pub async fn prepare(&self) -> KeysResult<()> {
+        let stored_caps = self.store.get_setting(CAPS_SETTING).await.map_err(KeysError::from_store("setting"))?;
+        if stored_caps.as_deref() != Some(self.caps.as_str()) {
+            self.store.enqueue_everything().await.map_err(KeysError::from_store("setting"))?;
+            self.store.put_setting(CAPS_SETTING, &self.caps).await.map_err(KeysError::from_store("setting"))?;
+        }
+        self.sync.flush_after_commit().await;
+        Ok(())
     }
 
     /// The service logic, for in-process callers (authz in `tollgate dev`).

@@ -12,6 +12,7 @@ pub mod grpc;
 pub mod key_holder_limit;
 pub mod pricing;
 pub mod queries;
+pub mod rebuild_watch;
 pub mod reconcile;
 pub mod series;
 pub mod service;
@@ -126,8 +127,8 @@ impl MeteringServer {
         ]
     }
 
-    /// Starts `count` workers named `{name}-{i}`, and a minutely log line of what they did;
-    /// they stop on `shutdown`.
+    /// Starts `count` workers named `{name}-{i}`, a minutely log line of what they did, and
+    /// the watch that rebuilds lost counters; they stop on `shutdown`.
     pub fn spawn_workers(&self, name: &str, count: usize, shutdown: &CancellationToken) -> Vec<JoinHandle<()>> {
         let mut tasks: Vec<JoinHandle<()>> = (0..count)
             .map(|i| tokio::spawn(worker::run(self.core.clone(), format!("{name}-{i}"), shutdown.child_token())))
@@ -135,6 +136,7 @@ impl MeteringServer {
         if count > 0 {
             tasks.push(tokio::spawn(worker::log_stats(self.core.clone(), shutdown.child_token())));
         }
+        tasks.push(tokio::spawn(rebuild_watch::watch(self.core.clone(), name.to_owned(), shutdown.child_token())));
         tasks
     }
 

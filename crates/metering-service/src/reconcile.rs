@@ -49,6 +49,10 @@ pub async fn reconcile(
     let paused: Vec<String> = store.all_balances().await?.into_iter().map(|(account_id, _)| account_id).collect();
     counters.pause_for_restore(&paused).await?;
     let restored = restore_paused(store, counters, &windows, now, &paused).await;
+    if restored.is_ok() {
+        // Every account now holds what the ledger says: counting may resume everywhere.
+        counters.mark_rebuilt().await?;
+    }
     if restored.is_err() {
         // Counters left as they were settle on from there; waiting for the pause to expire
         // would only hold them back.

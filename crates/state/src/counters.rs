@@ -16,6 +16,7 @@
 //! | `P:{A}:settled:R` | string | request R was settled on its own (a redelivery; kept 15 minutes) |
 //! | `P:{A}:credited:R` | string | credit grant R was added to the balance (kept 7 days) |
 //! | `P:{A}:reconciling` | string | `tollgate metering reconcile` is rewriting the account's counters: settling and crediting wait (expires by itself) |
+//! | `P:{T}:rebuilt` | string | the rebuilt marker of the account's slot (see [`crate::rebuild`]): without it nothing is counted |
 
 use async_trait::async_trait;
 use tollgate_core::counters::{CounterOutcome, CounterRequest};
@@ -102,7 +103,7 @@ pub const CREDITED_MEMORY_MS: i64 = 7 * 24 * 3600 * 1000;
 
 /// The counters behind Authorize.
 #[async_trait]
-pub trait Counters: Send + Sync {
+pub trait Counters: crate::rebuild::CounterRebuild + Send + Sync {
     /// Checks every limit and, if all pass, takes the call's rate units and holds its
     /// estimated cost: one atomic step. A denied call takes nothing.
     async fn authorize(&self, call: &CounterCall<'_>) -> Result<CounterOutcome, StateError>;

@@ -10,6 +10,7 @@
 pub mod counters;
 pub mod memory;
 pub mod memory_counters;
+pub mod rebuild;
 pub mod redis;
 pub mod redis_conn;
 pub mod redis_counters;
@@ -33,6 +34,10 @@ pub enum StateError {
     /// again shortly.
     #[error("the account's counters are being rebuilt from the ledger; retry shortly")]
     Reconciling,
+    /// Redis lost the counters' data (their rebuilt marker is gone): nothing can be counted
+    /// until metering rebuilds them from the ledger.
+    #[error("the counters were lost with Redis's data and are being rebuilt from the ledger")]
+    CountersLost,
 }
 
 /// One snapshot to store under a secret hash.

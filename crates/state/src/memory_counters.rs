@@ -262,6 +262,27 @@ impl Counters for MemoryCounters {
     }
 }
 
+/// In-process counters live and die with the process that rebuilds them at start-up
+/// (`tollgate dev`): they cannot lose data behind its back.
+#[async_trait]
+impl crate::rebuild::CounterRebuild for MemoryCounters {
+    async fn counters_intact(&self) -> Result<bool, StateError> {
+        Ok(true)
+    }
+
+    async fn mark_rebuilt(&self) -> Result<(), StateError> {
+        Ok(())
+    }
+
+    async fn try_lock_rebuild(&self, _owner: &str, _ttl: std::time::Duration) -> Result<bool, StateError> {
+        Ok(true)
+    }
+
+    async fn unlock_rebuild(&self, _owner: &str) -> Result<(), StateError> {
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::Remembered;

@@ -14,6 +14,7 @@ use crate::counters::{
     CREDITED_MEMORY_MS, CounterCall, CounterKeys, CounterRestore, Counters, KeySpend, RECONCILE_PAUSE_MS,
     SETTLED_MEMORY_MS, Settlement,
 };
+use crate::rebuild::{CounterRebuild, RebuildMarkers};
 use crate::redis::RedisState;
 use crate::redis_conn::{RedisConn, script_cmd};
 
@@ -22,6 +23,9 @@ use crate::redis_conn::{RedisConn, script_cmd};
 pub struct RedisCounters {
     conn: RedisConn,
     keys: CounterKeys,
+    markers: RebuildMarkers,
+    /// Who holds the right to rebuild: `P:{rebuild}:lock`.
+    rebuild_lock: String,
     script: Arc<Script>,
     settle_script: Arc<Script>,
     credit_script: Arc<Script>,
@@ -41,6 +45,8 @@ impl RedisCounters {
         Self {
             conn: state.connection(),
             keys: CounterKeys::new(state.prefix()),
+            markers: RebuildMarkers::new(state.prefix()),
+            rebuild_lock: format!("{}:{{rebuild}}:lock", state.prefix()),
             script: Arc::new(Script::new(include_str!("lua/authorize.lua"))),
             settle_script: Arc::new(Script::new(include_str!("lua/settle.lua"))),
             credit_script: Arc::new(Script::new(include_str!("lua/credit.lua"))),
@@ -55,6 +61,7 @@ impl RedisCounters {
         for key in self.keys.for_call(call.account_id, call.key_id) {
             invocation.key(key);
         }
+        invocation.key(self.markers.for_account(call.account_id));
         invocation
             .arg(format!("{:.3}", call.request.now_ms))
             .arg(call.key_id)
@@ -73,6 +80,9 @@ impl RedisCounters {
             .arg(&call.windows.month);
         let mut conn = self.conn.clone();
         let reply: Vec<String> = self.bounded(invocation.invoke_async(&mut conn)).await?;
+        if reply.len() == 1 && reply[0] == "lost" {
+            return Err(StateError::CountersLost);
+        }
         parse(&reply, call)
     }
 
@@ -110,6 +120,7 @@ impl RedisCounters {
                 invocation.key(self.keys.settled(account_id, settlements[i].request_id));
             }
         }
+        invocation.key(self.markers.for_account(account_id));
         invocation.key(self.keys.reconciling(account_id));
         invocation
             .arg(if per_call { "calls" } else { "commit" })
@@ -267,6 +278,7 @@ impl Counters for RedisCounters {
             .key(self.keys.balance(account_id))
             .key(self.keys.credited(account_id, grant_id))
             .key(self.keys.reconciling(account_id))
+            .key(self.markers.for_account(account_id))
             .arg(credits)
             .arg(CREDITED_MEMORY_MS);
         let mut conn = self.conn.clone();
@@ -364,5 +376,61 @@ impl Counters for RedisCounters {
     async fn adjust_balance(&self, account_id: &str, credits: i64) -> Result<(), StateError> {
         let mut conn = self.conn.clone();
         self.bounded(redis::AsyncCommands::incr::<_, _, ()>(&mut conn, self.keys.balance(account_id), credits)).await
+    }
+}
+
+#[async_trait]
+impl CounterRebuild for RedisCounters {
+    async fn counters_intact(&self) -> Result<bool, StateError> {
+        let sample = self.markers.sample();
+        if !self.conn.is_cluster() {
+            // One server: one EXISTS of them all.
+            let mut conn = self.conn.clone();
+            let found: usize = self.bounded(redis::cmd("EXISTS").arg(&sample).query_async(&mut conn)).await?;
+            return Ok(found == sample.len());
+        }
+        let commands = sample
+            .into_iter()
+            .map(|marker| {
+                let mut exists = redis::cmd("EXISTS");
+                exists.arg(&marker);
+                (marker.into_bytes(), exists)
+            })
+            .collect();
+        let found: Vec<i64> = self.conn.query_by_slot(commands, None, self.op_timeout).await?;
+        Ok(found.iter().all(|&n| n == 1))
+    }
+
+    async fn mark_rebuilt(&self) -> Result<(), StateError> {
+        let commands = self
+            .markers
+            .all()
+            .into_iter()
+            .map(|marker| {
+                let mut set = redis::cmd("SET");
+                set.arg(&marker).arg("1");
+                (marker.into_bytes(), set)
+            })
+            .collect();
+        // 16,384 small writes: allow for more than one call's time.
+        self.conn.query_by_slot::<redis::Value>(commands, None, self.op_timeout * 10).await.map(drop)
+    }
+
+    async fn try_lock_rebuild(&self, owner: &str, ttl: std::time::Duration) -> Result<bool, StateError> {
+        let mut set = redis::cmd("SET");
+        set.arg(&self.rebuild_lock).arg(owner).arg("NX").arg("PX").arg(ttl.as_millis() as u64);
+        let mut conn = self.conn.clone();
+        let taken: Option<String> = self.bounded(set.query_async(&mut conn)).await?;
+        Ok(taken.is_some())
+    }
+
+    async fn unlock_rebuild(&self, owner: &str) -> Result<(), StateError> {
+        let mut conn = self.conn.clone();
+        let holder: Option<String> =
+            self.bounded(redis::cmd("GET").arg(&self.rebuild_lock).query_async(&mut conn)).await?;
+        if holder.as_deref() == Some(owner) {
+            self.bounded(redis::cmd("DEL").arg(&self.rebuild_lock).query_async::<()>(&mut conn)).await?;
+        }
+        Ok(())
     }
 }

@@ -9,6 +9,7 @@ use tollgate_core::windows::{Calendar, Windows};
 use tollgate_state::StateError;
 use tollgate_state::counters::{CounterCall, CounterRestore, Counters, KeySpend, Settlement};
 use tollgate_state::memory_counters::MemoryCounters;
+use tollgate_state::rebuild::{CounterRebuild, RebuildMarkers};
 use tollgate_state::redis::{RedisConfig, RedisState};
 use tollgate_state::redis_counters::RedisCounters;
 use tollgate_test_support::TestRedis;
@@ -22,7 +23,10 @@ async fn redis_counters(redis: Option<TestRedis>) -> Option<(Arc<dyn Counters>, 
         op_timeout: Duration::from_secs(2),
     };
     let state = RedisState::connect(&config).await.unwrap();
-    Some((Arc::new(RedisCounters::new(&state, Duration::from_secs(2))), redis))
+    let counters = RedisCounters::new(&state, Duration::from_secs(2));
+    // As metering's watch does on a fresh prefix: the counters count once rebuilt.
+    counters.mark_rebuilt().await.unwrap();
+    Some((Arc::new(counters), redis))
 }
 
 macro_rules! conformance {
@@ -499,4 +503,58 @@ async fn memory_counters_start_empty() {
     let counters = MemoryCounters::new();
     let out = counters.peek(&call(CounterLimits { quota: Some(5), ..Default::default() }).as_call()).await.unwrap();
     assert_eq!(out.quota_remaining, Some(5));
+}
+
+/// Without its slot's rebuilt marker (Redis lost its data), a script counts nothing: Authorize
+/// gets `CountersLost`, settling and crediting wait as for a reconciliation; once the markers
+/// are written again everything counts. Runs on a standalone Redis and on a cluster.
+async fn lost_markers_stop_counting_until_rebuilt(redis: Option<TestRedis>) {
+    let Some((counters, guard)) = redis_counters(redis).await else { return };
+    assert!(counters.counters_intact().await.unwrap());
+    let paid = call(CounterLimits { quota: Some(1_000), ..Default::default() });
+    counters.authorize(&paid.as_call()).await.unwrap();
+    // Lose one slot's marker, as a restarted cluster node would.
+    let state = RedisState::connect(&RedisConfig {
+        url: guard.url.clone(),
+        prefix: guard.prefix.clone(),
+        cluster: false,
+        op_timeout: Duration::from_secs(2),
+    })
+    .await
+    .unwrap();
+    let marker = RebuildMarkers::new(&guard.prefix).for_account("acme");
+    let mut conn = state.connection();
+    ::redis::cmd("DEL").arg(&marker).query_async::<()>(&mut conn).await.unwrap();
+    assert!(matches!(counters.authorize(&paid.as_call()).await, Err(StateError::CountersLost)));
+    assert!(matches!(counters.peek(&paid.as_call()).await, Err(StateError::CountersLost)));
+    let settle = Settlement {
+        account_id: "acme",
+        key_id: "k1",
+        request_id: "r-lost",
+        cost: 7,
+        windows: &paid.windows,
+        commit_id: 3,
+        whole_commit: true,
+    };
+    assert!(matches!(counters.settle(&settle).await, Err(StateError::Reconciling)));
+    assert!(matches!(counters.credit_once("acme", "grant:lost", 5).await, Err(StateError::Reconciling)));
+    // Another account's slot kept its marker and counts on.
+    if tollgate_state::rebuild::slot_of("other") != tollgate_state::rebuild::slot_of("acme") {
+        let other = Call { account: "other", ..call(CounterLimits { quota: Some(1_000), ..Default::default() }) };
+        counters.authorize(&other.as_call()).await.unwrap();
+    }
+    counters.mark_rebuilt().await.unwrap();
+    assert!(counters.counters_intact().await.unwrap());
+    counters.authorize(&paid.as_call()).await.unwrap();
+    assert!(counters.settle(&settle).await.unwrap());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lost_markers_stop_counting_until_rebuilt_on_redis() {
+    lost_markers_stop_counting_until_rebuilt(TestRedis::create().await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lost_markers_stop_counting_until_rebuilt_on_a_redis_cluster() {
+    lost_markers_stop_counting_until_rebuilt(TestRedis::on_cluster().await).await;
 }

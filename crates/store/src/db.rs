@@ -49,44 +49,21 @@ pub struct Database {
 impl Database {
     /// Connects (lazily verifying with one connection) and sets the schema search path.
     pub async fn connect(config: &DatabaseConfig) -> StoreResult<Self> {
-        install_default_drivers();
-        let backend = if config.url.starts_with("postgres://") || config.url.starts_with("postgresql://") {
-            Backend::Postgres
-        } else if config.url.starts_with("sqlite:") {
-            Backend::Sqlite
-        } else {
-            return Err(StoreError::Internal("database URL must start with postgres:// or sqlite:".into()));
-        };
-        if !config.schema.bytes().all(|b| b.is_ascii_lowercase() || b == b'_') {
-            return Err(StoreError::Internal(format!("invalid schema name {:?}", config.schema)));
+        let backend = backend_of(config)?;
+        let pool = pool_options(config, backend).connect(&sqlite_create_if_missing(&config.url)).await?;
+        Ok(Self { pool, backend, schema: config.schema })
+    }
+
+    /// A Postgres pool that connects on first use, so a service starts while the database is
+    /// unreachable (its calls fail within the acquire timeout until it is back). SQLite files
+    /// are opened at once: see [`Database::connect`].
+    pub fn connect_lazy(config: &DatabaseConfig) -> StoreResult<Self> {
+        let backend = backend_of(config)?;
+        if backend != Backend::Postgres {
+            return Err(StoreError::Internal("only a Postgres database connects lazily".into()));
         }
-        let schema = config.schema;
-        let max_connections = match backend {
-            Backend::Postgres => config.max_connections.max(1),
-            Backend::Sqlite => 1,
-        };
-        let pool = AnyPoolOptions::new()
-            .max_connections(max_connections)
-            .acquire_timeout(config.acquire_timeout)
-            .after_connect(move |conn, _meta| {
-                Box::pin(async move {
-                    match backend {
-                        Backend::Postgres => {
-                            // `schema` was checked to be lower-case letters and underscores.
-                            conn.execute(AssertSqlSafe(format!("SET search_path TO {schema}"))).await?;
-                        }
-                        Backend::Sqlite => {
-                            conn.execute("PRAGMA journal_mode = WAL").await?;
-                            conn.execute("PRAGMA foreign_keys = ON").await?;
-                            conn.execute("PRAGMA busy_timeout = 5000").await?;
-                        }
-                    }
-                    Ok(())
-                })
-            })
-            .connect(&sqlite_create_if_missing(&config.url))
-            .await?;
-        Ok(Self { pool, backend, schema })
+        let pool = pool_options(config, backend).connect_lazy(&config.url)?;
+        Ok(Self { pool, backend, schema: config.schema })
     }
 
     /// The backend behind the pool.
@@ -122,6 +99,48 @@ impl Database {
     pub async fn close(&self) {
         self.pool.close().await;
     }
+}
+
+/// The backend a URL names, after checking the schema name.
+fn backend_of(config: &DatabaseConfig) -> StoreResult<Backend> {
+    install_default_drivers();
+    if !config.schema.bytes().all(|b| b.is_ascii_lowercase() || b == b'_') {
+        return Err(StoreError::Internal(format!("invalid schema name {:?}", config.schema)));
+    }
+    if config.url.starts_with("postgres://") || config.url.starts_with("postgresql://") {
+        Ok(Backend::Postgres)
+    } else if config.url.starts_with("sqlite:") {
+        Ok(Backend::Sqlite)
+    } else {
+        Err(StoreError::Internal("database URL must start with postgres:// or sqlite:".into()))
+    }
+}
+
+/// The pool settings of a backend: size, acquire timeout and what each new connection runs.
+fn pool_options(config: &DatabaseConfig, backend: Backend) -> AnyPoolOptions {
+    let schema = config.schema;
+    let max_connections = match backend {
+        Backend::Postgres => config.max_connections.max(1),
+        Backend::Sqlite => 1,
+    };
+    AnyPoolOptions::new().max_connections(max_connections).acquire_timeout(config.acquire_timeout).after_connect(
+        move |conn, _meta| {
+            Box::pin(async move {
+                match backend {
+                    Backend::Postgres => {
+                        // `schema` was checked to be lower-case letters and underscores.
+                        conn.execute(AssertSqlSafe(format!("SET search_path TO {schema}"))).await?;
+                    }
+                    Backend::Sqlite => {
+                        conn.execute("PRAGMA journal_mode = WAL").await?;
+                        conn.execute("PRAGMA foreign_keys = ON").await?;
+                        conn.execute("PRAGMA busy_timeout = 5000").await?;
+                    }
+                }
+                Ok(())
+            })
+        },
+    )
 }
 
 /// `sqlite://path` opens read-write but does not create; `mode=rwc` does.

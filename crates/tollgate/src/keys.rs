@@ -10,7 +10,7 @@ use tollgate_core::limits::SystemCaps;
 use tollgate_keys_service::{KeysConfig, KeysServer};
 use tollgate_state::counters::Counters;
 use tollgate_state::{InvalidationBus, KeyStateCache};
-use tollgate_store::keys::KeysStore;
+use tollgate_store::keys::{KeysStore, SqlKeysStore};
 
 use crate::Secrets;
 use crate::server::Services;
@@ -44,12 +44,22 @@ pub(crate) struct KeysAdapters {
     pub counters: Arc<dyn Counters>,
 }
 
+/// When the keys service does its start-up work in the database.
+pub(crate) enum Startup {
+    /// Before serving (`dev`: its SQLite file is right there).
+    Now,
+    /// While serving, retried until the database answers, after migrating it if `migrate`;
+    /// health says NOT_SERVING until then.
+    InBackground { migrate: Option<Arc<SqlKeysStore>> },
+}
+
 /// Builds the keys service over its adapters and adds it to `services`.
 pub(crate) async fn add(
     services: &mut Services,
     adapters: KeysAdapters,
     secrets: &Secrets,
     settings: &KeysSettings,
+    startup: Startup,
     shutdown: &CancellationToken,
 ) -> anyhow::Result<KeysServer> {
     let config = KeysConfig {
@@ -58,9 +68,24 @@ pub(crate) async fn add(
         credits_per_usd: settings.credits_per_usd,
         default_rotation_grace: tollgate_core::time::duration_micros(settings.rotation_grace),
     };
-    let keys = KeysServer::new(adapters.store, adapters.cache, adapters.bus, adapters.counters, config)
-        .await
-        .context("starting the keys service")?;
+    let keys = KeysServer::build(adapters.store, adapters.cache, adapters.bus, adapters.counters, config);
+    match startup {
+        Startup::Now => keys.prepare().await.context("starting the keys service")?,
+        Startup::InBackground { migrate } => {
+            let server = keys.clone();
+            let step = move || {
+                let (server, migrate) = (server.clone(), migrate.clone());
+                async move {
+                    if let Some(store) = migrate {
+                        store.migrate().await.context("migrating the keys schema")?;
+                    }
+                    server.prepare().await.context("starting the keys service")
+                }
+            };
+            let probe = crate::server::retry_until_done("keys start-up in Postgres", step, shutdown.child_token());
+            services.dependencies.push(("postgres", probe));
+        }
+    }
     keys.add_services(&mut services.routes, tollgate_auth::BearerAuth::new(&secrets.admin_token));
     services.names.extend(KeysServer::service_names());
     keys.spawn_background(shutdown.child_token());

@@ -22,6 +22,7 @@ use tollgate_core::windows::Calendar;
 use tollgate_metering_service::directory::GrpcKeyDirectory;
 use tollgate_state::memory::MemoryState;
 use tollgate_state::memory_counters::MemoryCounters;
+use tollgate_state::rebuild::CounterRebuild;
 use tollgate_state::redis::{RedisConfig, RedisState};
 use tollgate_state::redis_counters::RedisCounters;
 use tollgate_state::redis_usage_queue::RedisUsageQueue;
@@ -118,7 +119,7 @@ pub async fn run_dev(listener: TcpListener, config: DevConfig, shutdown: Cancell
         bus: state.clone(),
         counters: counters.clone(),
     };
-    let keys = keys::add(&mut services, adapters, &config.secrets, &config.keys, &shutdown).await?;
+    let keys = keys::add(&mut services, adapters, &config.secrets, &config.keys, keys::Startup::Now, &shutdown).await?;
     let source = Arc::new(authz::InProcessKeys(keys.service()));
     // Only this machine can reach a loopback listener: Authorize may stay open there.
     let on_loopback = listener.local_addr().is_ok_and(|address| address.ip().is_loopback());
@@ -164,16 +165,15 @@ pub async fn run_keys(
     let mut db_config = DatabaseConfig::new(config.database_url.clone(), "keys");
     db_config.max_connections = config.db_max_connections;
     db_config.acquire_timeout = config.db_acquire_timeout;
-    let store = SqlKeysStore::new(Database::connect(&db_config).await.context("connecting to Postgres")?);
-    if config.migrate_on_start {
-        store.migrate().await.context("migrating the keys schema")?;
-    }
+    // Connections are made on first use: the service starts while Postgres is unreachable.
+    let store = Arc::new(SqlKeysStore::new(Database::connect_lazy(&db_config).context("TOLLGATE_DATABASE_URL")?));
     let redis = Arc::new(RedisState::connect(&config.redis).await.context("TOLLGATE_REDIS_URL")?);
 
     let mut services = Services::default();
     let counters = Arc::new(RedisCounters::new(&redis, config.redis.op_timeout));
-    let adapters = keys::KeysAdapters { store: Arc::new(store), cache: redis.clone(), bus: redis, counters };
-    keys::add(&mut services, adapters, &config.secrets, &config.keys, &shutdown).await?;
+    let startup = keys::Startup::InBackground { migrate: config.migrate_on_start.then(|| store.clone()) };
+    let adapters = keys::KeysAdapters { store, cache: redis.clone(), bus: redis, counters };
+    keys::add(&mut services, adapters, &config.secrets, &config.keys, startup, &shutdown).await?;
     server::serve(listener, services, config.drain, shutdown).await
 }
 
@@ -228,10 +228,8 @@ async fn metering_backends(
     let mut db_config = DatabaseConfig::new(config.database_url.clone(), "metering");
     db_config.max_connections = config.db_max_connections;
     db_config.acquire_timeout = config.db_acquire_timeout;
-    let store = SqlMeteringStore::new(Database::connect(&db_config).await.context("connecting to Postgres")?);
-    if config.migrate_on_start {
-        store.migrate().await.context("migrating the metering schema")?;
-    }
+    // Connections are made on first use: the service starts while Postgres is unreachable.
+    let store = SqlMeteringStore::new(Database::connect_lazy(&db_config).context("TOLLGATE_DATABASE_URL")?);
     let redis = Arc::new(RedisState::connect(&config.redis).await.context("TOLLGATE_REDIS_URL")?);
     let counters = Arc::new(RedisCounters::new(&redis, config.redis.op_timeout));
     Ok((Arc::new(store), redis, counters))
@@ -254,10 +252,29 @@ pub async fn run_metering(
     let queue = RedisUsageQueue::new(&redis, config.metering.claim_idle, config.redis.op_timeout)
         .await
         .context("creating the usage stream's consumer group")?;
-    let adapters =
-        metering::MeteringAdapters { store, queue: Arc::new(queue), counters, directory: metering_directory(&config)? };
     let mut services = Services::default();
     services.dependencies.push(redis_probe(&redis));
+    let (migrate, database) = (config.migrate_on_start, store.clone());
+    let step = move || {
+        let store = database.clone();
+        async move {
+            if migrate {
+                store.migrate().await.context("migrating the metering schema")?;
+            }
+            store.database().ping().await.context("reaching Postgres")
+        }
+    };
+    let started = server::retry_until_done("metering start-up in Postgres", step, shutdown.child_token());
+    services.dependencies.push(("postgres", started));
+    // The watch the metering service runs rebuilds lost (or never built) counters first.
+    let rebuilt = counters.clone();
+    let probe: server::Probe = Box::new(move || {
+        let counters = rebuilt.clone();
+        Box::pin(async move { counters.counters_intact().await.unwrap_or(false) })
+    });
+    services.dependencies.push(("counters rebuilt from the ledger", probe));
+    let adapters =
+        metering::MeteringAdapters { store, queue: Arc::new(queue), counters, directory: metering_directory(&config)? };
     metering::add(&mut services, adapters, &config.secrets, &config.metering, config.clock.clone(), &shutdown)?;
     server::serve(listener, services, config.drain, shutdown).await
 }

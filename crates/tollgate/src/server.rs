@@ -32,6 +32,45 @@ pub struct Services {
     pub dependencies: Vec<(&'static str, Probe)>,
 }
 
+/// Runs `step` once a second until it succeeds (start-up work in a database that may not be
+/// there yet), logging failures at most every 10 s; the probe says whether it has.
+pub fn retry_until_done<F, Fut>(what: &'static str, step: F, shutdown: CancellationToken) -> Probe
+where
+    F: Fn() -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = anyhow::Result<()>> + Send + 'static,
+{
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = done.clone();
+    tokio::spawn(async move {
+        let mut last_warning: Option<std::time::Instant> = None;
+        loop {
+            match step().await {
+                Ok(()) => {
+                    flag.store(true, std::sync::atomic::Ordering::Release);
+                    if last_warning.is_some() {
+                        tracing::info!(what, "done after all");
+                    }
+                    return;
+                }
+                Err(error) => {
+                    if last_warning.is_none_or(|at| at.elapsed() >= Duration::from_secs(10)) {
+                        tracing::warn!(what, error = format!("{error:#}"), "cannot do this yet; retrying");
+                        last_warning = Some(std::time::Instant::now());
+                    }
+                }
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            }
+        }
+    });
+    Box::new(move || {
+        let done = done.load(std::sync::atomic::Ordering::Acquire);
+        Box::pin(async move { done })
+    })
+}
+
 /// How often a dependency not yet reached is tried.
 const DEPENDENCY_RETRY: Duration = Duration::from_millis(250);
 

@@ -200,6 +200,109 @@ async fn a_cluster_primary_failing_over_is_survived() {
         outcome: metering::UsageOutcome::Success as i32,
         ..Default::default()
     };
-    h.metering().record_usage(metering::RecordUsageRequest { report: Some(report) }).await.expect("usage is taken");
+    // Metering's own connection learns of the new primary on its first failure: a gateway
+    // retries an UNAVAILABLE report.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while let Err(status) =
+        h.metering().record_usage(metering::RecordUsageRequest { report: Some(report.clone()) }).await
+    {
+        assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+        assert!(Instant::now() < deadline, "usage reports were not taken again: {status:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    h.stop().await;
+}
+
+/// Redis restarts empty in the middle of a day: the counters read as untouched, but the lost
+/// markers make every money check unknown (closed) until metering has rebuilt them from the
+/// ledger, by itself, within seconds; then a key gets exactly the room it had left, and a
+/// funded account's keys work again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_losing_its_data_grants_nothing_extra_and_heals_by_itself() {
+    let Some(mut redis) = PrivateRedis::start().await else { return };
+    let Some(h) = Harness::production(Options { redis_url: Some(redis.url()), ..Default::default() }).await else {
+        return;
+    };
+    let w = tollgate_tests::fixtures::world(&h, "amnesia").await;
+    let credits = metering::AddCreditsRequest {
+        account: w.account.clone(),
+        credits: 100_000,
+        reason: "top-up".into(),
+        request_id: "top-up-1".into(),
+    };
+    h.metering().add_credits(credits).await.expect("add credits");
+    // 300 credits held per call (100 tokens at the dearer price, × 1.5); 2,400 spent of 3,000.
+    let (limited, limited_secret) = create_key(&h, &w, pb::Key { quota: Some(3_000), ..w.key("Limited") }).await;
+    let unlimited = create_key(&h, &w, w.key("Unlimited")).await.1;
+    for i in 0..8 {
+        let report = metering::UsageReport {
+            request_id: format!("spent-{i}"),
+            key: limited.name.clone(),
+            model: w.model.clone(),
+            input_tokens: 200,
+            outcome: metering::UsageOutcome::Success as i32,
+            ..Default::default()
+        };
+        h.metering().record_usage(metering::RecordUsageRequest { report: Some(report) }).await.unwrap();
+    }
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let key = h.keys().get_key(pb::GetKeyRequest { name: limited.name.clone() }).await.unwrap().into_inner();
+        if key.key.map(|k| k.credits_used) == Some(2_400) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the usage was not settled");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    redis.restart().await.unwrap();
+    let lost = Instant::now();
+    let client = h.authz();
+    let (mut allowed, mut unavailable) = (0, 0);
+    let denied = loop {
+        match client.clone().authorize(call(&w, &limited_secret)).await {
+            Ok(response) if response.get_ref().decision() == authz::Decision::Allow => allowed += 1,
+            Ok(response) => break response.into_inner(),
+            Err(status) => {
+                assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+                unavailable += 1;
+            }
+        }
+        assert!(allowed <= 2, "allowed past the quota after Redis lost its data");
+        assert!(lost.elapsed() < Duration::from_secs(15), "the counters were not rebuilt");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    eprintln!("rebuilt within {:?}: {unavailable} calls unavailable meanwhile", lost.elapsed());
+    assert_eq!(allowed, 2, "exactly the room that was left");
+    assert_eq!(denied.reason(), authz::DenyReason::QuotaExhausted);
+    let funded = client.clone().authorize(call(&w, &unlimited)).await.expect("the balance is back");
+    assert_eq!(funded.get_ref().decision(), authz::Decision::Allow, "{funded:?}");
+    h.stop().await;
+}
+
+/// Postgres is down when the keys and metering services start: they start anyway, report
+/// NOT_SERVING, migrate and prepare once it answers, then serve.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_and_metering_started_while_postgres_is_down_wait_and_then_serve() {
+    let Some(mut postgres) = PrivatePostgres::start().await else { return };
+    let url = postgres.url();
+    postgres.stop();
+    let down_for = Duration::from_secs(2);
+    let started = Instant::now();
+    let restart = tokio::spawn(async move {
+        tokio::time::sleep(down_for).await;
+        postgres.restart().await.unwrap();
+        postgres
+    });
+    // Each server is waited for until SERVING, and the test fails if one stops.
+    let Some(h) = Harness::production(Options { database_url: Some(url), ..Default::default() }).await else {
+        return;
+    };
+    assert!(started.elapsed() >= down_for, "SERVING before Postgres answered: {:?}", started.elapsed());
+    let _postgres = restart.await.unwrap();
+    let w = postpaid_world(&h, "latedb").await;
+    let secret = create_key(&h, &w, w.key("Late")).await.1;
+    let response = h.authz().authorize(call(&w, &secret)).await.expect("authorize");
+    assert_eq!(response.get_ref().decision(), authz::Decision::Allow);
     h.stop().await;
 }

@@ -10,6 +10,8 @@
 -- KEYS[2] held credits (hash: key id -> held, '*' -> account)
 -- KEYS[3] holds (hash: request id -> "key id|credits")   KEYS[4] hold expiries (zset)
 -- KEYS[5] account balance
+-- KEYS[6] the rebuilt marker of the account's slot (see rebuild.rs): without it the counters
+--         were lost with Redis's data and nothing is counted
 -- ARGV[1] now (Unix ms)  ARGV[2] key id  ARGV[3] request id  ARGV[4] '1' take, '0' only look
 -- ARGV[5] quota  ARGV[6] account floor  ARGV[7] daily  ARGV[8] monthly  ARGV[9] rpm  ARGV[10] tpm
 --         ('' where no such limit)
@@ -17,7 +19,9 @@
 -- ARGV[14] today (YYYYMMDD)  ARGV[15] this month (YYYYMM)
 -- Returns {failures, quota left, account left, day left, month left, hold,
 --          rpm remaining, rpm reset ms, rpm retry ms, tpm remaining, tpm reset ms, tpm retry ms}
--- where failures is a string of check codes in order and '' marks an absent value.
+-- where failures is a string of check codes in order and '' marks an absent value; or
+-- {'lost'} when the rebuilt marker is missing.
+if redis.call('EXISTS', KEYS[6]) == 0 then return {'lost'} end
 local PERIOD, EPSILON = 60000, 0.01
 local now = tonumber(ARGV[1])
 local key_id, request_id, take = ARGV[2], ARGV[3], ARGV[4] == '1'

@@ -13,6 +13,7 @@
 -- KEYS[5 + j] key j's counters (hash: used, and d/ds, m/ms: the day and month of its latest
 --             spend and the spend in them), j = 1..m
 -- KEYS[5 + m + i] call i's marker, i = 1..n (mode 'calls' only)
+-- KEYS[#KEYS - 1] the rebuilt marker of the account's slot (see rebuild.rs)
 -- KEYS[#KEYS]  present while a reconciliation rewrites the account's counters
 -- ARGV[1] mode: 'commit' or 'calls'  ARGV[2] n calls  ARGV[3] m keys
 -- ARGV[4] the calls' day (YYYYMMDD)  ARGV[5] their month (YYYYMM)
@@ -20,8 +21,9 @@
 -- 'commit': ARGV[6 + i] call i's request id; ARGV[6 + n + j] what key j's calls cost in all
 -- 'calls':  ARGV[6 + 3i - 2 .. 6 + 3i] call i's request id, cost, key index j (1..m)
 -- Returns n characters, '1' where the call was settled now and '0' where before; or 'calls';
--- or 'paused' (nothing done) while a reconciliation runs.
-if redis.call('EXISTS', KEYS[#KEYS]) == 1 then return 'paused' end
+-- or 'paused' (nothing done) while a reconciliation runs or the counters wait for one
+-- (their marker is gone with Redis's data).
+if redis.call('EXISTS', KEYS[#KEYS]) == 1 or redis.call('EXISTS', KEYS[#KEYS - 1]) == 0 then return 'paused' end
 local mode, n, m = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
 local memory = ARGV[6]
 local rids, key_cost, total = {}, {}, 0

@@ -1,0 +1,64 @@
+//! Noticing that Redis lost the counters and rebuilding them from the ledger by itself, one
+//! metering process at a time (see `tollgate_state::rebuild`).
+//!
+//! Until the rebuild ends, the counter scripts refuse to count on every slot whose marker is
+//! gone: Authorize treats money checks as unknown (`TOLLGATE_AUTHZ_ON_REDIS_ERROR`, closed by
+//! default), and settling and crediting wait. Nothing is granted on counters that read as
+//! untouched only because they were lost.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio_util::sync::CancellationToken;
+
+use crate::MeteringCore;
+
+/// How often the markers are looked at.
+const CHECK_EVERY: Duration = Duration::from_secs(1);
+/// How long one process may hold the right to rebuild before another may take it (a process
+/// that died mid-rebuild).
+const REBUILD_LOCK: Duration = Duration::from_secs(300);
+
+/// Looks at the rebuilt markers every second and rebuilds when they are gone, until
+/// cancelled. `owner` names this process in the lock.
+pub async fn watch(core: Arc<MeteringCore>, owner: String, shutdown: CancellationToken) {
+    let mut tick = tokio::time::interval(CHECK_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        match core.counters.counters_intact().await {
+            Ok(true) => continue,
+            Ok(false) => {}
+            // Redis unreachable: nothing to rebuild into yet.
+            Err(error) => {
+                tracing::debug!(%error, "cannot look at the counters' rebuilt markers");
+                continue;
+            }
+        }
+        match core.counters.try_lock_rebuild(&owner, REBUILD_LOCK).await {
+            Ok(true) => {}
+            Ok(false) => continue,
+            Err(error) => {
+                tracing::debug!(%error, "cannot take the right to rebuild the counters");
+                continue;
+            }
+        }
+        tracing::warn!("the counters in Redis are gone (lost data, or never built): rebuilding them from the ledger");
+        let started = Instant::now();
+        match core.reconcile().await {
+            Ok(done) => tracing::info!(
+                accounts = done.accounts,
+                keys = done.keys,
+                took = ?started.elapsed(),
+                "counters rebuilt from the ledger; counting again"
+            ),
+            Err(error) => tracing::error!(%error, "rebuilding the counters failed; trying again"),
+        }
+        if let Err(error) = core.counters.unlock_rebuild(&owner).await {
+            tracing::warn!(%error, "cannot give back the right to rebuild; it expires by itself");
+        }
+    }
+}
