@@ -1,6 +1,7 @@
 //! Building blocks for tests: an account with an application, a group and a model.
 
 use prost_types::FieldMask;
+use tollgate_proto::authz::v1 as authz;
 use tollgate_proto::keys::v1 as pb;
 
 use crate::Harness;
@@ -88,6 +89,19 @@ impl World {
             display_name: display_name.into(),
             group: self.group.clone(),
             ..Default::default()
+        }
+    }
+
+    /// An Authorize request of `secret` for this world's model: text, from 203.0.113.9, 100
+    /// estimated tokens, a fresh request id.
+    pub fn call(&self, secret: &str) -> authz::AuthorizeRequest {
+        authz::AuthorizeRequest {
+            api_key: secret.into(),
+            model: self.model.clone(),
+            capability: pb::Capability::Text as i32,
+            client_ip: "203.0.113.9".into(),
+            estimated_tokens: 100,
+            request_id: format!("req-{}", tollgate_core::ids::new_id()),
         }
     }
 

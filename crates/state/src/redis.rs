@@ -36,6 +36,13 @@ pub struct RedisConfig {
     pub op_timeout: Duration,
 }
 
+impl RedisConfig {
+    /// A standalone Redis, or a cluster if `url` lists several seed nodes.
+    pub fn new(url: &str, prefix: &str, op_timeout: Duration) -> Self {
+        Self { url: url.to_owned(), prefix: prefix.to_owned(), cluster: false, op_timeout }
+    }
+}
+
 /// Key-state cache and invalidation bus on Redis.
 #[derive(Clone)]
 pub struct RedisState {

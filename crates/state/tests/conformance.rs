@@ -15,12 +15,7 @@ impl<T: KeyStateCache + InvalidationBus> State for T {}
 
 async fn redis_state(redis: Option<TestRedis>) -> Option<(RedisState, TestRedis)> {
     let redis = redis?;
-    let config = RedisConfig {
-        url: redis.url.clone(),
-        prefix: redis.prefix.clone(),
-        cluster: false,
-        op_timeout: Duration::from_secs(2),
-    };
+    let config = RedisConfig::new(&redis.url, &redis.prefix, Duration::from_secs(2));
     Some((RedisState::connect(&config).await.unwrap(), redis))
 }
 

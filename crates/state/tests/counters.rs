@@ -16,12 +16,7 @@ use tollgate_test_support::TestRedis;
 
 async fn redis_counters(redis: Option<TestRedis>) -> Option<(Arc<dyn Counters>, TestRedis)> {
     let redis = redis?;
-    let config = RedisConfig {
-        url: redis.url.clone(),
-        prefix: redis.prefix.clone(),
-        cluster: false,
-        op_timeout: Duration::from_secs(2),
-    };
+    let config = RedisConfig::new(&redis.url, &redis.prefix, Duration::from_secs(2));
     let state = RedisState::connect(&config).await.unwrap();
     let counters = RedisCounters::new(&state, Duration::from_secs(2));
     // As metering's watch does on a fresh prefix: the counters count once rebuilt.
@@ -514,14 +509,8 @@ async fn lost_markers_stop_counting_until_rebuilt(redis: Option<TestRedis>) {
     let paid = call(CounterLimits { quota: Some(1_000), ..Default::default() });
     counters.authorize(&paid.as_call()).await.unwrap();
     // Lose one slot's marker, as a restarted cluster node would.
-    let state = RedisState::connect(&RedisConfig {
-        url: guard.url.clone(),
-        prefix: guard.prefix.clone(),
-        cluster: false,
-        op_timeout: Duration::from_secs(2),
-    })
-    .await
-    .unwrap();
+    let state =
+        RedisState::connect(&RedisConfig::new(&guard.url, &guard.prefix, Duration::from_secs(2))).await.unwrap();
     let marker = RebuildMarkers::new(&guard.prefix).for_account("acme");
     let mut conn = state.connection();
     ::redis::cmd("DEL").arg(&marker).query_async::<()>(&mut conn).await.unwrap();

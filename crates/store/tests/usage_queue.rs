@@ -40,12 +40,7 @@ async fn postgres_queue() -> Option<(Box<dyn UsageQueue>, Guard)> {
 
 async fn redis_queue(redis: Option<TestRedis>) -> Option<(Box<dyn UsageQueue>, Guard)> {
     let redis = redis?;
-    let config = RedisConfig {
-        url: redis.url.clone(),
-        prefix: redis.prefix.clone(),
-        cluster: false,
-        op_timeout: Duration::from_secs(2),
-    };
+    let config = RedisConfig::new(&redis.url, &redis.prefix, Duration::from_secs(2));
     let state = RedisState::connect(&config).await.unwrap();
     let queue = RedisUsageQueue::new(&state, CLAIM_IDLE, Duration::from_secs(2)).await.unwrap();
     Some((Box::new(queue), Guard::Redis(redis)))
@@ -151,12 +146,7 @@ async fn dead_letters_list_and_replay(queue: &dyn UsageQueue) {
 #[tokio::test]
 async fn redis_trims_acknowledged_entries_and_keeps_the_rest() {
     let Some(redis) = TestRedis::create().await else { return };
-    let config = RedisConfig {
-        url: redis.url.clone(),
-        prefix: redis.prefix.clone(),
-        cluster: false,
-        op_timeout: Duration::from_secs(2),
-    };
+    let config = RedisConfig::new(&redis.url, &redis.prefix, Duration::from_secs(2));
     let state = RedisState::connect(&config).await.unwrap();
     let queue = RedisUsageQueue::new(&state, CLAIM_IDLE, Duration::from_secs(2)).await.unwrap();
     let stream = format!("{}:{{usage}}:reports", redis.prefix);

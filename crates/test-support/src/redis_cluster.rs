@@ -63,7 +63,6 @@ impl PrivateRedisCluster {
         for port in &cluster.ports {
             wait_until_ok(*port).await?;
         }
-        // A replica can take over only once it has its primary's data.
         for port in &cluster.ports[masters..] {
             wait_until_synced(*port).await?;
         }
@@ -166,32 +165,28 @@ async fn wait_for_ping(port: u16) -> Result<(), String> {
     Err(format!("the cluster node on {port} did not answer"))
 }
 
-async fn wait_until_ok(port: u16) -> Result<(), String> {
+/// Waits until `command` (e.g. `CLUSTER INFO`) on the node answers text holding `needle`.
+async fn wait_for_info(port: u16, command: [&str; 2], needle: &str) -> Result<(), String> {
     let client = redis::Client::open(format!("redis://127.0.0.1:{port}")).map_err(|e| e.to_string())?;
     for _ in 0..400 {
         if let Ok(mut conn) = client.get_multiplexed_async_connection().await
-            && let Ok(info) = redis::cmd("CLUSTER").arg("INFO").query_async::<String>(&mut conn).await
-            && info.contains("cluster_state:ok")
+            && let Ok(info) = redis::cmd(command[0]).arg(command[1]).query_async::<String>(&mut conn).await
+            && info.contains(needle)
         {
             return Ok(());
         }
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
-    Err(format!("the cluster node on {port} did not reach cluster_state:ok"))
+    Err(format!("the cluster node on {port} never said {needle}"))
 }
 
+async fn wait_until_ok(port: u16) -> Result<(), String> {
+    wait_for_info(port, ["CLUSTER", "INFO"], "cluster_state:ok").await
+}
+
+/// A replica can take over only once it has its primary's data.
 async fn wait_until_synced(port: u16) -> Result<(), String> {
-    let client = redis::Client::open(format!("redis://127.0.0.1:{port}")).map_err(|e| e.to_string())?;
-    for _ in 0..400 {
-        if let Ok(mut conn) = client.get_multiplexed_async_connection().await
-            && let Ok(info) = redis::cmd("INFO").arg("replication").query_async::<String>(&mut conn).await
-            && info.contains("master_link_status:up")
-        {
-            return Ok(());
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    Err(format!("the replica on {port} did not sync with its primary"))
+    wait_for_info(port, ["INFO", "replication"], "master_link_status:up").await
 }
 
 impl Drop for PrivateRedisCluster {

@@ -209,12 +209,7 @@ impl Drop for Deployment {
 async fn deploy(keys_db: &TestDatabase, metering_db: &str, redis: &TestRedis) -> Deployment {
     let secrets = secrets();
     let shutdown = CancellationToken::new();
-    let redis_config = RedisConfig {
-        url: redis.url.clone(),
-        prefix: redis.prefix.clone(),
-        cluster: false,
-        op_timeout: Duration::from_secs(2),
-    };
+    let redis_config = RedisConfig::new(&redis.url, &redis.prefix, Duration::from_secs(2));
     let keys_config = KeysServeConfig {
         database_url: keys_db.url.clone(),
         db_max_connections: 4,

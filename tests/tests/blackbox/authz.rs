@@ -5,7 +5,7 @@ use tollgate_core::clock::ManualClock;
 use tollgate_core::time::now_micros;
 use tollgate_proto::authz::v1 as authz;
 use tollgate_proto::keys::v1 as pb;
-use tollgate_tests::fixtures::{World, create_key, mask, postpaid_world, world};
+use tollgate_tests::fixtures::{create_key, mask, postpaid_world, world};
 use tollgate_tests::{Harness, Options};
 use tonic::Code;
 
@@ -72,18 +72,6 @@ with_clock!(
     bad_requests_name_the_field,
 );
 
-/// A call of `secret` to the world's model.
-fn call(w: &World, secret: &str) -> authz::AuthorizeRequest {
-    authz::AuthorizeRequest {
-        api_key: secret.into(),
-        model: w.model.clone(),
-        capability: pb::Capability::Text as i32,
-        client_ip: "203.0.113.9".into(),
-        estimated_tokens: 100,
-        request_id: format!("req-{}", tollgate_core::ids::new_id()),
-    }
-}
-
 async fn authorize(h: &Harness, request: authz::AuthorizeRequest) -> authz::AuthorizeResponse {
     h.authz().authorize(request).await.expect("authorize answers").into_inner()
 }
@@ -111,14 +99,14 @@ async fn malformed_and_unknown_keys_are_denied_without_a_lookup(h: &Harness, _: 
     let mut typo = secret.clone().into_bytes();
     typo[10] = if typo[10] == b'a' { b'b' } else { b'a' };
     for bad in ["", "sk-", "pk-abc", &secret[..secret.len() - 1], &String::from_utf8(typo).unwrap()] {
-        let response = authorize(h, call(&w, bad)).await;
+        let response = authorize(h, w.call(bad)).await;
         assert_denied(&response, authz::DenyReason::KeyMalformed);
         assert!(response.identity.is_none());
     }
     let unknown = tollgate_core::key_format::ApiKeySecret::generate();
-    assert_denied(&authorize(h, call(&w, unknown.expose())).await, authz::DenyReason::KeyNotFound);
+    assert_denied(&authorize(h, w.call(unknown.expose())).await, authz::DenyReason::KeyNotFound);
 
-    let allowed = authorize(h, call(&w, &secret)).await;
+    let allowed = authorize(h, w.call(&secret)).await;
     assert_allowed(&allowed);
     let identity = allowed.identity.unwrap();
     assert_eq!(identity.key, key.name);
@@ -127,7 +115,7 @@ async fn malformed_and_unknown_keys_are_denied_without_a_lookup(h: &Harness, _: 
 
     // A deleted key is unknown at once.
     h.keys().delete_key(pb::DeleteKeyRequest { name: key.name }).await.unwrap();
-    assert_denied(&authorize(h, call(&w, &secret)).await, authz::DenyReason::KeyNotFound);
+    assert_denied(&authorize(h, w.call(&secret)).await, authz::DenyReason::KeyNotFound);
 }
 
 async fn the_models_capability_is_checked_not_only_the_claimed_one(h: &Harness, _: &ManualClock) {
@@ -143,11 +131,11 @@ async fn the_models_capability_is_checked_not_only_the_claimed_one(h: &Harness, 
     let (_, text_only) =
         create_key(h, &w, pb::Key { capabilities: vec![pb::Capability::Text as i32], ..w.key("Text only") }).await;
     let (_, any) = create_key(h, &w, w.key("Anything")).await;
-    let claims_text = |secret: &str| authz::AuthorizeRequest { model: image_model.clone(), ..call(&w, secret) };
+    let claims_text = |secret: &str| authz::AuthorizeRequest { model: image_model.clone(), ..w.call(secret) };
     // Claiming text does not open an image model to a text-only key.
     assert_denied(&authorize(h, claims_text(&text_only)).await, authz::DenyReason::CapabilityNotAllowed);
     assert_allowed(&authorize(h, claims_text(&any)).await);
-    assert_allowed(&authorize(h, call(&w, &text_only)).await);
+    assert_allowed(&authorize(h, w.call(&text_only)).await);
 }
 
 async fn static_rules_deny_in_order(h: &Harness, _: &ManualClock) {
@@ -171,9 +159,9 @@ async fn static_rules_deny_in_order(h: &Harness, _: &ManualClock) {
         },
     )
     .await;
-    assert_allowed(&authorize(h, call(&w, &secret)).await);
+    assert_allowed(&authorize(h, w.call(&secret)).await);
     let with = |edit: &dyn Fn(&mut authz::AuthorizeRequest)| {
-        let mut request = call(&w, &secret);
+        let mut request = w.call(&secret);
         edit(&mut request);
         request
     };
@@ -209,14 +197,14 @@ async fn static_rules_deny_in_order(h: &Harness, _: &ManualClock) {
         })
         .await
         .unwrap();
-    assert_denied(&authorize(h, call(&w, &secret)).await, authz::DenyReason::ModelNotAllowed);
+    assert_denied(&authorize(h, w.call(&secret)).await, authz::DenyReason::ModelNotAllowed);
 }
 
 async fn ip_allowlists_match_v4_v6_cidr_and_mapped_addresses(h: &Harness, _: &ManualClock) {
     let w = postpaid_world(h, "ips").await;
     let allowlist = vec!["198.51.100.7".into(), "10.0.0.0/8".into(), "2001:db8::/32".into()];
     let (_, secret) = create_key(h, &w, pb::Key { ip_allowlist: allowlist, ..w.key("Fenced") }).await;
-    let from = |ip: &str| authz::AuthorizeRequest { client_ip: ip.into(), ..call(&w, &secret) };
+    let from = |ip: &str| authz::AuthorizeRequest { client_ip: ip.into(), ..w.call(&secret) };
     for ip in ["198.51.100.7", "10.200.3.4", "2001:db8:ffff::1", "::ffff:10.1.1.1", "::ffff:198.51.100.7"] {
         assert_allowed(&authorize(h, from(ip)).await);
     }
@@ -232,9 +220,9 @@ async fn expiry_is_exact_at_the_boundary(h: &Harness, clock: &ManualClock) {
     let ts = tollgate_proto::time::timestamp(expire_at);
     update(h, pb::Key { name: key.name.clone(), expire_time: Some(ts), ..Default::default() }, &["expire_time"]).await;
     clock.set(expire_at - 1);
-    assert_allowed(&authorize(h, call(&w, &secret)).await);
+    assert_allowed(&authorize(h, w.call(&secret)).await);
     clock.set(expire_at);
-    assert_denied(&authorize(h, call(&w, &secret)).await, authz::DenyReason::KeyExpired);
+    assert_denied(&authorize(h, w.call(&secret)).await, authz::DenyReason::KeyExpired);
 }
 
 async fn rotated_secrets_work_until_their_grace_ends(h: &Harness, clock: &ManualClock) {
@@ -254,13 +242,13 @@ async fn rotated_secrets_work_until_their_grace_ends(h: &Harness, clock: &Manual
     let grace_end =
         tollgate_proto::time::timestamp_micros(&rotated.key.unwrap().previous_secret_expire_time.unwrap()).unwrap();
     clock.set(grace_end - 1);
-    assert_allowed(&authorize(h, call(&w, &old)).await);
-    assert_allowed(&authorize(h, call(&w, &rotated.secret)).await);
+    assert_allowed(&authorize(h, w.call(&old)).await);
+    assert_allowed(&authorize(h, w.call(&rotated.secret)).await);
     clock.set(grace_end);
-    let denied = authorize(h, call(&w, &old)).await;
+    let denied = authorize(h, w.call(&old)).await;
     assert_denied(&denied, authz::DenyReason::KeyExpired);
     assert!(denied.message.contains("rotated"), "{}", denied.message);
-    assert_allowed(&authorize(h, call(&w, &rotated.secret)).await);
+    assert_allowed(&authorize(h, w.call(&rotated.secret)).await);
 }
 
 async fn money_limits_deny_with_their_reasons(h: &Harness, _: &ManualClock) {
@@ -279,16 +267,16 @@ async fn money_limits_deny_with_their_reasons(h: &Harness, _: &ManualClock) {
     ];
     for (settings, reason) in cases {
         let (_, secret) = create_key(h, &w, settings).await;
-        let first = authorize(h, call(&w, &secret)).await;
+        let first = authorize(h, w.call(&secret)).await;
         assert_allowed(&first);
         assert_eq!(first.held_credits, 300);
-        assert_denied(&authorize(h, call(&w, &secret)).await, reason);
+        assert_denied(&authorize(h, w.call(&secret)).await, reason);
     }
     // Without a quota, the prepaid account's balance bounds the key; it has no credits. (A
     // fresh account: the holds above count against their account's balance too.)
     let w = world(h, "money-prepaid").await;
     let (_, unlimited) = create_key(h, &w, w.key("Unlimited")).await;
-    assert_denied(&authorize(h, call(&w, &unlimited)).await, authz::DenyReason::AccountBalanceExhausted);
+    assert_denied(&authorize(h, w.call(&unlimited)).await, authz::DenyReason::AccountBalanceExhausted);
     // An overdraft lets it spend up to the limit.
     h.accounts()
         .update_account(pb::UpdateAccountRequest {
@@ -297,14 +285,14 @@ async fn money_limits_deny_with_their_reasons(h: &Harness, _: &ManualClock) {
         })
         .await
         .unwrap();
-    let first = authorize(h, call(&w, &unlimited)).await;
+    let first = authorize(h, w.call(&unlimited)).await;
     assert_allowed(&first);
     let headroom = first.headroom.unwrap();
     assert_eq!((first.held_credits, headroom.account_remaining), (300, Some(150)));
     assert_eq!(headroom.max_tokens, Some(150), "450 credits at 3 credits per token");
-    let second = authorize(h, call(&w, &unlimited)).await;
+    let second = authorize(h, w.call(&unlimited)).await;
     assert_eq!(second.held_credits, 150, "the hold is capped by what is left");
-    assert_denied(&authorize(h, call(&w, &unlimited)).await, authz::DenyReason::AccountBalanceExhausted);
+    assert_denied(&authorize(h, w.call(&unlimited)).await, authz::DenyReason::AccountBalanceExhausted);
     // Postpaid accounts are not bounded: nothing is held.
     h.accounts()
         .update_account(pb::UpdateAccountRequest {
@@ -314,7 +302,7 @@ async fn money_limits_deny_with_their_reasons(h: &Harness, _: &ManualClock) {
         .await
         .unwrap();
     let (_, postpaid) = create_key(h, &w, w.key("Postpaid")).await;
-    let free = authorize(h, call(&w, &postpaid)).await;
+    let free = authorize(h, w.call(&postpaid)).await;
     assert_allowed(&free);
     assert_eq!(free.held_credits, 0);
 }
@@ -332,16 +320,16 @@ async fn a_denial_takes_nothing_from_later_counters(h: &Harness, _: &ManualClock
         },
     )
     .await;
-    let outsider = authz::AuthorizeRequest { client_ip: "198.51.100.1".into(), ..call(&w, &secret) };
+    let outsider = authz::AuthorizeRequest { client_ip: "198.51.100.1".into(), ..w.call(&secret) };
     for _ in 0..10 {
         assert_denied(&authorize(h, outsider.clone()).await, authz::DenyReason::IpNotAllowed);
     }
     for remaining in [2, 1, 0] {
-        let response = authorize(h, call(&w, &secret)).await;
+        let response = authorize(h, w.call(&secret)).await;
         assert_allowed(&response);
         assert_eq!(response.headroom.unwrap().rpm.unwrap().remaining, remaining, "IP denials took no RPM");
     }
-    let limited = authorize(h, call(&w, &secret)).await;
+    let limited = authorize(h, w.call(&secret)).await;
     assert_denied(&limited, authz::DenyReason::RpmLimited);
     let retry = limited.retry_after.unwrap();
     assert!(retry.seconds >= 19 && retry.seconds <= 20, "{retry:?}");
@@ -356,18 +344,18 @@ async fn rates_refill_over_time(h: &Harness, clock: &ManualClock) {
     )
     .await;
     for _ in 0..10 {
-        assert_allowed(&authorize(h, call(&w, &secret)).await);
+        assert_allowed(&authorize(h, w.call(&secret)).await);
     }
     // TPM: 10 calls of 100 tokens used it up.
-    let limited = authorize(h, call(&w, &secret)).await;
+    let limited = authorize(h, w.call(&secret)).await;
     assert_denied(&limited, authz::DenyReason::TpmLimited);
     assert_eq!(limited.retry_after.unwrap().seconds, 6, "100 tokens at 1000 per minute");
     clock.advance(6_000_000);
-    let refilled = authorize(h, call(&w, &secret)).await;
+    let refilled = authorize(h, w.call(&secret)).await;
     assert_allowed(&refilled);
     let tpm = refilled.headroom.unwrap().tpm.unwrap();
     assert_eq!((tpm.limit, tpm.remaining), (1_000, 0));
-    let too_big = authz::AuthorizeRequest { estimated_tokens: 1_001, ..call(&w, &secret) };
+    let too_big = authz::AuthorizeRequest { estimated_tokens: 1_001, ..w.call(&secret) };
     let never = authorize(h, too_big).await;
     assert_denied(&never, authz::DenyReason::TpmLimited);
     assert!(never.retry_after.is_none() && never.message.contains("exceed"));
@@ -378,8 +366,8 @@ async fn limits_come_from_key_then_group_then_cap(h: &Harness, _: &ManualClock) 
     let (_, group_default) = create_key(h, &w, pb::Key { quota: Some(1_000_000), ..w.key("Default") }).await;
     let (_, own) = create_key(h, &w, pb::Key { quota: Some(1_000_000), rpm_limit: Some(7), ..w.key("Own") }).await;
     let rpm = |response: authz::AuthorizeResponse| response.headroom.unwrap().rpm.unwrap().limit;
-    assert_eq!(rpm(authorize(h, call(&w, &group_default)).await), 60);
-    assert_eq!(rpm(authorize(h, call(&w, &own)).await), 7);
+    assert_eq!(rpm(authorize(h, w.call(&group_default)).await), 60);
+    assert_eq!(rpm(authorize(h, w.call(&own)).await), 7);
 }
 
 async fn concurrent_calls_get_exactly_the_rpm(h: &Harness, _: &ManualClock) {
@@ -389,7 +377,7 @@ async fn concurrent_calls_get_exactly_the_rpm(h: &Harness, _: &ManualClock) {
     let tasks: Vec<_> = (0..200)
         .map(|_| {
             let mut client = h.authz();
-            let request = call(&w, &secret);
+            let request = w.call(&secret);
             tokio::spawn(async move { client.authorize(request).await.unwrap().into_inner() })
         })
         .collect();
@@ -412,7 +400,7 @@ async fn concurrent_holds_never_exceed_the_budget(h: &Harness, _: &ManualClock) 
     let tasks: Vec<_> = (0..60)
         .map(|_| {
             let mut client = h.authz();
-            let request = call(&w, &secret);
+            let request = w.call(&secret);
             tokio::spawn(async move { client.authorize(request).await.unwrap().into_inner() })
         })
         .collect();
@@ -448,7 +436,7 @@ async fn explain_reports_every_rule_and_takes_nothing(h: &Harness, _: &ManualClo
         }
     };
     for _ in 0..3 {
-        let response = explain(call(&w, &secret)).await;
+        let response = explain(w.call(&secret)).await;
         assert_eq!(response.decision(), authz::Decision::Deny);
         assert_eq!(response.reason(), authz::DenyReason::KeyDisabled);
         let failed: Vec<_> = response.rules.iter().filter(|r| !r.passed).map(|r| r.rule()).collect();
@@ -459,12 +447,12 @@ async fn explain_reports_every_rule_and_takes_nothing(h: &Harness, _: &ManualClo
         assert_eq!(headroom.quota_remaining, Some(700));
         assert!(response.rules.iter().all(|r| !r.message.is_empty()));
     }
-    let unknown = explain(call(&w, tollgate_core::key_format::ApiKeySecret::generate().expose())).await;
+    let unknown = explain(w.call(tollgate_core::key_format::ApiKeySecret::generate().expose())).await;
     assert_eq!(unknown.reason(), authz::DenyReason::KeyNotFound);
     assert_eq!(unknown.rules.len(), 2);
     // Explain needs the admin token.
     let mut anonymous = authz::authz_service_client::AuthzServiceClient::new(h.authz_channel());
-    let request = authz::ExplainAuthorizeRequest { request: Some(call(&w, &secret)) };
+    let request = authz::ExplainAuthorizeRequest { request: Some(w.call(&secret)) };
     assert_code(anonymous.explain_authorize(request).await, Code::Unauthenticated);
 }
 
@@ -482,7 +470,7 @@ async fn bad_requests_name_the_field(h: &Harness, _: &ManualClock) {
         ("request_id", &|r| r.request_id = "has space".into()),
     ];
     for (field, edit) in cases {
-        let mut request = call(&w, &secret);
+        let mut request = w.call(&secret);
         edit(&mut request);
         let status = assert_code(h.authz().authorize(request).await, Code::InvalidArgument);
         assert_eq!(crate::violated_fields(&status), [field]);
@@ -501,7 +489,7 @@ mod configured {
         let w = world(&h, "gw").await;
         let (_, secret) = create_key(&h, &w, w.key("Gated")).await;
         let mut anonymous = authz::authz_service_client::AuthzServiceClient::new(h.authz_channel());
-        assert_code(anonymous.authorize(call(&w, &secret)).await, Code::Unauthenticated);
+        assert_code(anonymous.authorize(w.call(&secret)).await, Code::Unauthenticated);
         let mut gateway = authz::authz_service_client::AuthzServiceClient::with_interceptor(
             h.authz_channel(),
             |mut r: tonic::Request<()>| {
@@ -509,7 +497,7 @@ mod configured {
                 Ok(r)
             },
         );
-        let response = gateway.authorize(call(&w, &secret)).await.unwrap().into_inner();
+        let response = gateway.authorize(w.call(&secret)).await.unwrap().into_inner();
         assert_eq!(response.reason(), authz::DenyReason::AccountBalanceExhausted, "prepaid without credits");
         h.stop().await;
     }
@@ -520,9 +508,9 @@ mod configured {
             let w = world(h, account).await;
             let (_, secret) = create_key(h, &w, w.key("Anyone")).await;
             // The admin token is always accepted.
-            assert_eq!(authorize(h, call(&w, &secret)).await.reason(), authz::DenyReason::AccountBalanceExhausted);
+            assert_eq!(authorize(h, w.call(&secret)).await.reason(), authz::DenyReason::AccountBalanceExhausted);
             let mut anonymous = authz::authz_service_client::AuthzServiceClient::new(h.authz_channel());
-            anonymous.authorize(call(&w, &secret)).await.map(tonic::Response::into_inner)
+            anonymous.authorize(w.call(&secret)).await.map(tonic::Response::into_inner)
         }
         // `tollgate dev` on loopback: only this machine can reach it.
         let h = Harness::embedded(Options::default()).await;
@@ -544,12 +532,12 @@ mod configured {
         let w = postpaid_world(&h, "capped").await;
         let (_, secret) =
             create_key(&h, &w, pb::Key { quota: Some(1_000_000), rpm_limit: Some(500), ..w.key("Greedy") }).await;
-        let response = authorize(&h, call(&w, &secret)).await;
+        let response = authorize(&h, w.call(&secret)).await;
         assert_eq!(response.headroom.unwrap().rpm.unwrap().limit, 5, "the key asked for 500, the group for 60");
         for _ in 0..4 {
-            assert_allowed(&authorize(&h, call(&w, &secret)).await);
+            assert_allowed(&authorize(&h, w.call(&secret)).await);
         }
-        assert_denied(&authorize(&h, call(&w, &secret)).await, authz::DenyReason::RpmLimited);
+        assert_denied(&authorize(&h, w.call(&secret)).await, authz::DenyReason::RpmLimited);
         h.stop().await;
     }
 }

@@ -13,17 +13,6 @@ use tollgate_tests::fixtures::{World, create_key, mask, postpaid_world};
 use tollgate_tests::{Harness, Options};
 use tonic::Code;
 
-fn call(w: &World, secret: &str) -> authz::AuthorizeRequest {
-    authz::AuthorizeRequest {
-        api_key: secret.into(),
-        model: w.model.clone(),
-        capability: pb::Capability::Text as i32,
-        client_ip: "203.0.113.9".into(),
-        estimated_tokens: 100,
-        request_id: format!("req-{}", tollgate_core::ids::new_id()),
-    }
-}
-
 type Client = authz::authz_service_client::AuthzServiceClient<tollgate_tests::Authed>;
 
 async fn authorize_on(mut client: Client, request: authz::AuthorizeRequest) -> authz::AuthorizeResponse {
@@ -88,12 +77,12 @@ async fn redis_commands_per_authorize() {
     let channel = h.authz_on(h.authz_channel());
     // Warm the in-process caches (the first lookup of each key reads Redis).
     for secret in [&free, &counted, &unknown] {
-        authorize_on(channel.clone(), call(&w, secret)).await;
+        authorize_on(channel.clone(), w.call(secret)).await;
     }
 
     let commands = commands_during(&redis, async {
         for _ in 0..20 {
-            assert_eq!(authorize_on(channel.clone(), call(&w, &free)).await.decision(), authz::Decision::Allow);
+            assert_eq!(authorize_on(channel.clone(), w.call(&free)).await.decision(), authz::Decision::Allow);
         }
     })
     .await;
@@ -101,7 +90,7 @@ async fn redis_commands_per_authorize() {
 
     let commands = commands_during(&redis, async {
         for _ in 0..20 {
-            assert_eq!(authorize_on(channel.clone(), call(&w, &counted)).await.decision(), authz::Decision::Allow);
+            assert_eq!(authorize_on(channel.clone(), w.call(&counted)).await.decision(), authz::Decision::Allow);
         }
     })
     .await;
@@ -109,9 +98,9 @@ async fn redis_commands_per_authorize() {
 
     let commands = commands_during(&redis, async {
         for _ in 0..20 {
-            let response = authorize_on(channel.clone(), call(&w, &unknown)).await;
+            let response = authorize_on(channel.clone(), w.call(&unknown)).await;
             assert_eq!(response.reason(), authz::DenyReason::KeyNotFound);
-            let response = authorize_on(channel.clone(), call(&w, "sk-malformed")).await;
+            let response = authorize_on(channel.clone(), w.call("sk-malformed")).await;
             assert_eq!(response.reason(), authz::DenyReason::KeyMalformed);
         }
     })
@@ -121,7 +110,7 @@ async fn redis_commands_per_authorize() {
     // Concurrent first calls of a key nobody has looked up make one lookup.
     let fresh = key_without_defaults(&h, &w, w.key("Fresh")).await;
     let commands = commands_during(&redis, async {
-        let calls: Vec<_> = (0..50).map(|_| tokio::spawn(authorize_on(channel.clone(), call(&w, &fresh)))).collect();
+        let calls: Vec<_> = (0..50).map(|_| tokio::spawn(authorize_on(channel.clone(), w.call(&fresh)))).collect();
         for task in calls {
             assert_eq!(task.await.unwrap().decision(), authz::Decision::Allow);
         }
@@ -140,30 +129,30 @@ async fn a_redis_outage_follows_the_policy_and_recovers() {
     let paid = key_without_defaults(&h, &w, pb::Key { quota: Some(1_000_000), ..w.key("Paid") }).await;
     let channel = h.authz_on(h.authz_channel());
     for secret in [&free, &rated, &paid] {
-        assert_eq!(authorize_on(channel.clone(), call(&w, secret)).await.decision(), authz::Decision::Allow);
+        assert_eq!(authorize_on(channel.clone(), w.call(secret)).await.decision(), authz::Decision::Allow);
     }
 
     redis.kill();
     let started = Instant::now();
-    assert_eq!(authorize_on(channel.clone(), call(&w, &free)).await.decision(), authz::Decision::Allow);
-    let rated_response = authorize_on(channel.clone(), call(&w, &rated)).await;
+    assert_eq!(authorize_on(channel.clone(), w.call(&free)).await.decision(), authz::Decision::Allow);
+    let rated_response = authorize_on(channel.clone(), w.call(&rated)).await;
     assert_eq!(rated_response.decision(), authz::Decision::Allow, "rate limits fail open by default");
     assert!(rated_response.headroom.is_none(), "nothing is known of the counters");
     let mut client = channel.clone();
-    let status = client.authorize(call(&w, &paid)).await.expect_err("money checks fail closed by default");
+    let status = client.authorize(w.call(&paid)).await.expect_err("money checks fail closed by default");
     assert_eq!(status.code(), Code::Unavailable);
     assert!(started.elapsed() < Duration::from_secs(2), "calls fail fast: {:?}", started.elapsed());
 
     redis.restart().await.unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        match client.authorize(call(&w, &paid)).await {
+        match client.authorize(w.call(&paid)).await {
             Ok(response) if response.get_ref().decision() == authz::Decision::Allow => break,
             other => assert!(Instant::now() < deadline, "authz did not recover: {other:?}"),
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let rated_again = authorize_on(channel.clone(), call(&w, &rated)).await;
+    let rated_again = authorize_on(channel.clone(), w.call(&rated)).await;
     assert!(rated_again.headroom.is_some(), "counters are back");
     h.stop().await;
 }
@@ -179,16 +168,12 @@ async fn redis_errors_can_fail_everything_open_or_closed() {
     let rated = key_without_defaults(&h, &w, pb::Key { rpm_limit: Some(100), ..w.key("Rated") }).await;
     let free = key_without_defaults(&h, &w, w.key("Free")).await;
     let channel = h.authz_on(h.authz_channel());
-    authorize_on(channel.clone(), call(&w, &rated)).await;
-    authorize_on(channel.clone(), call(&w, &free)).await;
+    authorize_on(channel.clone(), w.call(&rated)).await;
+    authorize_on(channel.clone(), w.call(&free)).await;
     redis.kill();
     let mut client = channel.clone();
-    assert_eq!(client.authorize(call(&w, &rated)).await.unwrap_err().code(), Code::Unavailable);
-    assert_eq!(
-        authorize_on(channel, call(&w, &free)).await.decision(),
-        authz::Decision::Allow,
-        "no counters, no Redis"
-    );
+    assert_eq!(client.authorize(w.call(&rated)).await.unwrap_err().code(), Code::Unavailable);
+    assert_eq!(authorize_on(channel, w.call(&free)).await.decision(), authz::Decision::Allow, "no counters, no Redis");
     h.stop().await;
 }
 
@@ -206,7 +191,7 @@ async fn every_replica_obeys_a_change_within_a_second() {
         for channel in [&first, &second] {
             // Both replicas have the key cached before the change.
             let expected = if enabled { authz::Decision::Deny } else { authz::Decision::Allow };
-            assert_eq!(authorize_on(channel.clone(), call(&w, &secret)).await.decision(), expected);
+            assert_eq!(authorize_on(channel.clone(), w.call(&secret)).await.decision(), expected);
         }
         let changed = Instant::now();
         h.keys()
@@ -220,7 +205,7 @@ async fn every_replica_obeys_a_change_within_a_second() {
         let wanted = if enabled { authz::Decision::Allow } else { authz::Decision::Deny };
         for channel in [&first, &second] {
             loop {
-                if authorize_on(channel.clone(), call(&w, &secret)).await.decision() == wanted {
+                if authorize_on(channel.clone(), w.call(&secret)).await.decision() == wanted {
                     break;
                 }
                 assert!(changed.elapsed() < Duration::from_secs(1), "a replica still answered the old way after 1 s");
@@ -244,13 +229,13 @@ async fn cached_keys_outlive_a_keys_service_outage_and_unknown_keys_are_unavaila
     let w = postpaid_world(&h, "nokeys").await;
     let (_, secret) = create_key(&h, &w, w.key("Cached")).await;
     let channel = h.authz_on(h.authz_channel());
-    assert_eq!(authorize_on(channel.clone(), call(&w, &secret)).await.decision(), authz::Decision::Allow);
+    assert_eq!(authorize_on(channel.clone(), w.call(&secret)).await.decision(), authz::Decision::Allow);
     h.stop_keys_service().await;
-    assert_eq!(authorize_on(channel.clone(), call(&w, &secret)).await.decision(), authz::Decision::Allow);
+    assert_eq!(authorize_on(channel.clone(), w.call(&secret)).await.decision(), authz::Decision::Allow);
     // A key neither cached nor in Redis: only the keys service could tell, and it is down.
     let unknown = tollgate_core::key_format::ApiKeySecret::generate();
     let mut client = channel;
-    let status = client.authorize(call(&w, unknown.expose())).await.expect_err("never ALLOW an unknown key");
+    let status = client.authorize(w.call(unknown.expose())).await.expect_err("never ALLOW an unknown key");
     assert_eq!(status.code(), Code::Unavailable);
     h.stop().await;
 }

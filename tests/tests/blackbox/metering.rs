@@ -172,14 +172,7 @@ async fn spent(h: &Harness, key: &pb::Key, used: i64) -> pb::Key {
 }
 
 fn call(w: &World, secret: &str, request_id: &str) -> authz::AuthorizeRequest {
-    authz::AuthorizeRequest {
-        api_key: secret.into(),
-        model: w.model.clone(),
-        capability: pb::Capability::Text as i32,
-        client_ip: "203.0.113.9".into(),
-        estimated_tokens: 100,
-        request_id: request_id.into(),
-    }
+    authz::AuthorizeRequest { request_id: request_id.into(), ..w.call(secret) }
 }
 
 async fn authorize(h: &Harness, request: authz::AuthorizeRequest) -> authz::AuthorizeResponse {

@@ -8,24 +8,13 @@ use tollgate_proto::authz::v1 as authz;
 use tollgate_proto::keys::v1 as pb;
 use tollgate_proto::metering::v1 as metering;
 use tollgate_test_support::{PrivatePostgres, PrivateRedis};
-use tollgate_tests::fixtures::{World, create_key, postpaid_world};
+use tollgate_tests::fixtures::{create_key, postpaid_world};
 use tollgate_tests::{Harness, Options};
 use tonic::Code;
 
 /// The authz replicas' Redis call timeout in the harness.
 const AUTHZ_REDIS_TIMEOUT: Duration = Duration::from_millis(200);
 const DB_ACQUIRE_TIMEOUT: Duration = Duration::from_millis(250);
-
-fn call(w: &World, secret: &str) -> authz::AuthorizeRequest {
-    authz::AuthorizeRequest {
-        api_key: secret.into(),
-        model: w.model.clone(),
-        capability: pb::Capability::Text as i32,
-        client_ip: "203.0.113.9".into(),
-        estimated_tokens: 100,
-        request_id: format!("req-{}", tollgate_core::ids::new_id()),
-    }
-}
 
 /// The `q`-quantile of `samples`.
 fn quantile(samples: &mut [Duration], q: f64) -> Duration {
@@ -46,7 +35,7 @@ async fn authorize_answers_within_twice_the_redis_timeout_while_redis_is_down() 
     let client = h.authz();
     for secret in [&free, &paid] {
         assert_eq!(
-            client.clone().authorize(call(&w, secret)).await.unwrap().get_ref().decision(),
+            client.clone().authorize(w.call(secret)).await.unwrap().get_ref().decision(),
             authz::Decision::Allow
         );
     }
@@ -57,7 +46,7 @@ async fn authorize_answers_within_twice_the_redis_timeout_while_redis_is_down() 
     while Instant::now() < until {
         for secret in [&free, &paid] {
             let started = Instant::now();
-            let answer = client.clone().authorize(call(&w, secret)).await;
+            let answer = client.clone().authorize(w.call(secret)).await;
             latencies.push(started.elapsed());
             match answer {
                 Ok(response) => assert_eq!(response.get_ref().decision(), authz::Decision::Allow, "{secret:?}"),
@@ -71,7 +60,7 @@ async fn authorize_answers_within_twice_the_redis_timeout_while_redis_is_down() 
     assert!(p99 <= 2 * AUTHZ_REDIS_TIMEOUT, "p99 {p99:?} over twice the Redis timeout");
     redis.restart().await.unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);
-    while client.clone().authorize(call(&w, &paid)).await.is_err() {
+    while client.clone().authorize(w.call(&paid)).await.is_err() {
         assert!(Instant::now() < deadline, "authz did not recover");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -136,7 +125,7 @@ async fn authz_and_metering_started_while_redis_is_down_wait_and_then_serve() {
     let metering_channel = h.start_metering().await;
     assert!(started.elapsed() >= down_for, "SERVING before Redis answered: {:?}", started.elapsed());
     let _redis = restart.await.unwrap();
-    let response = h.authz_on(authz_channel).authorize(call(&w, &secret)).await.expect("authorize");
+    let response = h.authz_on(authz_channel).authorize(w.call(&secret)).await.expect("authorize");
     assert_eq!(response.get_ref().decision(), authz::Decision::Allow);
     let mut health = tonic_health::pb::health_client::HealthClient::new(metering_channel);
     let check = health.check(tonic_health::pb::HealthCheckRequest { service: String::new() }).await.unwrap();
@@ -156,14 +145,14 @@ async fn a_cluster_primary_failing_over_is_survived() {
     let w = postpaid_world(&h, "failover").await;
     let (key, paid) = create_key(&h, &w, pb::Key { quota: Some(1_000_000), ..w.key("Paid") }).await;
     let client = h.authz();
-    assert_eq!(client.clone().authorize(call(&w, &paid)).await.unwrap().get_ref().decision(), authz::Decision::Allow);
+    assert_eq!(client.clone().authorize(w.call(&paid)).await.unwrap().get_ref().decision(), authz::Decision::Allow);
     let primary = cluster.primary_of("{failover}").expect("a primary serves the account's slot");
     cluster.kill(primary);
     let killed = Instant::now();
     let mut slowest = Duration::ZERO;
     loop {
         let started = Instant::now();
-        let answer = client.clone().authorize(call(&w, &paid)).await;
+        let answer = client.clone().authorize(w.call(&paid)).await;
         slowest = slowest.max(started.elapsed());
         match answer {
             Ok(response) if response.get_ref().decision() == authz::Decision::Allow => break,
@@ -186,7 +175,7 @@ async fn a_cluster_primary_failing_over_is_survived() {
         .await
         .expect("the keys service writes through the new primary");
     let deadline = Instant::now() + Duration::from_secs(1);
-    while client.clone().authorize(call(&w, &paid)).await.map(|r| r.get_ref().reason()).ok()
+    while client.clone().authorize(w.call(&paid)).await.map(|r| r.get_ref().reason()).ok()
         != Some(authz::DenyReason::KeyDisabled)
     {
         assert!(Instant::now() < deadline, "the disabled key was not obeyed within a second");
@@ -260,7 +249,7 @@ async fn redis_losing_its_data_grants_nothing_extra_and_heals_by_itself() {
     let client = h.authz();
     let (mut allowed, mut unavailable) = (0, 0);
     let denied = loop {
-        match client.clone().authorize(call(&w, &limited_secret)).await {
+        match client.clone().authorize(w.call(&limited_secret)).await {
             Ok(response) if response.get_ref().decision() == authz::Decision::Allow => allowed += 1,
             Ok(response) => break response.into_inner(),
             Err(status) => {
@@ -275,7 +264,7 @@ async fn redis_losing_its_data_grants_nothing_extra_and_heals_by_itself() {
     eprintln!("rebuilt within {:?}: {unavailable} calls unavailable meanwhile", lost.elapsed());
     assert_eq!(allowed, 2, "exactly the room that was left");
     assert_eq!(denied.reason(), authz::DenyReason::QuotaExhausted);
-    let funded = client.clone().authorize(call(&w, &unlimited)).await.expect("the balance is back");
+    let funded = client.clone().authorize(w.call(&unlimited)).await.expect("the balance is back");
     assert_eq!(funded.get_ref().decision(), authz::Decision::Allow, "{funded:?}");
     h.stop().await;
 }
@@ -302,7 +291,7 @@ async fn keys_and_metering_started_while_postgres_is_down_wait_and_then_serve() 
     let _postgres = restart.await.unwrap();
     let w = postpaid_world(&h, "latedb").await;
     let secret = create_key(&h, &w, w.key("Late")).await.1;
-    let response = h.authz().authorize(call(&w, &secret)).await.expect("authorize");
+    let response = h.authz().authorize(w.call(&secret)).await.expect("authorize");
     assert_eq!(response.get_ref().decision(), authz::Decision::Allow);
     h.stop().await;
 }
