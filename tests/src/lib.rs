@@ -268,7 +268,9 @@ impl Harness {
     /// process (each on its own key prefix), or `None` (skip) without one.
     pub async fn cluster(options: Options) -> Option<Harness> {
         let url = tollgate_test_support::shared_redis_cluster_url().await?;
-        Harness::production(Options { redis_url: Some(url), ..options }).await
+        // Usage reports spread over streams in several slots, as on a real cluster.
+        let metering = tollgate::MeteringSettings { usage_streams: 3, ..options.metering.clone() };
+        Harness::production(Options { redis_url: Some(url), metering, ..options }).await
     }
 
     /// Production only: a connection to the Redis (or Redis Cluster) the servers use.

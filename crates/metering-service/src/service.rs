@@ -220,16 +220,37 @@ impl MeteringCore {
     }
 }
 
-/// Dead letter ids are `123` (SQL) or `1700000000000-0` (Redis Streams).
+/// Dead letter ids are `123` (SQL), `1700000000000-0` (a Redis Stream) or `2:1700000000000-0`
+/// (the third of several Redis Streams).
 fn is_dead_letter_id(id: &str) -> bool {
     let digits = |part: &str| !part.is_empty() && part.len() <= 20 && part.bytes().all(|b| b.is_ascii_digit());
-    match id.split_once('-') {
+    let own = match id.split_once(':') {
+        Some((stream, own)) if digits(stream) => own,
+        Some(_) => return false,
+        None => id,
+    };
+    match own.split_once('-') {
         Some((time, sequence)) => digits(time) && digits(sequence),
-        None => digits(id),
+        None => digits(own),
     }
 }
 
 /// The id a credit grant is remembered by in the counters.
 pub(crate) fn grant_marker(request_id: &str) -> String {
     format!("grant:{request_id}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_dead_letter_id;
+
+    #[test]
+    fn dead_letter_ids_of_every_queue_are_accepted_and_nothing_else() {
+        for id in ["123", "1700000000000-0", "2:1700000000000-5"] {
+            assert!(is_dead_letter_id(id), "{id}");
+        }
+        for id in ["", "x", "1-", "-1", ":1-1", "a:1-1", "1:", "1:2:3-4", "1-2-3"] {
+            assert!(!is_dead_letter_id(id), "{id}");
+        }
+    }
 }

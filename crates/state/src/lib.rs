@@ -15,6 +15,7 @@ pub mod redis;
 pub mod redis_conn;
 pub mod redis_counters;
 pub mod redis_usage_queue;
+mod redis_usage_stream;
 pub mod usage_queue;
 
 use async_trait::async_trait;

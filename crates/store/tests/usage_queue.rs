@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use tollgate_state::redis::{RedisConfig, RedisState};
 use tollgate_state::redis_usage_queue::RedisUsageQueue;
-use tollgate_state::usage_queue::UsageQueue;
+use tollgate_state::usage_queue::{QueuedReport, UsageQueue};
 use tollgate_store::metering::SqlMeteringStore;
 use tollgate_store::{Database, DatabaseConfig};
 use tollgate_test_support::{TestDatabase, TestRedis};
@@ -38,11 +38,11 @@ async fn postgres_queue() -> Option<(Box<dyn UsageQueue>, Guard)> {
     Some((Box::new(store), Guard::Postgres(db)))
 }
 
-async fn redis_queue(redis: Option<TestRedis>) -> Option<(Box<dyn UsageQueue>, Guard)> {
+async fn redis_queue(redis: Option<TestRedis>, shards: usize) -> Option<(Box<dyn UsageQueue>, Guard)> {
     let redis = redis?;
     let config = RedisConfig::new(&redis.url, &redis.prefix, Duration::from_secs(2));
     let state = RedisState::connect(&config).await.unwrap();
-    let queue = RedisUsageQueue::new(&state, CLAIM_IDLE, Duration::from_secs(2)).await.unwrap();
+    let queue = RedisUsageQueue::new(&state, CLAIM_IDLE, Duration::from_secs(2), shards).await.unwrap();
     Some((Box::new(queue), Guard::Redis(redis)))
 }
 
@@ -64,13 +64,19 @@ macro_rules! conformance {
                 }
                 #[tokio::test]
                 async fn redis() {
-                    if let Some((queue, _guard)) = super::redis_queue(tollgate_test_support::TestRedis::create().await).await {
+                    if let Some((queue, _guard)) = super::redis_queue(tollgate_test_support::TestRedis::create().await, 1).await {
                         super::$check(queue.as_ref()).await;
                     }
                 }
                 #[tokio::test]
-                async fn redis_cluster() {
-                    if let Some((queue, _guard)) = super::redis_queue(tollgate_test_support::TestRedis::on_cluster().await).await {
+                async fn redis_sharded() {
+                    if let Some((queue, _guard)) = super::redis_queue(tollgate_test_support::TestRedis::create().await, 3).await {
+                        super::$check(queue.as_ref()).await;
+                    }
+                }
+                #[tokio::test]
+                async fn redis_cluster_sharded() {
+                    if let Some((queue, _guard)) = super::redis_queue(tollgate_test_support::TestRedis::on_cluster().await, 3).await {
                         super::$check(queue.as_ref()).await;
                     }
                 }
@@ -148,7 +154,7 @@ async fn redis_trims_acknowledged_entries_and_keeps_the_rest() {
     let Some(redis) = TestRedis::create().await else { return };
     let config = RedisConfig::new(&redis.url, &redis.prefix, Duration::from_secs(2));
     let state = RedisState::connect(&config).await.unwrap();
-    let queue = RedisUsageQueue::new(&state, CLAIM_IDLE, Duration::from_secs(2)).await.unwrap();
+    let queue = RedisUsageQueue::new(&state, CLAIM_IDLE, Duration::from_secs(2), 1).await.unwrap();
     let stream = format!("{}:{{usage}}:reports", redis.prefix);
     let conn = redis::Client::open(redis.url.as_str()).unwrap().get_multiplexed_async_connection().await.unwrap();
     let length = |mut conn: redis::aio::MultiplexedConnection| {
@@ -171,4 +177,62 @@ async fn redis_trims_acknowledged_entries_and_keeps_the_rest() {
     tokio::time::sleep(Duration::from_millis(1_100)).await;
     queue.ack(&[last[0].id.clone()]).await.unwrap();
     assert_eq!(length(conn).await, 0);
+}
+
+/// With several streams, batches go to each in turn, every worker reads them all, and ids find
+/// their stream when acknowledged, dead-lettered, listed page by page and replayed. On one
+/// Redis and on a cluster, where the streams live in different slots.
+async fn batches_spread_over_streams_and_ids_find_theirs(redis: Option<TestRedis>) {
+    let Some((queue, _guard)) = redis_queue(redis, 3).await else { return };
+    let batches: Vec<Vec<Vec<u8>>> = (0..3u8).map(|b| (0..2u8).map(|i| vec![b, i]).collect()).collect();
+    for batch in &batches {
+        queue.enqueue(batch).await.unwrap();
+    }
+    let mut taken = Vec::new();
+    while taken.len() < 6 {
+        let got = queue.receive("w", 10, Duration::from_millis(60)).await.unwrap();
+        assert!(!got.is_empty(), "only {} of 6 entries received", taken.len());
+        taken.extend(got);
+    }
+    let mut payloads: Vec<Vec<u8>> = taken.iter().map(|e| e.payload.clone()).collect();
+    payloads.sort();
+    assert_eq!(payloads, batches.concat());
+    let shards: std::collections::BTreeSet<&str> =
+        taken.iter().map(|e| e.id.split_once(':').map_or("0", |(shard, _)| shard)).collect();
+    assert_eq!(shards.len(), 3, "each batch went to a stream of its own: {taken:?}");
+    // One entry of each stream becomes a dead letter; the rest are applied.
+    let (mut dead, mut applied) = (Vec::new(), Vec::new());
+    for entry in &taken {
+        let shard = entry.id.split_once(':').map_or("0", |(shard, _)| shard);
+        if dead.iter().all(|d: &QueuedReport| d.id.split_once(':').map_or("0", |(s, _)| s) != shard) {
+            queue.dead_letter(entry, "unknown model", 7).await.unwrap();
+            dead.push(entry.clone());
+        } else {
+            applied.push(entry.id.clone());
+        }
+    }
+    queue.ack(&applied).await.unwrap();
+    let first_page = queue.dead_letters(None, 2).await.unwrap();
+    let second_page = queue.dead_letters(Some(&first_page[1].id), 2).await.unwrap();
+    assert_eq!((first_page.len(), second_page.len()), (2, 1));
+    let mut listed: Vec<Vec<u8>> = first_page.iter().chain(&second_page).map(|l| l.payload.clone()).collect();
+    let mut expected: Vec<Vec<u8>> = dead.iter().map(|d| d.payload.clone()).collect();
+    listed.sort();
+    expected.sort();
+    assert_eq!(listed, expected);
+    assert_eq!(queue.replay(&[second_page[0].id.clone()]).await.unwrap(), 1);
+    let back = queue.receive("w", 10, Duration::from_millis(150)).await.unwrap();
+    assert_eq!(back.iter().map(|e| e.payload.clone()).collect::<Vec<_>>(), [second_page[0].payload.clone()]);
+    queue.ack(&[back[0].id.clone()]).await.unwrap();
+    assert_eq!(queue.replay(&[]).await.unwrap(), 2, "replaying all takes every stream's");
+}
+
+#[tokio::test]
+async fn batches_spread_over_streams_on_redis() {
+    batches_spread_over_streams_and_ids_find_theirs(TestRedis::create().await).await;
+}
+
+#[tokio::test]
+async fn batches_spread_over_streams_on_a_redis_cluster() {
+    batches_spread_over_streams_and_ids_find_theirs(TestRedis::on_cluster().await).await;
 }

@@ -245,4 +245,9 @@ pub struct MeteringArgs {
     /// (0: no limit); more are RESOURCE_EXHAUSTED with a retry delay. Each reads the ledger.
     #[arg(long, env = "TOLLGATE_KEY_BALANCE_RPM", default_value_t = 60)]
     pub key_balance_rpm: u32,
+    /// Redis Streams the usage queue spreads over, each in a slot of its own (on a Redis
+    /// Cluster, a few per primary). Only ever raise it: reports waiting in a stream beyond a
+    /// lowered count are not read. The same on every metering process.
+    #[arg(long, env = "TOLLGATE_METERING_USAGE_STREAMS", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub usage_streams: u16,
 }

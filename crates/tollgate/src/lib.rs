@@ -249,9 +249,14 @@ pub async fn run_metering(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let (store, redis, counters) = metering_backends(&config).await?;
-    let queue = RedisUsageQueue::new(&redis, config.metering.claim_idle, config.redis.op_timeout)
-        .await
-        .context("creating the usage stream's consumer group")?;
+    let queue = RedisUsageQueue::new(
+        &redis,
+        config.metering.claim_idle,
+        config.redis.op_timeout,
+        config.metering.usage_streams,
+    )
+    .await
+    .context("creating the usage stream's consumer group")?;
     let mut services = Services::default();
     services.dependencies.push(redis_probe(&redis));
     let (migrate, database) = (config.migrate_on_start, store.clone());

@@ -162,6 +162,7 @@ fn metering_settings(args: &MeteringArgs, authz: &AuthzArgs) -> MeteringSettings
         time_zone: authz.time_zone.clone(),
         gateway_token: authz.gateway_token.clone(),
         key_balance_per_minute: args.key_balance_rpm,
+        usage_streams: usize::from(args.usage_streams),
     }
 }
 

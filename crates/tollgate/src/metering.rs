@@ -37,6 +37,8 @@ pub struct MeteringSettings {
     pub gateway_token: Option<String>,
     /// `GetKeyBalance` calls each key may make per minute on one replica (0: no limit).
     pub key_balance_per_minute: u32,
+    /// Redis Streams the usage queue spreads over (production); only ever raise it.
+    pub usage_streams: usize,
 }
 
 impl Default for MeteringSettings {
@@ -49,6 +51,7 @@ impl Default for MeteringSettings {
             time_zone: "UTC".into(),
             gateway_token: None,
             key_balance_per_minute: 60,
+            usage_streams: 1,
         }
     }
 }

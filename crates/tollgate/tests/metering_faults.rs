@@ -162,6 +162,7 @@ fn worker_process(config: &MeteringServeConfig, port: u16) -> tokio::process::Ch
         .env("TOLLGATE_ADMIN_TOKEN", &config.secrets.admin_token)
         .env("TOLLGATE_KEY_PEPPER", &config.secrets.key_pepper)
         .env("TOLLGATE_METERING_WORKERS", "2")
+        .env("TOLLGATE_METERING_USAGE_STREAMS", config.metering.usage_streams.to_string())
         .env("TOLLGATE_METERING_BATCH_SIZE", "100")
         .env("TOLLGATE_METERING_CLAIM_IDLE", "1s")
         .env("TOLLGATE_SHUTDOWN_DRAIN", "0s")
@@ -234,6 +235,8 @@ async fn deploy(keys_db: &TestDatabase, metering_db: &str, redis: &TestRedis) ->
             workers: 0,
             claim_idle: Duration::from_secs(1),
             batch_size: 100,
+            // On a cluster, reports spread over streams in several slots.
+            usage_streams: if redis.url.contains(',') { 3 } else { 1 },
             ..Default::default()
         },
         drain: Duration::ZERO,
