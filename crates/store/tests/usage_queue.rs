@@ -236,3 +236,43 @@ async fn batches_spread_over_streams_on_redis() {
 async fn batches_spread_over_streams_on_a_redis_cluster() {
     batches_spread_over_streams_and_ids_find_theirs(TestRedis::on_cluster().await).await;
 }
+
+/// Consumers that are gone (a restarted process names its workers afresh) leave the group
+/// once they have nothing pending and have not read for four claim times. (A live one that
+/// found nothing to read may go too, and comes back with its next read.)
+#[tokio::test]
+async fn redis_forgets_consumers_that_are_gone() {
+    let Some(redis) = TestRedis::create().await else { return };
+    let config = RedisConfig::new(&redis.url, &redis.prefix, Duration::from_secs(2));
+    let state = RedisState::connect(&config).await.unwrap();
+    let queue = RedisUsageQueue::new(&state, CLAIM_IDLE, Duration::from_secs(2), 1).await.unwrap();
+    queue.enqueue(&[b"r".to_vec()]).await.unwrap();
+    let taken = queue.receive("gone", 10, Duration::from_millis(50)).await.unwrap();
+    queue.ack(&[taken[0].id.clone()]).await.unwrap();
+    let consumers = || async {
+        let mut conn = state.connection();
+        let stream = format!("{}:{{usage}}:reports", redis.prefix);
+        let reply: Vec<Vec<redis::Value>> =
+            redis::cmd("XINFO").arg("CONSUMERS").arg(&stream).arg("metering").query_async(&mut conn).await.unwrap();
+        let mut names: Vec<String> = reply
+            .iter()
+            .filter_map(|fields| match fields.get(1) {
+                Some(redis::Value::BulkString(name)) => Some(String::from_utf8_lossy(name).into_owned()),
+                _ => None,
+            })
+            .collect();
+        names.sort();
+        names
+    };
+    assert_eq!(consumers().await, ["gone"]);
+    // "live" keeps reading; "gone" does not, for longer than four claim times.
+    let deadline = std::time::Instant::now() + CLAIM_IDLE * 12;
+    while consumers().await.contains(&"gone".to_owned()) {
+        assert!(std::time::Instant::now() < deadline, "still there: {:?}", consumers().await);
+        queue.receive("live", 10, Duration::from_millis(50)).await.unwrap();
+    }
+    queue.enqueue(&[b"s".to_vec()]).await.unwrap();
+    let taken = queue.receive("live", 10, Duration::from_millis(50)).await.unwrap();
+    assert_eq!(taken.len(), 1, "the queue works on");
+    assert_eq!(consumers().await, ["live"]);
+}

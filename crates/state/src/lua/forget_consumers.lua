@@ -1,7 +1,9 @@
 -- Removes the consumers of a stream's group that are gone: nothing pending (what they left was
--- taken over) and idle past a bound that a live consumer, which polls every few hundred
--- milliseconds, never reaches. Checked and removed in one step, so a consumer cannot be given
--- entries between the check and its removal (XGROUP DELCONSUMER drops its pending entries).
+-- taken over) and idle past a bound. Checked and removed in one step, so a consumer cannot be
+-- given entries between the check and its removal (XGROUP DELCONSUMER drops its pending
+-- entries). A live consumer that found nothing to read for that long may be removed too
+-- (before Redis 7.2 an empty read does not count as activity): it has nothing in hand, and its
+-- next read makes it again.
 --
 -- KEYS[1]: the stream. ARGV[1]: the group. ARGV[2]: the idle bound in milliseconds.
 -- Returns how many consumers were removed.
