@@ -19,7 +19,7 @@ use redis::{AsyncCommands, RedisError, Script};
 use tokio::sync::broadcast;
 use tollgate_core::SecretHash;
 
-use crate::redis_conn::{RedisConn, Topology, script_cmd};
+use crate::redis_conn::{RedisConn, Topology, script_cmd, unavailable};
 use crate::{Invalidation, InvalidationBus, KeyStateCache, KeyStateWrite, StateError};
 
 /// How to reach Redis.
@@ -61,10 +61,6 @@ impl std::fmt::Debug for RedisState {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RedisState").field("prefix", &self.prefix).finish_non_exhaustive()
     }
-}
-
-fn unavailable(error: RedisError) -> StateError {
-    StateError::Unavailable(error.to_string())
 }
 
 /// Connecting waits at least this long, whatever the operation timeout: a TLS handshake to a

@@ -26,6 +26,11 @@ pub struct RedisCounters {
     markers: RebuildMarkers,
     /// Who holds the right to rebuild: `P:{rebuild}:lock`.
     rebuild_lock: String,
+    /// Set by a script that found its marker gone: `P:{rebuild}:wanted`, so a lost slot the
+    /// watch's sample misses is rebuilt too.
+    rebuild_wanted: String,
+    /// When this process last set it (ms since the Unix epoch), to set it at most once a second.
+    last_wanted: Arc<std::sync::atomic::AtomicU64>,
     script: Arc<Script>,
     settle_script: Arc<Script>,
     credit_script: Arc<Script>,
@@ -47,6 +52,8 @@ impl RedisCounters {
             keys: CounterKeys::new(state.prefix()),
             markers: RebuildMarkers::new(state.prefix()),
             rebuild_lock: format!("{}:{{rebuild}}:lock", state.prefix()),
+            rebuild_wanted: format!("{}:{{rebuild}}:wanted", state.prefix()),
+            last_wanted: Arc::default(),
             script: Arc::new(Script::new(include_str!("lua/authorize.lua"))),
             settle_script: Arc::new(Script::new(include_str!("lua/settle.lua"))),
             credit_script: Arc::new(Script::new(include_str!("lua/credit.lua"))),
@@ -81,6 +88,7 @@ impl RedisCounters {
         let mut conn = self.conn.clone();
         let reply: Vec<String> = self.bounded(invocation.invoke_async(&mut conn)).await?;
         if reply.len() == 1 && reply[0] == "lost" {
+            self.want_rebuild();
             return Err(StateError::CountersLost);
         }
         parse(&reply, call)
@@ -162,6 +170,27 @@ impl RedisCounters {
             .collect();
         // The markers make a resend after NOSCRIPT harmless.
         self.conn.query_by_slot(commands, Some(&self.settle_script), self.op_timeout).await
+    }
+
+    /// Asks metering's watch for a rebuild (at most once a second, without waiting): this
+    /// call's slot lost its marker.
+    fn want_rebuild(&self) {
+        use std::sync::atomic::Ordering;
+        let now = tollgate_core::time::now_micros().max(0) as u64 / 1000;
+        let last = self.last_wanted.load(Ordering::Relaxed);
+        if now.saturating_sub(last) < 1000
+            || self.last_wanted.compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed).is_err()
+        {
+            return;
+        }
+        let (mut conn, key, timeout) = (self.conn.clone(), self.rebuild_wanted.clone(), self.op_timeout);
+        tokio::spawn(async move {
+            let mut set = redis::cmd("SET");
+            set.arg(&key).arg("1").arg("PX").arg(60_000);
+            if let Ok(Err(error)) = tokio::time::timeout(timeout, set.query_async::<()>(&mut conn)).await {
+                tracing::debug!(%error, "cannot ask for a rebuild of the counters");
+            }
+        });
     }
 
     async fn bounded<T>(&self, op: impl Future<Output = redis::RedisResult<T>>) -> Result<T, StateError> {
@@ -382,6 +411,11 @@ impl Counters for RedisCounters {
 #[async_trait]
 impl CounterRebuild for RedisCounters {
     async fn counters_intact(&self) -> Result<bool, StateError> {
+        let mut conn = self.conn.clone();
+        let wanted: bool = self.bounded(redis::cmd("EXISTS").arg(&self.rebuild_wanted).query_async(&mut conn)).await?;
+        if wanted {
+            return Ok(false);
+        }
         let sample = self.markers.sample();
         if !self.conn.is_cluster() {
             // One server: one EXISTS of them all.
@@ -413,7 +447,9 @@ impl CounterRebuild for RedisCounters {
             })
             .collect();
         // 16,384 small writes: allow for more than one call's time.
-        self.conn.query_by_slot::<redis::Value>(commands, None, self.op_timeout * 10).await.map(drop)
+        self.conn.query_by_slot::<redis::Value>(commands, None, self.op_timeout * 10).await?;
+        let mut conn = self.conn.clone();
+        self.bounded(redis::cmd("DEL").arg(&self.rebuild_wanted).query_async::<()>(&mut conn)).await
     }
 
     async fn try_lock_rebuild(&self, owner: &str, ttl: std::time::Duration) -> Result<bool, StateError> {

@@ -516,6 +516,12 @@ async fn lost_markers_stop_counting_until_rebuilt(redis: Option<TestRedis>) {
     ::redis::cmd("DEL").arg(&marker).query_async::<()>(&mut conn).await.unwrap();
     assert!(matches!(counters.authorize(&paid.as_call()).await, Err(StateError::CountersLost)));
     assert!(matches!(counters.peek(&paid.as_call()).await, Err(StateError::CountersLost)));
+    // The refusing call asked for a rebuild, whether or not the health check samples its slot.
+    let deadline = std::time::Instant::now() + Duration::from_secs(2);
+    while counters.counters_intact().await.unwrap() {
+        assert!(std::time::Instant::now() < deadline, "no rebuild was asked for");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let settle = Settlement {
         account_id: "acme",
         key_id: "k1",
