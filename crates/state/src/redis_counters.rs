@@ -282,7 +282,10 @@ impl Counters for RedisCounters {
         // those groups go again, call by call (which never answers 'calls').
         let replies = self.settle_groups(settlements, &groups).await?;
         // Groups that did settle are remembered by their markers: a retry skips them.
-        if replies.iter().any(|reply| reply == "paused") {
+        if replies.iter().any(|reply| reply == "lost") {
+            self.want_rebuild();
+        }
+        if replies.iter().any(|reply| reply == "paused" || reply == "lost") {
             return Err(StateError::Reconciling);
         }
         let mut again = Vec::new();
@@ -313,6 +316,10 @@ impl Counters for RedisCounters {
         let mut conn = self.conn.clone();
         match self.bounded(invocation.invoke_async::<i64>(&mut conn)).await? {
             -1 => Err(StateError::Reconciling),
+            -2 => {
+                self.want_rebuild();
+                Err(StateError::Reconciling)
+            }
             applied => Ok(applied == 1),
         }
     }

@@ -21,9 +21,10 @@
 -- 'commit': ARGV[6 + i] call i's request id; ARGV[6 + n + j] what key j's calls cost in all
 -- 'calls':  ARGV[6 + 3i - 2 .. 6 + 3i] call i's request id, cost, key index j (1..m)
 -- Returns n characters, '1' where the call was settled now and '0' where before; or 'calls';
--- or 'paused' (nothing done) while a reconciliation runs or the counters wait for one
--- (their marker is gone with Redis's data).
-if redis.call('EXISTS', KEYS[#KEYS]) == 1 or redis.call('EXISTS', KEYS[#KEYS - 1]) == 0 then return 'paused' end
+-- or 'paused' (nothing done) while a reconciliation runs, or 'lost' while the counters wait for
+-- one (their marker is gone with Redis's data).
+if redis.call('EXISTS', KEYS[#KEYS]) == 1 then return 'paused' end
+if redis.call('EXISTS', KEYS[#KEYS - 1]) == 0 then return 'lost' end
 local mode, n, m = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
 local memory = ARGV[6]
 local rids, key_cost, total = {}, {}, 0
