@@ -285,7 +285,15 @@ async fn money_limits_deny_with_their_reasons(h: &Harness, _: &ManualClock) {
         })
         .await
         .unwrap();
-    let first = authorize(h, w.call(&unlimited)).await;
+    // Every authz replica obeys an account change within a second (usually at once).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(1);
+    let first = loop {
+        let response = authorize(h, w.call(&unlimited)).await;
+        if response.decision() == authz::Decision::Allow || std::time::Instant::now() > deadline {
+            break response;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    };
     assert_allowed(&first);
     let headroom = first.headroom.unwrap();
     assert_eq!((first.held_credits, headroom.account_remaining), (300, Some(150)));
