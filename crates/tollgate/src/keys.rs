@@ -70,16 +70,22 @@ pub(crate) async fn add(
     };
     let keys = KeysServer::build(adapters.store, adapters.cache, adapters.bus, adapters.counters, config);
     match startup {
-        Startup::Now => keys.prepare().await.context("starting the keys service")?,
+        Startup::Now => {
+            keys.prepare().await.context("starting the keys service")?;
+            keys.spawn_background(shutdown.child_token());
+        }
         Startup::InBackground { migrate } => {
-            let server = keys.clone();
+            let (server, sync_shutdown) = (keys.clone(), shutdown.child_token());
             let step = move || {
-                let (server, migrate) = (server.clone(), migrate.clone());
+                let (server, migrate, sync_shutdown) = (server.clone(), migrate.clone(), sync_shutdown.clone());
                 async move {
                     if let Some(store) = migrate {
                         store.migrate().await.context("migrating the keys schema")?;
                     }
-                    server.prepare().await.context("starting the keys service")
+                    server.prepare().await.context("starting the keys service")?;
+                    // The outbox exists now: its pusher can start.
+                    server.spawn_background(sync_shutdown);
+                    Ok(())
                 }
             };
             let probe = crate::server::retry_until_done("keys start-up in Postgres", step, shutdown.child_token());
@@ -88,6 +94,5 @@ pub(crate) async fn add(
     }
     keys.add_services(&mut services.routes, tollgate_auth::BearerAuth::new(&secrets.admin_token));
     services.names.extend(KeysServer::service_names());
-    keys.spawn_background(shutdown.child_token());
     Ok(keys)
 }

@@ -85,7 +85,10 @@ async fn serve_when_ready(
     let mut last_warning: Option<std::time::Instant> = None;
     for (name, probe) in &dependencies {
         while !probe().await {
-            if last_warning.is_none_or(|at| at.elapsed() >= Duration::from_secs(10)) {
+            // A moment is normal (migrations, a first rebuild); longer is worth saying.
+            if started.elapsed() >= Duration::from_secs(1)
+                && last_warning.is_none_or(|at| at.elapsed() >= Duration::from_secs(10))
+            {
                 tracing::warn!(dependency = name, waited = ?started.elapsed(), "not serving yet: cannot reach a dependency");
                 last_warning = Some(std::time::Instant::now());
             }
