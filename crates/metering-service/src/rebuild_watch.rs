@@ -15,6 +15,8 @@ use crate::MeteringCore;
 
 /// How often the markers are looked at.
 const CHECK_EVERY: Duration = Duration::from_secs(1);
+/// How soon a rebuild that failed is tried again.
+const RETRY_FAILED: Duration = Duration::from_millis(100);
 /// How long one process may hold the right to rebuild before another may take it (a process
 /// that died mid-rebuild).
 const REBUILD_LOCK: Duration = Duration::from_secs(300);
@@ -22,13 +24,14 @@ const REBUILD_LOCK: Duration = Duration::from_secs(300);
 /// Looks at the rebuilt markers every second and rebuilds when they are gone, until
 /// cancelled. `owner` names this process in the lock.
 pub async fn watch(core: Arc<MeteringCore>, owner: String, shutdown: CancellationToken) {
-    let mut tick = tokio::time::interval(CHECK_EVERY);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // A failed rebuild (the database not migrated or reachable yet) is tried again sooner.
+    let mut wait = Duration::ZERO;
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
-            _ = tick.tick() => {}
+            _ = tokio::time::sleep(wait) => {}
         }
+        wait = CHECK_EVERY;
         match core.counters.counters_intact().await {
             Ok(true) => continue,
             Ok(false) => {}
@@ -55,7 +58,10 @@ pub async fn watch(core: Arc<MeteringCore>, owner: String, shutdown: Cancellatio
                 took = ?started.elapsed(),
                 "counters rebuilt from the ledger; counting again"
             ),
-            Err(error) => tracing::error!(%error, "rebuilding the counters failed; trying again"),
+            Err(error) => {
+                tracing::warn!(%error, "rebuilding the counters failed; trying again");
+                wait = RETRY_FAILED;
+            }
         }
         if let Err(error) = core.counters.unlock_rebuild(&owner).await {
             tracing::warn!(%error, "cannot give back the right to rebuild; it expires by itself");

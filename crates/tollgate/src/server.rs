@@ -72,7 +72,7 @@ where
 }
 
 /// How often a dependency not yet reached is tried.
-const DEPENDENCY_RETRY: Duration = Duration::from_millis(250);
+const DEPENDENCY_RETRY: Duration = Duration::from_millis(50);
 
 /// Reports SERVING once every dependency has answered, unless shutdown came first.
 async fn serve_when_ready(
