@@ -212,7 +212,37 @@ async fn redis_losing_its_data_grants_nothing_extra_and_heals_by_itself() {
     let Some(h) = Harness::production(Options { redis_url: Some(redis.url()), ..Default::default() }).await else {
         return;
     };
-    let w = tollgate_tests::fixtures::world(&h, "amnesia").await;
+    let _redis = losing_data_grants_nothing_extra(&h, async move {
+        redis.restart().await.unwrap();
+        redis
+    })
+    .await;
+    h.stop().await;
+}
+
+/// The same on a Redis Cluster whose every node is flushed: the rebuild (a reconcile across
+/// slots) runs on the cluster.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_cluster_losing_its_data_grants_nothing_extra_and_heals_by_itself() {
+    let Some(cluster) = tollgate_test_support::PrivateRedisCluster::start(3, 0).await else { return };
+    let Some(h) = Harness::production(Options { redis_url: Some(cluster.url()), ..Default::default() }).await else {
+        return;
+    };
+    let _cluster = losing_data_grants_nothing_extra(&h, async move {
+        for port in &cluster.ports {
+            let flushed = std::process::Command::new("redis-cli").args(["-p", &port.to_string(), "FLUSHALL"]).output();
+            assert!(flushed.is_ok_and(|o| o.status.success()), "FLUSHALL on {port}");
+        }
+        cluster
+    })
+    .await;
+    h.stop().await;
+}
+
+/// Spends 2,400 of a key's 3,000 quota, lets `lose` make Redis forget everything, then checks
+/// that exactly the room left is allowed once the counters are rebuilt by themselves.
+async fn losing_data_grants_nothing_extra<T>(h: &Harness, lose: impl Future<Output = T>) -> T {
+    let w = tollgate_tests::fixtures::world(h, "amnesia").await;
     let credits = metering::AddCreditsRequest {
         account: w.account.clone(),
         credits: 100_000,
@@ -221,8 +251,8 @@ async fn redis_losing_its_data_grants_nothing_extra_and_heals_by_itself() {
     };
     h.metering().add_credits(credits).await.expect("add credits");
     // 300 credits held per call (100 tokens at the dearer price, × 1.5); 2,400 spent of 3,000.
-    let (limited, limited_secret) = create_key(&h, &w, pb::Key { quota: Some(3_000), ..w.key("Limited") }).await;
-    let unlimited = create_key(&h, &w, w.key("Unlimited")).await.1;
+    let (limited, limited_secret) = create_key(h, &w, pb::Key { quota: Some(3_000), ..w.key("Limited") }).await;
+    let unlimited = create_key(h, &w, w.key("Unlimited")).await.1;
     for i in 0..8 {
         let report = metering::UsageReport {
             request_id: format!("spent-{i}"),
@@ -244,7 +274,7 @@ async fn redis_losing_its_data_grants_nothing_extra_and_heals_by_itself() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 
-    redis.restart().await.unwrap();
+    let kept = lose.await;
     let lost = Instant::now();
     let client = h.authz();
     let (mut allowed, mut unavailable) = (0, 0);
@@ -266,7 +296,7 @@ async fn redis_losing_its_data_grants_nothing_extra_and_heals_by_itself() {
     assert_eq!(denied.reason(), authz::DenyReason::QuotaExhausted);
     let funded = client.clone().authorize(w.call(&unlimited)).await.expect("the balance is back");
     assert_eq!(funded.get_ref().decision(), authz::Decision::Allow, "{funded:?}");
-    h.stop().await;
+    kept
 }
 
 /// Postgres is down when the keys and metering services start: they start anyway, report
