@@ -254,7 +254,10 @@ impl Authorizer {
                 if self.on_redis_error.fails_closed(limits.has_money(), limits.rpm.is_some() || limits.tpm.is_some()) {
                     return Err(AuthzError::Unavailable(format!("counters unavailable: {error}")));
                 }
-                tracing::warn!(%error, "counters unavailable; allowing as TOLLGATE_AUTHZ_ON_REDIS_ERROR says");
+                static FAILED_OPEN: crate::throttled_log::Throttle = crate::throttled_log::Throttle::new();
+                if let Some(held_back) = FAILED_OPEN.now() {
+                    tracing::warn!(%error, held_back, "counters unavailable; allowing as TOLLGATE_AUTHZ_ON_REDIS_ERROR says");
+                }
                 return Ok(allowed(None, 0));
             }
         };

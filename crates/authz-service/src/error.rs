@@ -7,6 +7,8 @@ use tollgate_core::Violations;
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
+use crate::throttled_log::Throttle;
+
 /// Domain of every `ErrorInfo` this service sends.
 pub const ERROR_DOMAIN: &str = "authz.tollgate";
 
@@ -31,11 +33,19 @@ impl From<AuthzError> for Status {
                 Code::InvalidArgument
             }
             AuthzError::Unavailable(cause) => {
-                tracing::warn!(%cause, "authorize unavailable");
+                static UNAVAILABLE: Throttle = Throttle::new();
+                if let Some(held_back) = UNAVAILABLE.now() {
+                    tracing::warn!(%cause, held_back, "authorize unavailable");
+                }
                 details.set_error_info("DEPENDENCY_UNAVAILABLE", ERROR_DOMAIN, HashMap::new());
                 Code::Unavailable
             }
         };
-        Status::with_error_details(code, error.to_string(), details)
+        // The cause (a Redis or keys-service error) is logged, not sent.
+        let message = match &error {
+            AuthzError::InvalidArgument(_) => error.to_string(),
+            AuthzError::Unavailable(_) => "authorization is unavailable for a moment; retry".to_owned(),
+        };
+        Status::with_error_details(code, message, details)
     }
 }
