@@ -43,11 +43,6 @@ impl CounterCheck {
     pub fn from_code(code: i64) -> Option<Self> {
         Self::ALL.into_iter().find(|c| *c as i64 == code)
     }
-
-    /// Whether the check is about money (the others are rates).
-    pub fn is_money(self) -> bool {
-        !matches!(self, CounterCheck::Rpm | CounterCheck::Tpm)
-    }
 }
 
 /// The limits that apply to one call; `None` means no such limit.

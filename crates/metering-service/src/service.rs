@@ -13,6 +13,9 @@ use crate::error::{MeteringError, MeteringResult};
 use crate::pricing::ModelLookup;
 use crate::validate::{self, MAX_BATCH};
 
+/// Longest RecordUsage waits to learn whether a report's key and model exist.
+const CHECK_KNOWN_WITHIN: std::time::Duration = std::time::Duration::from_millis(250);
+
 /// Most credits one AddCredits may add or take.
 const MAX_GRANT: i64 = tollgate_core::money::MAX_CREDITS;
 
@@ -32,7 +35,11 @@ impl MeteringCore {
             validate::report(&mut v, &name, report, now);
         }
         v.into_result()?;
-        self.check_known(&reports, |i| if single { field.to_owned() } else { format!("{field}[{i}]") }).await?;
+        let name = |i| if single { field.to_owned() } else { format!("{field}[{i}]") };
+        // The check may not hold a report up: past this, it is taken and the worker decides.
+        if let Ok(checked) = tokio::time::timeout(CHECK_KNOWN_WITHIN, self.check_known(&reports, name)).await {
+            checked?;
+        }
         let payloads: Vec<Vec<u8>> = reports.iter().map(Message::encode_to_vec).collect();
         self.queue.enqueue(&payloads).await?;
         Ok(payloads.len())

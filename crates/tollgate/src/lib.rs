@@ -36,6 +36,13 @@ pub use metering::MeteringSettings;
 
 use crate::server::Services;
 
+/// Longest authz waits for the keys service on a cache miss: the gateway is waiting on the
+/// call, and a key the keys service cannot answer for is UNAVAILABLE, never allowed.
+const AUTHZ_KEYS_TIMEOUT: Duration = Duration::from_secs(2);
+/// Longest metering waits for the keys service: its callers are workers and RecordUsage's
+/// check, which takes the report anyway when the keys service does not answer.
+const METERING_KEYS_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// The secrets every service shares.
 #[derive(Debug, Clone)]
 pub struct Secrets {
@@ -189,7 +196,7 @@ pub async fn run_authz(
         tollgate_authz_service::source::GrpcKeyStateSource::new(
             &config.keys_url,
             &config.secrets.admin_token,
-            Duration::from_secs(2),
+            AUTHZ_KEYS_TIMEOUT,
         )
         .context("TOLLGATE_KEYS_URL")?,
     );
@@ -236,7 +243,7 @@ async fn metering_backends(
 }
 
 fn metering_directory(config: &MeteringServeConfig) -> anyhow::Result<Arc<GrpcKeyDirectory>> {
-    let directory = GrpcKeyDirectory::new(&config.keys_url, &config.secrets.admin_token, Duration::from_secs(5))
+    let directory = GrpcKeyDirectory::new(&config.keys_url, &config.secrets.admin_token, METERING_KEYS_TIMEOUT)
         .context("TOLLGATE_KEYS_URL")?;
     Ok(Arc::new(directory))
 }

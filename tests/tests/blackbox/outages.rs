@@ -329,3 +329,30 @@ async fn keys_and_metering_started_while_postgres_is_down_wait_and_then_serve() 
     assert_eq!(response.get_ref().decision(), authz::Decision::Allow);
     h.stop().await;
 }
+
+/// RecordUsage checks a report's key and model with the keys service, but never loses a report
+/// to it: with the keys service gone, reports are taken at once and wait for the workers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reports_are_taken_while_the_keys_service_is_down() {
+    let Some(mut h) = Harness::production(Options::default()).await else { return };
+    let w = postpaid_world(&h, "nokeysvc").await;
+    let (key, _) = create_key(&h, &w, w.key("Reporting")).await;
+    let metering = h.metering();
+    h.stop_keys_service().await;
+    let report = metering::UsageReport {
+        request_id: "while-keys-is-down".into(),
+        key: key.name.clone(),
+        model: w.model.clone(),
+        input_tokens: 10,
+        outcome: metering::UsageOutcome::Success as i32,
+        ..Default::default()
+    };
+    let started = Instant::now();
+    metering
+        .clone()
+        .record_usage(metering::RecordUsageRequest { report: Some(report) })
+        .await
+        .expect("taken without the keys service");
+    assert!(started.elapsed() < Duration::from_secs(1), "held up {:?}", started.elapsed());
+    h.stop().await;
+}
