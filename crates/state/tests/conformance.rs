@@ -13,57 +13,31 @@ use tollgate_test_support::TestRedis;
 trait State: KeyStateCache + InvalidationBus {}
 impl<T: KeyStateCache + InvalidationBus> State for T {}
 
-async fn redis_state(redis: Option<TestRedis>) -> Option<(RedisState, TestRedis)> {
+async fn redis_state(redis: Option<TestRedis>) -> Option<(Box<dyn State>, TestRedis)> {
     let redis = redis?;
     let config = RedisConfig::new(&redis.url, &redis.prefix, Duration::from_secs(2));
-    Some((RedisState::connect(&config).await.unwrap(), redis))
+    Some((Box::new(RedisState::connect(&config).await.unwrap()), redis))
 }
 
-macro_rules! conformance {
-    ($($check:ident),* $(,)?) => {
-        mod memory {
-            $(
-                #[tokio::test]
-                async fn $check() {
-                    super::$check(&tollgate_state::memory::MemoryState::new()).await;
-                }
-            )*
-        }
-        mod redis {
-            $(
-                #[tokio::test]
-                async fn $check() {
-                    if let Some((state, _guard)) = super::redis_state(tollgate_test_support::TestRedis::create().await).await {
-                        super::$check(&state).await;
-                    }
-                }
-            )*
-        }
-        mod redis_cluster {
-            $(
-                #[tokio::test]
-                async fn $check() {
-                    if let Some((state, _guard)) = super::redis_state(tollgate_test_support::TestRedis::on_cluster().await).await {
-                        super::$check(&state).await;
-                    }
-                }
-            )*
-        }
-    };
-}
-
-conformance!(
-    snapshots_keep_the_newest_version,
-    expired_entries_vanish,
-    catalog_round_trips,
-    invalidations_reach_subscribers
+tollgate_test_support::conformance_suite!(
+    checks: [
+        snapshots_keep_the_newest_version,
+        expired_entries_vanish,
+        catalog_round_trips,
+        invalidations_reach_subscribers,
+    ],
+    adapters: {
+        memory => async { Some((Box::new(tollgate_state::memory::MemoryState::new()) as Box<dyn super::State>, ())) },
+        redis => super::redis_state(tollgate_test_support::TestRedis::create().await),
+        redis_cluster => super::redis_state(tollgate_test_support::TestRedis::on_cluster().await),
+    }
 );
 
 fn write(hash: u8, version: i64, body: &str) -> KeyStateWrite {
     KeyStateWrite { hash: SecretHash([hash; 32]), version, encoded: body.as_bytes().to_vec(), expire_at: None }
 }
 
-async fn snapshots_keep_the_newest_version(state: &dyn State) {
+async fn snapshots_keep_the_newest_version(state: Box<dyn State>) {
     let hash = SecretHash([1; 32]);
     assert_eq!(state.get_key_state(&hash).await.unwrap(), None);
     state.put_key_states(&[write(1, 2, "v2"), write(2, 1, "other")]).await.unwrap();
@@ -78,7 +52,7 @@ async fn snapshots_keep_the_newest_version(state: &dyn State) {
     state.put_key_states(&[]).await.unwrap();
 }
 
-async fn expired_entries_vanish(state: &dyn State) {
+async fn expired_entries_vanish(state: Box<dyn State>) {
     let mut past = write(3, 1, "gone");
     past.expire_at = Some(now_micros() - 1_000_000);
     let mut future = write(4, 1, "kept");
@@ -88,14 +62,14 @@ async fn expired_entries_vanish(state: &dyn State) {
     assert_eq!(state.get_key_state(&SecretHash([4; 32])).await.unwrap().as_deref(), Some(&b"kept"[..]));
 }
 
-async fn catalog_round_trips(state: &dyn State) {
+async fn catalog_round_trips(state: Box<dyn State>) {
     assert_eq!(state.get_catalog().await.unwrap(), None);
     state.put_catalog(b"catalog-1").await.unwrap();
     state.put_catalog(b"catalog-2").await.unwrap();
     assert_eq!(state.get_catalog().await.unwrap().as_deref(), Some(&b"catalog-2"[..]));
 }
 
-async fn invalidations_reach_subscribers(state: &dyn State) {
+async fn invalidations_reach_subscribers(state: Box<dyn State>) {
     let mut receiver = state.subscribe();
     let wanted = Invalidation::Keys(vec![SecretHash([5; 32])]);
     // A Redis subscription takes a moment to be established; publish until it arrives.

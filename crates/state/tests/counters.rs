@@ -24,54 +24,28 @@ async fn redis_counters(redis: Option<TestRedis>) -> Option<(Arc<dyn Counters>, 
     Some((Arc::new(counters), redis))
 }
 
-macro_rules! conformance {
-    ($($check:ident),* $(,)?) => {
-        mod memory {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $check() {
-                    super::$check(std::sync::Arc::new(tollgate_state::memory_counters::MemoryCounters::new())).await;
-                }
-            )*
-        }
-        mod redis {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $check() {
-                    if let Some((counters, _guard)) = super::redis_counters(tollgate_test_support::TestRedis::create().await).await {
-                        super::$check(counters).await;
-                    }
-                }
-            )*
-        }
-        mod redis_cluster {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $check() {
-                    if let Some((counters, _guard)) = super::redis_counters(tollgate_test_support::TestRedis::on_cluster().await).await {
-                        super::$check(counters).await;
-                    }
-                }
-            )*
-        }
-    };
-}
-
-conformance!(
-    rpm_allows_its_burst_then_one_per_interval,
-    concurrent_calls_get_exactly_the_rpm,
-    tpm_counts_estimated_tokens,
-    a_denied_call_takes_nothing,
-    concurrent_holds_never_exceed_the_budget,
-    holds_expire_when_no_usage_arrives,
-    a_retried_request_replaces_its_hold,
-    account_balance_bounds_keys_without_quota,
-    settlement_moves_holds_to_spend_once,
-    a_batch_settles_each_call_once_across_keys_accounts_and_days,
-    a_commit_settles_once_whether_its_redelivery_comes_first_or_after,
-    budgets_start_over_in_a_new_window,
-    peek_takes_nothing,
-    a_restore_overwrites_spend_and_counts_its_commits_and_grants_once,
+tollgate_test_support::conformance_suite!(
+    checks: [
+        rpm_allows_its_burst_then_one_per_interval,
+        concurrent_calls_get_exactly_the_rpm,
+        tpm_counts_estimated_tokens,
+        a_denied_call_takes_nothing,
+        concurrent_holds_never_exceed_the_budget,
+        holds_expire_when_no_usage_arrives,
+        a_retried_request_replaces_its_hold,
+        account_balance_bounds_keys_without_quota,
+        settlement_moves_holds_to_spend_once,
+        a_batch_settles_each_call_once_across_keys_accounts_and_days,
+        a_commit_settles_once_whether_its_redelivery_comes_first_or_after,
+        budgets_start_over_in_a_new_window,
+        peek_takes_nothing,
+        a_restore_overwrites_spend_and_counts_its_commits_and_grants_once,
+    ],
+    adapters: {
+        memory => async { Some((std::sync::Arc::new(tollgate_state::memory_counters::MemoryCounters::new()) as std::sync::Arc<dyn tollgate_state::counters::Counters>, ())) },
+        redis => super::redis_counters(tollgate_test_support::TestRedis::create().await),
+        redis_cluster => super::redis_counters(tollgate_test_support::TestRedis::on_cluster().await),
+    }
 );
 
 /// Real time (Redis expires spend windows by wall clock), rounded to a whole second.

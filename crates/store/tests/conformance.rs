@@ -36,43 +36,25 @@ async fn postgres_store() -> Option<(SqlKeysStore, Guard)> {
     Some((store, Guard::Postgres(db)))
 }
 
-macro_rules! conformance {
-    ($($check:ident),* $(,)?) => {
-        mod sqlite {
-            $(
-                #[tokio::test]
-                async fn $check() {
-                    let (store, _guard) = super::sqlite_store().await;
-                    super::$check(store).await;
-                }
-            )*
-        }
-        mod postgres {
-            $(
-                #[tokio::test]
-                async fn $check() {
-                    if let Some((store, _guard)) = super::postgres_store().await {
-                        super::$check(store).await;
-                    }
-                }
-            )*
-        }
-    };
-}
-
-conformance!(
-    accounts_round_trip_and_paginate,
-    stale_revisions_conflict_and_missing_rows_are_not_found,
-    applications_belong_to_their_account,
-    groups_soft_delete_and_revive,
-    models_and_catalog,
-    keys_create_get_list_filter,
-    batch_create_is_all_or_nothing,
-    update_delete_and_rotate_keys,
-    idempotency_records,
-    outbox_follows_every_state_change,
-    audit_log_filters_and_orders,
-    settings_round_trip,
+tollgate_test_support::conformance_suite!(
+    checks: [
+        accounts_round_trip_and_paginate,
+        stale_revisions_conflict_and_missing_rows_are_not_found,
+        applications_belong_to_their_account,
+        groups_soft_delete_and_revive,
+        models_and_catalog,
+        keys_create_get_list_filter,
+        batch_create_is_all_or_nothing,
+        update_delete_and_rotate_keys,
+        idempotency_records,
+        outbox_follows_every_state_change,
+        audit_log_filters_and_orders,
+        settings_round_trip,
+    ],
+    adapters: {
+        sqlite => async { Some(super::sqlite_store().await) },
+        postgres => super::postgres_store(),
+    }
 );
 
 const NOW: i64 = 1_700_000_000_000_000;

@@ -29,39 +29,21 @@ async fn postgres_store() -> Option<(SqlMeteringStore, Guard)> {
     Some((store, Guard::Postgres(db)))
 }
 
-macro_rules! conformance {
-    ($($check:ident),* $(,)?) => {
-        mod sqlite {
-            $(
-                #[tokio::test]
-                async fn $check() {
-                    let (store, _guard) = super::sqlite_store().await;
-                    super::$check(store).await;
-                }
-            )*
-        }
-        mod postgres {
-            $(
-                #[tokio::test]
-                async fn $check() {
-                    if let Some((store, _guard)) = super::postgres_store().await {
-                        super::$check(store).await;
-                    }
-                }
-            )*
-        }
-    };
-}
-
-conformance!(
-    a_batch_charges_once_and_duplicates_return_the_stored_charge,
-    totals_windows_and_balances_add_up,
-    credit_grants_apply_once,
-    usage_lists_newest_first_with_filters_and_cursors,
-    buckets_sum_per_width_and_model,
-    large_batches_span_several_statements,
-    key_totals_read_the_same_before_and_after_folding,
-    a_ledger_snapshot_holds_totals_and_recent_commits_and_grants,
+tollgate_test_support::conformance_suite!(
+    checks: [
+        a_batch_charges_once_and_duplicates_return_the_stored_charge,
+        totals_windows_and_balances_add_up,
+        credit_grants_apply_once,
+        usage_lists_newest_first_with_filters_and_cursors,
+        buckets_sum_per_width_and_model,
+        large_batches_span_several_statements,
+        key_totals_read_the_same_before_and_after_folding,
+        a_ledger_snapshot_holds_totals_and_recent_commits_and_grants,
+    ],
+    adapters: {
+        sqlite => async { Some(super::sqlite_store().await) },
+        postgres => super::postgres_store(),
+    }
 );
 
 const T0: i64 = 1_800_000_000_000_000;

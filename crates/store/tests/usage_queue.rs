@@ -46,56 +46,26 @@ async fn redis_queue(redis: Option<TestRedis>, shards: usize) -> Option<(Box<dyn
     Some((Box::new(queue), Guard::Redis(redis)))
 }
 
-macro_rules! conformance {
-    ($($check:ident),* $(,)?) => {
-        $(
-            mod $check {
-                #[tokio::test]
-                async fn sqlite() {
-                    if let Some((queue, _guard)) = super::sqlite_queue().await {
-                        super::$check(queue.as_ref()).await;
-                    }
-                }
-                #[tokio::test]
-                async fn postgres() {
-                    if let Some((queue, _guard)) = super::postgres_queue().await {
-                        super::$check(queue.as_ref()).await;
-                    }
-                }
-                #[tokio::test]
-                async fn redis() {
-                    if let Some((queue, _guard)) = super::redis_queue(tollgate_test_support::TestRedis::create().await, 1).await {
-                        super::$check(queue.as_ref()).await;
-                    }
-                }
-                #[tokio::test]
-                async fn redis_sharded() {
-                    if let Some((queue, _guard)) = super::redis_queue(tollgate_test_support::TestRedis::create().await, 3).await {
-                        super::$check(queue.as_ref()).await;
-                    }
-                }
-                #[tokio::test]
-                async fn redis_cluster_sharded() {
-                    if let Some((queue, _guard)) = super::redis_queue(tollgate_test_support::TestRedis::on_cluster().await, 3).await {
-                        super::$check(queue.as_ref()).await;
-                    }
-                }
-            }
-        )*
-    };
-}
-
-conformance!(
-    entries_are_received_in_order_and_acked_once,
-    unacknowledged_entries_come_back_with_their_delivery_count,
-    dead_letters_list_and_replay,
+tollgate_test_support::conformance_suite!(
+    checks: [
+        entries_are_received_in_order_and_acked_once,
+        unacknowledged_entries_come_back_with_their_delivery_count,
+        dead_letters_list_and_replay,
+    ],
+    adapters: {
+        sqlite => super::sqlite_queue(),
+        postgres => super::postgres_queue(),
+        redis => super::redis_queue(tollgate_test_support::TestRedis::create().await, 1),
+        redis_sharded => super::redis_queue(tollgate_test_support::TestRedis::create().await, 3),
+        redis_cluster_sharded => super::redis_queue(tollgate_test_support::TestRedis::on_cluster().await, 3),
+    }
 );
 
 fn payloads(n: usize) -> Vec<Vec<u8>> {
     (0..n).map(|i| format!("report-{i}").into_bytes()).collect()
 }
 
-async fn entries_are_received_in_order_and_acked_once(queue: &dyn UsageQueue) {
+async fn entries_are_received_in_order_and_acked_once(queue: Box<dyn UsageQueue>) {
     queue.enqueue(&payloads(5)).await.unwrap();
     let first = queue.receive("c1", 3, Duration::from_millis(100)).await.unwrap();
     assert_eq!(first.iter().map(|e| e.payload.clone()).collect::<Vec<_>>(), payloads(3));
@@ -108,7 +78,7 @@ async fn entries_are_received_in_order_and_acked_once(queue: &dyn UsageQueue) {
     assert!(queue.receive("c1", 10, Duration::from_millis(100)).await.unwrap().is_empty(), "acked entries are gone");
 }
 
-async fn unacknowledged_entries_come_back_with_their_delivery_count(queue: &dyn UsageQueue) {
+async fn unacknowledged_entries_come_back_with_their_delivery_count(queue: Box<dyn UsageQueue>) {
     queue.enqueue(&payloads(2)).await.unwrap();
     let taken = queue.receive("crashed", 10, Duration::from_millis(100)).await.unwrap();
     assert_eq!(taken.len(), 2);
@@ -120,7 +90,7 @@ async fn unacknowledged_entries_come_back_with_their_delivery_count(queue: &dyn 
     queue.ack(&again.iter().map(|e| e.id.clone()).collect::<Vec<_>>()).await.unwrap();
 }
 
-async fn dead_letters_list_and_replay(queue: &dyn UsageQueue) {
+async fn dead_letters_list_and_replay(queue: Box<dyn UsageQueue>) {
     queue.enqueue(&payloads(3)).await.unwrap();
     let taken = queue.receive("c1", 10, Duration::from_millis(100)).await.unwrap();
     queue.dead_letter(&taken[0], "unknown key", 42).await.unwrap();
@@ -156,10 +126,10 @@ async fn redis_trims_acknowledged_entries_and_keeps_the_rest() {
     let state = RedisState::connect(&config).await.unwrap();
     let queue = RedisUsageQueue::new(&state, CLAIM_IDLE, Duration::from_secs(2), 1).await.unwrap();
     let stream = format!("{}:{{usage}}:reports", redis.prefix);
-    let conn = redis::Client::open(redis.url.as_str()).unwrap().get_multiplexed_async_connection().await.unwrap();
-    let length = |mut conn: redis::aio::MultiplexedConnection| {
+    let conn = ::redis::Client::open(redis.url.as_str()).unwrap().get_multiplexed_async_connection().await.unwrap();
+    let length = |mut conn: ::redis::aio::MultiplexedConnection| {
         let stream = stream.clone();
-        async move { redis::cmd("XLEN").arg(&stream).query_async::<usize>(&mut conn).await.unwrap() }
+        async move { ::redis::cmd("XLEN").arg(&stream).query_async::<usize>(&mut conn).await.unwrap() }
     };
 
     let payloads: Vec<Vec<u8>> = (0..5u8).map(|i| vec![i]).collect();
@@ -252,12 +222,12 @@ async fn redis_forgets_consumers_that_are_gone() {
     let consumers = || async {
         let mut conn = state.connection();
         let stream = format!("{}:{{usage}}:reports", redis.prefix);
-        let reply: Vec<Vec<redis::Value>> =
-            redis::cmd("XINFO").arg("CONSUMERS").arg(&stream).arg("metering").query_async(&mut conn).await.unwrap();
+        let reply: Vec<Vec<::redis::Value>> =
+            ::redis::cmd("XINFO").arg("CONSUMERS").arg(&stream).arg("metering").query_async(&mut conn).await.unwrap();
         let mut names: Vec<String> = reply
             .iter()
             .filter_map(|fields| match fields.get(1) {
-                Some(redis::Value::BulkString(name)) => Some(String::from_utf8_lossy(name).into_owned()),
+                Some(::redis::Value::BulkString(name)) => Some(String::from_utf8_lossy(name).into_owned()),
                 _ => None,
             })
             .collect();

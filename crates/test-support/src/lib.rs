@@ -325,3 +325,39 @@ impl Drop for PrivatePostgres {
         let _ = self.run("pg_ctl", &["-D", &self.data(), "stop", "-m", "immediate"]);
     }
 }
+
+/// Defines every check as one test per adapter, so each adapter of a port passes the same
+/// suite:
+///
+/// ```ignore
+/// conformance_suite!(
+///     checks: [snapshots_keep_the_newest_version, catalog_round_trips],
+///     adapters: {
+///         memory => async { Some((MemoryState::new(), ())) },
+///         redis => super::redis_state(TestRedis::create().await),
+///     }
+/// );
+/// ```
+///
+/// Each adapter's setup is an async expression (written as from inside a module of the suite's
+/// file: `super::` reaches its helpers) giving `Option<(adapter, guard)>`: `None` skips, the
+/// helper having said why; the guard (a database, a key prefix) lives until the check ends.
+/// Each check is an `async fn` taking the adapter.
+#[macro_export]
+macro_rules! conformance_suite {
+    (checks: $checks:tt, adapters: { $($adapter:ident => $setup:expr),+ $(,)? }) => {
+        $( $crate::conformance_suite!(@adapter $adapter, $setup, $checks); )+
+    };
+    (@adapter $adapter:ident, $setup:expr, [$($check:ident),* $(,)?]) => {
+        mod $adapter {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $check() {
+                    if let Some((adapter, _guard)) = $setup.await {
+                        super::$check(adapter).await;
+                    }
+                }
+            )*
+        }
+    };
+}
