@@ -427,42 +427,51 @@ impl Harness {
     }
 }
 
-/// Defines each listed `async fn(&Harness)` as three tests: on the embedded backend, on
-/// Postgres + Redis, and on Postgres + a Redis Cluster (skipped without them unless `CI=true`).
+/// Defines each check as three tests: on the embedded backend, on Postgres + Redis, and on
+/// Postgres + a Redis Cluster (the last two skipped without them unless `CI=true`).
+///
+/// - `backend_suite!(checks: [a, b])`: each check is an `async fn(&Harness)` on a harness
+///   with default options.
+/// - `backend_suite!(setup: <expr>, checks: [a, b])`: the setup (written as from inside a
+///   module of the suite's file) gives `(Options, extra)`, and each check is an
+///   `async fn(&Harness, &extra)` — a test's manual clock, say.
+#[macro_export]
+macro_rules! backend_suite {
+    (checks: $checks:tt) => {
+        $crate::backend_suite!(@suite (Default::default(), ()), $checks, h, extra, (&h));
+    };
+    (setup: $setup:expr, checks: $checks:tt) => {
+        $crate::backend_suite!(@suite $setup, $checks, h, extra, (&h, &extra));
+    };
+    (@suite $setup:expr, $checks:tt, $h:ident, $extra:ident, $args:tt) => {
+        $crate::backend_suite!(@backend embedded, $setup, $checks, $h, $extra, $args);
+        $crate::backend_suite!(@backend production, $setup, $checks, $h, $extra, $args);
+        $crate::backend_suite!(@backend cluster, $setup, $checks, $h, $extra, $args);
+    };
+    (@backend $backend:ident, $setup:expr, [$($check:ident),* $(,)?], $h:ident, $extra:ident, $args:tt) => {
+        mod $backend {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $check() {
+                    #[allow(unused_variables)]
+                    let (options, $extra) = $setup;
+                    if let Some($h) = $crate::backend_suite!(@start $backend, options) {
+                        super::$check $args.await;
+                        $h.stop().await;
+                    }
+                }
+            )*
+        }
+    };
+    (@start embedded, $options:ident) => { Some($crate::Harness::embedded($options).await) };
+    (@start production, $options:ident) => { $crate::Harness::production($options).await };
+    (@start cluster, $options:ident) => { $crate::Harness::cluster($options).await };
+}
+
+/// [`backend_suite!`] with default options: each listed `async fn(&Harness)` on every backend.
 #[macro_export]
 macro_rules! on_both_backends {
     ($($check:ident),* $(,)?) => {
-        mod embedded {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $check() {
-                    let harness = $crate::Harness::embedded(Default::default()).await;
-                    super::$check(&harness).await;
-                    harness.stop().await;
-                }
-            )*
-        }
-        mod production {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $check() {
-                    if let Some(harness) = $crate::Harness::production(Default::default()).await {
-                        super::$check(&harness).await;
-                        harness.stop().await;
-                    }
-                }
-            )*
-        }
-        mod cluster {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $check() {
-                    if let Some(harness) = $crate::Harness::cluster(Default::default()).await {
-                        super::$check(&harness).await;
-                        harness.stop().await;
-                    }
-                }
-            )*
-        }
+        $crate::backend_suite!(checks: [$($check),*]);
     };
 }

@@ -11,65 +11,28 @@ use tonic::Code;
 
 use crate::assert_code;
 
-/// Defines each listed check on both backends with a manual clock.
-macro_rules! with_clock {
-    ($($check:ident),* $(,)?) => {
-        mod embedded {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $check() {
-                    let clock = tollgate_core::clock::ManualClock::new(tollgate_core::time::now_micros());
-                    let options = tollgate_tests::Options { clock: Some(clock.clone()), ..Default::default() };
-                    let h = tollgate_tests::Harness::embedded(options).await;
-                    super::$check(&h, &clock).await;
-                    h.stop().await;
-                }
-            )*
-        }
-        mod production {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $check() {
-                    let clock = tollgate_core::clock::ManualClock::new(tollgate_core::time::now_micros());
-                    let options = tollgate_tests::Options { clock: Some(clock.clone()), ..Default::default() };
-                    if let Some(h) = tollgate_tests::Harness::production(options).await {
-                        super::$check(&h, &clock).await;
-                        h.stop().await;
-                    }
-                }
-            )*
-        }
-        mod cluster {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $check() {
-                    let clock = tollgate_core::clock::ManualClock::new(tollgate_core::time::now_micros());
-                    let options = tollgate_tests::Options { clock: Some(clock.clone()), ..Default::default() };
-                    if let Some(h) = tollgate_tests::Harness::cluster(options).await {
-                        super::$check(&h, &clock).await;
-                        h.stop().await;
-                    }
-                }
-            )*
-        }
-    };
-}
-
-with_clock!(
-    malformed_and_unknown_keys_are_denied_without_a_lookup,
-    static_rules_deny_in_order,
-    the_models_capability_is_checked_not_only_the_claimed_one,
-    ip_allowlists_match_v4_v6_cidr_and_mapped_addresses,
-    expiry_is_exact_at_the_boundary,
-    rotated_secrets_work_until_their_grace_ends,
-    money_limits_deny_with_their_reasons,
-    a_denial_takes_nothing_from_later_counters,
-    rates_refill_over_time,
-    limits_come_from_key_then_group_then_cap,
-    concurrent_calls_get_exactly_the_rpm,
-    concurrent_holds_never_exceed_the_budget,
-    explain_reports_every_rule_and_takes_nothing,
-    bad_requests_name_the_field,
+// Each check on every backend, with a manual clock at the present.
+tollgate_tests::backend_suite!(
+    setup: {
+        let clock = tollgate_core::clock::ManualClock::new(tollgate_core::time::now_micros());
+        (tollgate_tests::Options { clock: Some(clock.clone()), ..Default::default() }, clock)
+    },
+    checks: [
+        malformed_and_unknown_keys_are_denied_without_a_lookup,
+        static_rules_deny_in_order,
+        the_models_capability_is_checked_not_only_the_claimed_one,
+        ip_allowlists_match_v4_v6_cidr_and_mapped_addresses,
+        expiry_is_exact_at_the_boundary,
+        rotated_secrets_work_until_their_grace_ends,
+        money_limits_deny_with_their_reasons,
+        a_denial_takes_nothing_from_later_counters,
+        rates_refill_over_time,
+        limits_come_from_key_then_group_then_cap,
+        concurrent_calls_get_exactly_the_rpm,
+        concurrent_holds_never_exceed_the_budget,
+        explain_reports_every_rule_and_takes_nothing,
+        bad_requests_name_the_field,
+    ]
 );
 
 async fn authorize(h: &Harness, request: authz::AuthorizeRequest) -> authz::AuthorizeResponse {

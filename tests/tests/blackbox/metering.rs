@@ -15,75 +15,42 @@ use tonic::Code;
 
 use crate::{assert_code, violated_fields};
 
-/// Defines each listed check on both backends, with a manual clock at `START`, budgets and
-/// windows in Tokyo, and workers that retry and dead-letter quickly.
-macro_rules! metering_tests {
-    ($($check:ident),* $(,)?) => {
-        fn options(clock: &ManualClock) -> tollgate_tests::Options {
-            let zone = "Asia/Tokyo".to_owned();
-            tollgate_tests::Options {
-                clock: Some(clock.clone()),
-                authz: tollgate::AuthzSettings { time_zone: zone.clone(), ..Default::default() },
-                metering: tollgate::MeteringSettings {
-                    claim_idle: std::time::Duration::from_millis(300),
-                    max_deliveries: 2,
-                    time_zone: zone,
-                    key_balance_per_minute: KEY_BALANCE_PER_MINUTE,
-                    ..Default::default()
-                },
-                ..Default::default()
-            }
-        }
-        mod embedded {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $check() {
-                    let clock = tollgate_core::clock::ManualClock::new(super::start());
-                    let h = tollgate_tests::Harness::embedded(super::options(&clock)).await;
-                    super::$check(&h, &clock).await;
-                    h.stop().await;
-                }
-            )*
-        }
-        mod production {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $check() {
-                    let clock = tollgate_core::clock::ManualClock::new(super::start());
-                    if let Some(h) = tollgate_tests::Harness::production(super::options(&clock)).await {
-                        super::$check(&h, &clock).await;
-                        h.stop().await;
-                    }
-                }
-            )*
-        }
-        mod cluster {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $check() {
-                    let clock = tollgate_core::clock::ManualClock::new(super::start());
-                    if let Some(h) = tollgate_tests::Harness::cluster(super::options(&clock)).await {
-                        super::$check(&h, &clock).await;
-                        h.stop().await;
-                    }
-                }
-            )*
-        }
-    };
+/// Options of every check: a manual clock at [`start`], budgets and windows in Tokyo, and
+/// workers that retry and dead-letter quickly.
+fn options(clock: &ManualClock) -> tollgate_tests::Options {
+    let zone = "Asia/Tokyo".to_owned();
+    tollgate_tests::Options {
+        clock: Some(clock.clone()),
+        authz: tollgate::AuthzSettings { time_zone: zone.clone(), ..Default::default() },
+        metering: tollgate::MeteringSettings {
+            claim_idle: Duration::from_millis(300),
+            max_deliveries: 2,
+            time_zone: zone,
+            key_balance_per_minute: KEY_BALANCE_PER_MINUTE,
+            ..Default::default()
+        },
+        ..Default::default()
+    }
 }
 
-metering_tests!(
-    usage_is_charged_once_at_the_stated_rounding,
-    used_up_quota_denies_and_lists_the_key_exhausted,
-    a_prepaid_account_at_zero_denies_its_unlimited_keys,
-    holds_are_settled_by_usage_and_expire_without_it,
-    day_and_month_windows_follow_the_zone,
-    a_poison_report_is_dead_lettered_and_replayed,
-    usage_lists_page_and_filter,
-    the_key_holder_sees_its_own_key_but_never_a_deleted_one,
-    the_key_holder_asks_a_few_times_a_minute,
-    bad_input_names_the_field,
-    what_does_not_exist_is_refused_or_not_found,
+tollgate_tests::backend_suite!(
+    setup: {
+        let clock = tollgate_core::clock::ManualClock::new(super::start());
+        (super::options(&clock), clock)
+    },
+    checks: [
+        usage_is_charged_once_at_the_stated_rounding,
+        used_up_quota_denies_and_lists_the_key_exhausted,
+        a_prepaid_account_at_zero_denies_its_unlimited_keys,
+        holds_are_settled_by_usage_and_expire_without_it,
+        day_and_month_windows_follow_the_zone,
+        a_poison_report_is_dead_lettered_and_replayed,
+        usage_lists_page_and_filter,
+        the_key_holder_sees_its_own_key_but_never_a_deleted_one,
+        the_key_holder_asks_a_few_times_a_minute,
+        bad_input_names_the_field,
+        what_does_not_exist_is_refused_or_not_found,
+    ]
 );
 
 /// `GetKeyBalance` calls a key may make per minute in these tests.
