@@ -12,7 +12,7 @@
 //! connection sends to every node.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
@@ -22,7 +22,6 @@ use redis::cluster_routing::Slot;
 use redis::{
     Client, Cmd, ConnectionAddr, ErrorKind, FromRedisValue, RedisError, RedisFuture, Script, ServerErrorKind, Value,
 };
-use tokio::sync::OnceCell;
 
 use crate::StateError;
 
@@ -46,14 +45,31 @@ impl std::fmt::Debug for RedisConn {
     }
 }
 
-/// A cluster connection made on first use (and retried on the next use if that failed).
+/// A cluster connection made on first use, and made again after it failed with a connection
+/// error or a time-out: redis-rs repairs a connection to a node that died, but requests it
+/// keeps routing there (a pipeline, after a failover) may time out until a fresh connection
+/// reads the slot map again.
 #[derive(Clone)]
-pub struct LazyCluster(Arc<(ClusterClient, OnceCell<ClusterConnection>)>);
+pub struct LazyCluster(Arc<(ClusterClient, Mutex<Option<ClusterConnection>>)>);
 
 impl LazyCluster {
     async fn connection(&self) -> Result<ClusterConnection, RedisError> {
-        let (client, conn) = self.0.as_ref();
-        conn.get_or_try_init(|| client.get_async_connection()).await.cloned()
+        let (client, slot) = self.0.as_ref();
+        if let Some(conn) = slot.lock().expect("cluster connection lock").clone() {
+            return Ok(conn);
+        }
+        let conn = client.get_async_connection().await?;
+        Ok(slot.lock().expect("cluster connection lock").get_or_insert(conn).clone())
+    }
+
+    /// Forgets the connection after `error` if it says the connection may be stale.
+    fn after<T>(&self, result: Result<T, RedisError>) -> Result<T, RedisError> {
+        if let Err(error) = &result
+            && (error.is_timeout() || error.is_io_error() || error.is_connection_dropped())
+        {
+            *self.0.1.lock().expect("cluster connection lock") = None;
+        }
+        result
     }
 }
 
@@ -94,13 +110,15 @@ impl Topology {
             }
             Topology::Cluster { seeds } => {
                 let nodes: Vec<_> = seeds.iter().map(|c| c.get_connection_info().clone()).collect();
+                // A little under the caller's own bound, so that redis-rs's time-out, which
+                // makes the connection be made again, comes first.
                 let client = ClusterClientBuilder::new(nodes)
                     .connection_timeout(connect_timeout)
-                    .response_timeout(response_timeout)
+                    .response_timeout(response_timeout.mul_f64(0.9))
                     .retries(2)
                     .build()
                     .map_err(unavailable)?;
-                Ok(RedisConn::Cluster(LazyCluster(Arc::new((client, OnceCell::new())))))
+                Ok(RedisConn::Cluster(LazyCluster(Arc::new((client, Mutex::new(None))))))
             }
         }
     }
@@ -160,7 +178,7 @@ impl ConnectionLike for RedisConn {
             RedisConn::Standalone(conn) => conn.req_packed_command(cmd),
             RedisConn::Cluster(cluster) => Box::pin(async move {
                 let mut conn = cluster.connection().await?;
-                conn.req_packed_command(cmd).await
+                cluster.after(conn.req_packed_command(cmd).await)
             }),
         }
     }
@@ -175,7 +193,7 @@ impl ConnectionLike for RedisConn {
             RedisConn::Standalone(conn) => conn.req_packed_commands(pipeline, offset, count),
             RedisConn::Cluster(cluster) => Box::pin(async move {
                 let mut conn = cluster.connection().await?;
-                conn.req_packed_commands(pipeline, offset, count).await
+                cluster.after(conn.req_packed_commands(pipeline, offset, count).await)
             }),
         }
     }
