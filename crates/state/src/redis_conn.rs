@@ -48,26 +48,51 @@ impl std::fmt::Debug for RedisConn {
 /// A cluster connection made on first use, and made again after it failed with a connection
 /// error or a time-out: redis-rs repairs a connection to a node that died, but requests it
 /// keeps routing there (a pipeline, after a failover) may time out until a fresh connection
-/// reads the slot map again.
+/// reads the slot map again. One caller makes it while the others wait, and only a failure on
+/// the current connection replaces it.
 #[derive(Clone)]
-pub struct LazyCluster(Arc<(ClusterClient, Mutex<Option<ClusterConnection>>)>);
+pub struct LazyCluster(Arc<LazyClusterInner>);
+
+struct LazyClusterInner {
+    client: ClusterClient,
+    /// The connection and its generation.
+    current: Mutex<Option<(u64, ClusterConnection)>>,
+    making: tokio::sync::Mutex<u64>,
+}
 
 impl LazyCluster {
-    async fn connection(&self) -> Result<ClusterConnection, RedisError> {
-        let (client, slot) = self.0.as_ref();
-        if let Some(conn) = slot.lock().expect("cluster connection lock").clone() {
-            return Ok(conn);
-        }
-        let conn = client.get_async_connection().await?;
-        Ok(slot.lock().expect("cluster connection lock").get_or_insert(conn).clone())
+    fn new(client: ClusterClient) -> Self {
+        Self(Arc::new(LazyClusterInner { client, current: Mutex::new(None), making: tokio::sync::Mutex::new(0) }))
     }
 
-    /// Forgets the connection after `error` if it says the connection may be stale.
-    fn after<T>(&self, result: Result<T, RedisError>) -> Result<T, RedisError> {
+    fn current(&self) -> Option<(u64, ClusterConnection)> {
+        self.0.current.lock().expect("cluster connection lock").clone()
+    }
+
+    async fn connection(&self) -> Result<(u64, ClusterConnection), RedisError> {
+        if let Some(current) = self.current() {
+            return Ok(current);
+        }
+        let mut generation = self.0.making.lock().await;
+        if let Some(current) = self.current() {
+            return Ok(current);
+        }
+        let conn = self.0.client.get_async_connection().await?;
+        *generation += 1;
+        *self.0.current.lock().expect("cluster connection lock") = Some((*generation, conn.clone()));
+        Ok((*generation, conn))
+    }
+
+    /// Forgets connection `generation` after `result`'s error if it says the connection may be
+    /// stale (and it is still the current one).
+    fn after<T>(&self, generation: u64, result: Result<T, RedisError>) -> Result<T, RedisError> {
         if let Err(error) = &result
             && (error.is_timeout() || error.is_io_error() || error.is_connection_dropped())
         {
-            *self.0.1.lock().expect("cluster connection lock") = None;
+            let mut current = self.0.current.lock().expect("cluster connection lock");
+            if current.as_ref().is_some_and(|(current, _)| *current == generation) {
+                *current = None;
+            }
         }
         result
     }
@@ -118,7 +143,7 @@ impl Topology {
                     .retries(2)
                     .build()
                     .map_err(unavailable)?;
-                Ok(RedisConn::Cluster(LazyCluster(Arc::new((client, Mutex::new(None))))))
+                Ok(RedisConn::Cluster(LazyCluster::new(client)))
             }
         }
     }
@@ -177,8 +202,8 @@ impl ConnectionLike for RedisConn {
         match self {
             RedisConn::Standalone(conn) => conn.req_packed_command(cmd),
             RedisConn::Cluster(cluster) => Box::pin(async move {
-                let mut conn = cluster.connection().await?;
-                cluster.after(conn.req_packed_command(cmd).await)
+                let (generation, mut conn) = cluster.connection().await?;
+                cluster.after(generation, conn.req_packed_command(cmd).await)
             }),
         }
     }
@@ -192,8 +217,8 @@ impl ConnectionLike for RedisConn {
         match self {
             RedisConn::Standalone(conn) => conn.req_packed_commands(pipeline, offset, count),
             RedisConn::Cluster(cluster) => Box::pin(async move {
-                let mut conn = cluster.connection().await?;
-                cluster.after(conn.req_packed_commands(pipeline, offset, count).await)
+                let (generation, mut conn) = cluster.connection().await?;
+                cluster.after(generation, conn.req_packed_commands(pipeline, offset, count).await)
             }),
         }
     }

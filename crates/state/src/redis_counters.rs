@@ -443,18 +443,19 @@ impl CounterRebuild for RedisCounters {
     }
 
     async fn mark_rebuilt(&self) -> Result<(), StateError> {
-        let commands = self
-            .markers
-            .all()
-            .into_iter()
-            .map(|marker| {
-                let mut set = redis::cmd("SET");
-                set.arg(&marker).arg("1");
-                (marker.into_bytes(), set)
-            })
-            .collect();
-        // 16,384 small writes: allow for more than one call's time.
-        self.conn.query_by_slot::<redis::Value>(commands, None, self.op_timeout * 10).await?;
+        // 16,384 small writes, a slice at a time: on a cluster each is a request of its own,
+        // and all at once would queue past the time-out on a busy node.
+        for slice in self.markers.all().chunks(1024) {
+            let commands = slice
+                .iter()
+                .map(|marker| {
+                    let mut set = redis::cmd("SET");
+                    set.arg(marker).arg("1");
+                    (marker.clone().into_bytes(), set)
+                })
+                .collect();
+            self.conn.query_by_slot::<redis::Value>(commands, None, self.op_timeout * 4).await?;
+        }
         let mut conn = self.conn.clone();
         self.bounded(redis::cmd("DEL").arg(&self.rebuild_wanted).query_async::<()>(&mut conn)).await
     }
