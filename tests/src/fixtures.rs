@@ -3,6 +3,7 @@
 use prost_types::FieldMask;
 use tollgate_proto::authz::v1 as authz;
 use tollgate_proto::keys::v1 as pb;
+use tollgate_proto::metering::v1 as metering;
 
 use crate::Harness;
 
@@ -102,6 +103,19 @@ impl World {
             client_ip: "203.0.113.9".into(),
             estimated_tokens: 100,
             request_id: format!("req-{}", tollgate_core::ids::new_id()),
+        }
+    }
+
+    /// A successful call's usage report for `key` and this world's model: `input_tokens` in,
+    /// nothing out, ended when it arrives.
+    pub fn report(&self, key: &pb::Key, request_id: &str, input_tokens: i64) -> metering::UsageReport {
+        metering::UsageReport {
+            request_id: request_id.into(),
+            key: key.name.clone(),
+            model: self.model.clone(),
+            input_tokens,
+            outcome: metering::UsageOutcome::Success as i32,
+            ..Default::default()
         }
     }
 

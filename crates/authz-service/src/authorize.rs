@@ -8,6 +8,7 @@ use arc_swap::ArcSwap;
 use tollgate_core::clock::Clock;
 use tollgate_core::counters::{CounterCheck, CounterOutcome, CounterRequest, RateOutcome};
 use tollgate_core::money::cost_credits;
+use tollgate_core::throttle::{Throttle, WARN_EVERY};
 use tollgate_core::windows::{Calendar, Windows};
 use tollgate_core::{Capability, KeyPepper, key_format};
 use tollgate_proto::authz::v1 as pb;
@@ -227,8 +228,10 @@ impl Authorizer {
         let guard = self.catalog(&input.model).await?;
         let catalog = guard.as_ref().as_ref().expect("checked by catalog()");
         let now = self.clock.now_micros();
-        let call = Call { model: &input.model, capability: input.capability, client_ip: input.client_ip, now };
-        if let Some((reason, message)) = policy::first_failure(&key, &call, catalog) {
+        // The model's price (and capability), looked up once for the rules and the counters.
+        let price = catalog.price(&input.model);
+        let call = Call { model: &input.model, price, capability: input.capability, client_ip: input.client_ip, now };
+        if let Some((reason, message)) = policy::first_failure(&key, &call) {
             return Ok(pb::AuthorizeResponse { identity: Some(key.identity.clone()), ..deny(reason, message) });
         }
         let allowed = |headroom: Option<pb::Headroom>, held: i64| pb::AuthorizeResponse {
@@ -244,7 +247,6 @@ impl Authorizer {
             // Nothing to count: no Redis round trip at all.
             return Ok(allowed(None, 0));
         }
-        let price = catalog.price(&input.model);
         let windows = self.windows(now);
         let counter_call = self.counter_call(&key, input, price, now, &windows);
         let outcome = match self.counters.authorize(&counter_call).await {
@@ -254,8 +256,8 @@ impl Authorizer {
                 if self.on_redis_error.fails_closed(limits.has_money(), limits.rpm.is_some() || limits.tpm.is_some()) {
                     return Err(AuthzError::Unavailable(format!("counters unavailable: {error}")));
                 }
-                static FAILED_OPEN: crate::throttled_log::Throttle = crate::throttled_log::Throttle::new();
-                if let Some(held_back) = FAILED_OPEN.now() {
+                static FAILED_OPEN: Throttle = Throttle::new();
+                if let Some(held_back) = FAILED_OPEN.now(WARN_EVERY) {
                     tracing::warn!(%error, held_back, "counters unavailable; allowing as TOLLGATE_AUTHZ_ON_REDIS_ERROR says");
                 }
                 return Ok(allowed(None, 0));
@@ -306,16 +308,16 @@ impl Authorizer {
         let guard = self.catalog(&input.model).await?;
         let catalog = guard.as_ref().as_ref().expect("checked by catalog()");
         let now = self.clock.now_micros();
-        let call = Call { model: &input.model, capability: input.capability, client_ip: input.client_ip, now };
+        let price = catalog.price(&input.model);
+        let call = Call { model: &input.model, price, capability: input.capability, client_ip: input.client_ip, now };
         let mut rules = vec![
             rule(pb::DenyReason::KeyMalformed, true, "the key is well-formed".into()),
             rule(pb::DenyReason::KeyNotFound, true, "the key exists".into()),
         ];
         for static_rule in STATIC_RULES {
-            let (passed, message) = policy::evaluate(static_rule, &key, &call, catalog);
+            let (passed, message) = policy::evaluate(static_rule, &key, &call);
             rules.push(rule(static_rule, passed, message.into()));
         }
-        let price = catalog.price(&input.model);
         let windows = self.windows(now);
         let outcome = self
             .counters

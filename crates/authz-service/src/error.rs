@@ -7,7 +7,7 @@ use tollgate_core::Violations;
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
-use crate::throttled_log::Throttle;
+use tollgate_core::throttle::{Throttle, WARN_EVERY};
 
 /// Domain of every `ErrorInfo` this service sends.
 pub const ERROR_DOMAIN: &str = "authz.tollgate";
@@ -34,7 +34,7 @@ impl From<AuthzError> for Status {
             }
             AuthzError::Unavailable(cause) => {
                 static UNAVAILABLE: Throttle = Throttle::new();
-                if let Some(held_back) = UNAVAILABLE.now() {
+                if let Some(held_back) = UNAVAILABLE.now(WARN_EVERY) {
                     tracing::warn!(%cause, held_back, "authorize unavailable");
                 }
                 details.set_error_info("DEPENDENCY_UNAVAILABLE", ERROR_DOMAIN, HashMap::new());

@@ -16,7 +16,6 @@ pub mod grpc;
 pub mod policy;
 pub mod resolver;
 pub mod source;
-pub mod throttled_log;
 
 use std::sync::Arc;
 use std::time::Duration;

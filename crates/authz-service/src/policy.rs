@@ -9,7 +9,7 @@ use tollgate_core::ip_allowlist;
 use tollgate_core::time::Micros;
 use tollgate_proto::authz::v1::DenyReason;
 
-use crate::catalog::Catalog;
+use crate::catalog::Price;
 use crate::compiled::CompiledKey;
 
 /// The static checks, in the order Authorize runs them.
@@ -25,13 +25,15 @@ pub const STATIC_RULES: [DenyReason; 5] = [
 #[derive(Debug, Clone)]
 pub struct Call<'a> {
     pub model: &'a str,
+    /// The model's catalog entry; `None` when the catalog does not have it.
+    pub price: Option<&'a Price>,
     pub capability: Capability,
     pub client_ip: Option<IpAddr>,
     pub now: Micros,
 }
 
 /// Evaluates one static rule: whether the call passes it, and why.
-pub fn evaluate(rule: DenyReason, key: &CompiledKey, call: &Call<'_>, catalog: &Catalog) -> (bool, &'static str) {
+pub fn evaluate(rule: DenyReason, key: &CompiledKey, call: &Call<'_>) -> (bool, &'static str) {
     match rule {
         DenyReason::KeyDisabled if key.unreadable.is_some() => {
             (false, "the key's stored settings cannot be read, so it is refused until they are saved again")
@@ -57,14 +59,12 @@ pub fn evaluate(rule: DenyReason, key: &CompiledKey, call: &Call<'_>, catalog: &
         // The caller names the capability; the catalog says what the model does. Both must be
         // allowed, or a text-only key could call an image model by claiming text.
         DenyReason::CapabilityNotAllowed
-            if catalog.price(call.model).is_some_and(|price| !key.allows_capability(price.capability)) =>
+            if call.price.is_some_and(|price| !key.allows_capability(price.capability)) =>
         {
             (false, "the key may not use the capability of this model")
         }
         DenyReason::CapabilityNotAllowed => (true, "the key may use this capability"),
-        DenyReason::ModelNotAllowed if catalog.price(call.model).is_none() => {
-            (false, "the model is not in the catalog")
-        }
+        DenyReason::ModelNotAllowed if call.price.is_none() => (false, "the model is not in the catalog"),
         DenyReason::ModelNotAllowed if key.models.as_ref().is_none_or(|models| models.contains(call.model)) => {
             (true, "the key may call this model")
         }
@@ -74,8 +74,8 @@ pub fn evaluate(rule: DenyReason, key: &CompiledKey, call: &Call<'_>, catalog: &
 }
 
 /// The first static rule the call fails.
-pub fn first_failure(key: &CompiledKey, call: &Call<'_>, catalog: &Catalog) -> Option<(DenyReason, &'static str)> {
-    STATIC_RULES.into_iter().find_map(|rule| match evaluate(rule, key, call, catalog) {
+pub fn first_failure(key: &CompiledKey, call: &Call<'_>) -> Option<(DenyReason, &'static str)> {
+    STATIC_RULES.into_iter().find_map(|rule| match evaluate(rule, key, call) {
         (false, message) => Some((rule, message)),
         (true, _) => None,
     })
@@ -86,6 +86,7 @@ mod tests {
     use tollgate_proto::keys::v1 as keys;
 
     use super::*;
+    use crate::catalog::Catalog;
 
     fn catalog() -> Catalog {
         let model = |id: &str, capability: keys::Capability| keys::CatalogModel {
@@ -111,24 +112,26 @@ mod tests {
         CompiledKey::compile(&state).expect("not deleted")
     }
 
-    fn call(model: &str) -> Call<'_> {
-        Call { model, capability: Capability::Text, client_ip: None, now: 0 }
+    fn call<'a>(catalog: &'a Catalog, model: &'a str) -> Call<'a> {
+        Call { model, price: catalog.price(model), capability: Capability::Text, client_ip: None, now: 0 }
     }
 
     #[test]
     fn a_model_of_another_capability_is_refused_whatever_the_call_claims() {
+        let catalog = catalog();
         let text_only = key(|_| {});
-        assert_eq!(first_failure(&text_only, &call("chat"), &catalog()), None);
-        let denied = first_failure(&text_only, &call("draw"), &catalog()).map(|(rule, _)| rule);
+        assert_eq!(first_failure(&text_only, &call(&catalog, "chat")), None);
+        let denied = first_failure(&text_only, &call(&catalog, "draw")).map(|(rule, _)| rule);
         assert_eq!(denied, Some(DenyReason::CapabilityNotAllowed));
         let anything = key(|s| s.capabilities.clear());
-        assert_eq!(first_failure(&anything, &call("draw"), &catalog()), None);
+        assert_eq!(first_failure(&anything, &call(&catalog, "draw")), None);
     }
 
     #[test]
     fn a_key_with_unreadable_settings_is_refused_first() {
+        let catalog = catalog();
         let unreadable = key(|s| s.ip_allowlist = vec!["10.0.0.0/99".into()]);
-        let denied = first_failure(&unreadable, &call("chat"), &catalog()).map(|(rule, _)| rule);
+        let denied = first_failure(&unreadable, &call(&catalog, "chat")).map(|(rule, _)| rule);
         assert_eq!(denied, Some(DenyReason::KeyDisabled));
     }
 }

@@ -16,6 +16,7 @@ pub mod names;
 pub mod page_token;
 pub mod resources;
 pub mod secret_hash;
+pub mod throttle;
 pub mod time;
 pub mod validation;
 pub mod windows;

@@ -48,19 +48,21 @@ pub async fn reconcile(
     // The accounts to rebuild; one whose first money arrives later has nothing to rebuild.
     let paused: Vec<String> = store.all_balances().await?.into_iter().map(|(account_id, _)| account_id).collect();
     counters.pause_for_restore(&paused).await?;
-    let restored = restore_paused(store, counters, &windows, now, &paused).await;
-    if restored.is_ok() {
-        // Every account now holds what the ledger says: counting may resume everywhere.
-        counters.mark_rebuilt().await?;
-    }
-    if restored.is_err() {
-        // Counters left as they were settle on from there; waiting for the pause to expire
-        // would only hold them back.
-        if let Err(error) = counters.resume(&paused).await {
-            tracing::warn!(%error, "settling stays paused until the pause expires");
+    match restore_paused(store, counters, &windows, now, &paused).await {
+        Ok(restored) => {
+            // Every account now holds what the ledger says: counting may resume everywhere.
+            counters.mark_rebuilt().await?;
+            Ok(restored)
+        }
+        Err(error) => {
+            // Counters left as they were settle on from there; waiting for the pause to expire
+            // would only hold them back.
+            if let Err(error) = counters.resume(&paused).await {
+                tracing::warn!(%error, "settling stays paused until the pause expires");
+            }
+            Err(error)
         }
     }
-    restored
 }
 
 /// Reads the ledger and writes the counters of the `paused` accounts.

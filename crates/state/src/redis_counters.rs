@@ -7,6 +7,7 @@ use async_trait::async_trait;
 use foldhash::HashMap;
 use redis::Script;
 use tollgate_core::counters::{CounterCheck, CounterOutcome, RateOutcome};
+use tollgate_core::throttle::Throttle;
 use tollgate_core::windows::Windows;
 
 use crate::StateError;
@@ -29,8 +30,8 @@ pub struct RedisCounters {
     /// Set by a script that found its marker gone: `P:{rebuild}:wanted`, so a lost slot the
     /// watch's sample misses is rebuilt too.
     rebuild_wanted: String,
-    /// When this process last set it (ms since the Unix epoch), to set it at most once a second.
-    last_wanted: Arc<std::sync::atomic::AtomicU64>,
+    /// It is set at most once a second per process.
+    wanted: Arc<Throttle>,
     script: Arc<Script>,
     settle_script: Arc<Script>,
     credit_script: Arc<Script>,
@@ -53,7 +54,7 @@ impl RedisCounters {
             markers: RebuildMarkers::new(state.prefix()),
             rebuild_lock: format!("{}:{{rebuild}}:lock", state.prefix()),
             rebuild_wanted: format!("{}:{{rebuild}}:wanted", state.prefix()),
-            last_wanted: Arc::default(),
+            wanted: Arc::default(),
             script: Arc::new(Script::new(include_str!("lua/authorize.lua"))),
             settle_script: Arc::new(Script::new(include_str!("lua/settle.lua"))),
             credit_script: Arc::new(Script::new(include_str!("lua/credit.lua"))),
@@ -175,12 +176,7 @@ impl RedisCounters {
     /// Asks metering's watch for a rebuild (at most once a second, without waiting): this
     /// call's slot lost its marker.
     fn want_rebuild(&self) {
-        use std::sync::atomic::Ordering;
-        let now = tollgate_core::time::now_micros().max(0) as u64 / 1000;
-        let last = self.last_wanted.load(Ordering::Relaxed);
-        if now.saturating_sub(last) < 1000
-            || self.last_wanted.compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed).is_err()
-        {
+        if self.wanted.now(std::time::Duration::from_secs(1)).is_none() {
             return;
         }
         let (mut conn, key, timeout) = (self.conn.clone(), self.rebuild_wanted.clone(), self.op_timeout);

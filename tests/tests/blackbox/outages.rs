@@ -185,14 +185,7 @@ async fn a_cluster_primary_failing_over_is_survived() {
         assert!(Instant::now() < deadline, "the disabled key was not obeyed within a second");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let report = metering::UsageReport {
-        request_id: "after-failover".into(),
-        key: key.name.clone(),
-        model: w.model.clone(),
-        input_tokens: 10,
-        outcome: metering::UsageOutcome::Success as i32,
-        ..Default::default()
-    };
+    let report = w.report(&key, "after-failover", 10);
     // Metering's own connection is made again after its first failures and reads the new
     // slot map: a gateway retries an UNAVAILABLE report.
     let retried = Instant::now();
@@ -261,14 +254,7 @@ async fn losing_data_grants_nothing_extra<T>(h: &Harness, lose: impl Future<Outp
     let (limited, limited_secret) = create_key(h, &w, pb::Key { quota: Some(3_000), ..w.key("Limited") }).await;
     let unlimited = create_key(h, &w, w.key("Unlimited")).await.1;
     for i in 0..8 {
-        let report = metering::UsageReport {
-            request_id: format!("spent-{i}"),
-            key: limited.name.clone(),
-            model: w.model.clone(),
-            input_tokens: 200,
-            outcome: metering::UsageOutcome::Success as i32,
-            ..Default::default()
-        };
+        let report = w.report(&limited, &format!("spent-{i}"), 200);
         h.metering().record_usage(metering::RecordUsageRequest { report: Some(report) }).await.unwrap();
     }
     let deadline = Instant::now() + Duration::from_secs(15);
@@ -342,14 +328,7 @@ async fn reports_are_taken_while_the_keys_service_is_down() {
     let (key, _) = create_key(&h, &w, w.key("Reporting")).await;
     let metering = h.metering();
     h.stop_keys_service().await;
-    let report = metering::UsageReport {
-        request_id: "while-keys-is-down".into(),
-        key: key.name.clone(),
-        model: w.model.clone(),
-        input_tokens: 10,
-        outcome: metering::UsageOutcome::Success as i32,
-        ..Default::default()
-    };
+    let report = w.report(&key, "while-keys-is-down", 10);
     let started = Instant::now();
     metering
         .clone()

@@ -1,14 +1,15 @@
-//! Warnings that could fire on every call (an outage seen by each Authorize) are logged at
-//! most once per interval, with how many were held back: thousands of identical lines a
-//! second would bury everything else and cost more than the calls.
+//! Something that could happen on every call (a warning during an outage, a request for a
+//! rebuild) let through at most once per interval, counting what was held back: thousands of
+//! identical log lines or writes a second would bury everything else and cost more than the
+//! calls.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 /// How often a throttled warning is logged at most.
-pub const EVERY: Duration = Duration::from_secs(5);
+pub const WARN_EVERY: Duration = Duration::from_secs(5);
 
-/// One throttled warning site.
+/// One throttled site.
 #[derive(Debug, Default)]
 pub struct Throttle {
     /// When it was last let through (ms since the Unix epoch; 0: never).
@@ -34,10 +35,10 @@ impl Throttle {
         None
     }
 
-    /// [`Throttle::let_through`] at the current time, every [`EVERY`].
-    pub fn now(&self) -> Option<u64> {
-        let now_ms = tollgate_core::time::now_micros().max(0) as u64 / 1000;
-        self.let_through(now_ms, EVERY)
+    /// [`Throttle::let_through`] at the current time.
+    pub fn now(&self, every: Duration) -> Option<u64> {
+        let now_ms = crate::time::now_micros().max(0) as u64 / 1000;
+        self.let_through(now_ms, every)
     }
 }
 
