@@ -101,3 +101,19 @@ async fn memory_state_is_shared_between_clones() {
     state.put_key_states(&[write(9, 1, "x")]).await.unwrap();
     assert!(clone.get_key_state(&SecretHash([9; 32])).await.unwrap().is_some());
 }
+
+/// `TOLLGATE_REDIS_CLUSTER` with one seed URL (a managed cluster's endpoint): the whole
+/// cluster is used, snapshots spread over its slots read back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_seed_marked_as_a_cluster_reaches_every_slot() {
+    let Some(redis) = TestRedis::on_cluster().await else { return };
+    let seed = redis.url.split(',').next().unwrap();
+    let config = RedisConfig { cluster: true, ..RedisConfig::new(seed, &redis.prefix, Duration::from_secs(2)) };
+    let state = RedisState::connect(&config).await.unwrap();
+    let writes: Vec<KeyStateWrite> = (0..32u8).map(|i| write(i, 1, &format!("body-{i}"))).collect();
+    state.put_key_states(&writes).await.unwrap();
+    for i in 0..32u8 {
+        let stored = state.get_key_state(&SecretHash([i; 32])).await.unwrap();
+        assert_eq!(stored.as_deref(), Some(format!("body-{i}").as_bytes()));
+    }
+}
