@@ -11,9 +11,9 @@ use tollgate_core::money::cost_credits;
 use tollgate_core::throttle::{Throttle, WARN_EVERY};
 use tollgate_core::windows::{Calendar, Windows};
 use tollgate_core::{Capability, KeyPepper, key_format};
+use tollgate_ports::counters::{CallCounters, CounterCall};
 use tollgate_proto::authz::v1 as pb;
 use tollgate_proto::time::{duration, timestamp};
-use tollgate_state::counters::{CounterCall, Counters};
 
 use crate::catalog::{Catalog, CatalogHolder, Price};
 use crate::compiled::CompiledKey;
@@ -37,7 +37,7 @@ pub struct AuthorizeInput {
 pub struct Authorizer {
     pub(crate) resolver: KeyResolver,
     pub(crate) catalog: CatalogHolder,
-    counters: Arc<dyn Counters>,
+    counters: Arc<dyn CallCounters>,
     pepper: KeyPepper,
     clock: Arc<dyn Clock>,
     calendar: Calendar,
@@ -135,7 +135,7 @@ impl Authorizer {
     pub fn new(
         resolver: KeyResolver,
         catalog: CatalogHolder,
-        counters: Arc<dyn Counters>,
+        counters: Arc<dyn CallCounters>,
         settings: AuthorizerSettings,
     ) -> Self {
         let now = settings.clock.now_micros();

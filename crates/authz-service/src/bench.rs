@@ -9,9 +9,9 @@ use tollgate_core::KeyPepper;
 use tollgate_core::clock::Clock;
 use tollgate_core::counters::{CounterLimits, CounterRequest};
 use tollgate_core::windows::Calendar;
+use tollgate_ports::counters::{CallCounters, CounterCall};
 use tollgate_proto::authz::v1 as authz;
 use tollgate_proto::bench::v1 as pb;
-use tollgate_state::counters::{CounterCall, Counters};
 use tonic::{Request, Response, Status};
 
 /// The limits of the benchmark's counted keys: everything on, nothing ever reached.
@@ -30,14 +30,14 @@ pub fn probe_limits() -> CounterLimits {
 #[derive(Clone)]
 pub struct BenchGrpc {
     pepper: KeyPepper,
-    counters: Arc<dyn Counters>,
+    counters: Arc<dyn CallCounters>,
     clock: Arc<dyn Clock>,
     calendar: Calendar,
     response: authz::AuthorizeResponse,
 }
 
 impl BenchGrpc {
-    pub fn new(pepper: KeyPepper, counters: Arc<dyn Counters>, clock: Arc<dyn Clock>, calendar: Calendar) -> Self {
+    pub fn new(pepper: KeyPepper, counters: Arc<dyn CallCounters>, clock: Arc<dyn Clock>, calendar: Calendar) -> Self {
         let response = authz::AuthorizeResponse {
             decision: authz::Decision::Allow as i32,
             message: "allowed".into(),

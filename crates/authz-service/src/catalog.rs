@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 use arc_swap::{ArcSwap, Guard};
 use prost::Message;
 use tollgate_core::Capability;
+use tollgate_ports::key_state::KeyStateCache;
 use tollgate_proto::keys::v1 as keys;
-use tollgate_state::KeyStateCache;
 
 use crate::source::KeyStateSource;
 

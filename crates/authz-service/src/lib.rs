@@ -3,7 +3,7 @@
 //! A call crosses, in order: [`grpc`] (authentication, request checks), [`authorize`] (key
 //! format, then [`resolver`] for the key's state: in-process cache → Redis → keys service),
 //! [`policy`] (disabled, expired, IP, capability, model), then one atomic counter step
-//! (`tollgate_state::counters`) for quota, balance, budgets, RPM and TPM. It never touches
+//! (`tollgate_ports::counters`) for quota, balance, budgets, RPM and TPM. It never touches
 //! Postgres.
 
 pub mod authorize;
@@ -23,9 +23,9 @@ use std::time::Duration;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tollgate_auth::BearerAuth;
+use tollgate_ports::counters::CallCounters;
+use tollgate_ports::key_state::{Invalidation, InvalidationBus, KeyStateCache};
 use tollgate_proto::authz::v1 as pb;
-use tollgate_state::counters::Counters;
-use tollgate_state::{Invalidation, InvalidationBus, KeyStateCache};
 use tonic::server::NamedService;
 use tonic::service::RoutesBuilder;
 
@@ -72,7 +72,7 @@ impl AuthzServer {
         config: AuthzConfig,
         shared: Arc<dyn KeyStateCache>,
         bus: Arc<dyn InvalidationBus>,
-        counters: Arc<dyn Counters>,
+        counters: Arc<dyn CallCounters>,
         source: Arc<dyn KeyStateSource>,
     ) -> Self {
         let resolver = KeyResolver::new(config.cache_capacity, config.cache_ttls, shared.clone(), source.clone());

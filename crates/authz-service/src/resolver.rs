@@ -14,8 +14,8 @@ use moka::Expiry;
 use moka::future::Cache;
 use prost::Message;
 use tollgate_core::SecretHash;
+use tollgate_ports::key_state::{Invalidation, KeyStateCache};
 use tollgate_proto::keys::v1 as keys;
-use tollgate_state::{Invalidation, KeyStateCache};
 
 use crate::compiled::CompiledKey;
 use crate::source::{KeyStateSource, SourceError};

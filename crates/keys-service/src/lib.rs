@@ -19,9 +19,9 @@ use std::time::Duration;
 
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+use tollgate_ports::counters::SpendCounters;
+use tollgate_ports::key_state::{InvalidationBus, KeyStateCache};
 use tollgate_proto::keys::v1 as pb;
-use tollgate_state::counters::Counters;
-use tollgate_state::{InvalidationBus, KeyStateCache};
 use tollgate_store::keys::KeysStore;
 use tonic::server::NamedService;
 use tonic::service::{Interceptor, RoutesBuilder};
@@ -54,7 +54,7 @@ impl KeysServer {
         store: Arc<dyn KeysStore>,
         cache: Arc<dyn KeyStateCache>,
         bus: Arc<dyn InvalidationBus>,
-        counters: Arc<dyn Counters>,
+        counters: Arc<dyn SpendCounters>,
         config: KeysConfig,
     ) -> KeysResult<Self> {
         let server = Self::build(store, cache, bus, counters, config);
@@ -69,7 +69,7 @@ impl KeysServer {
         store: Arc<dyn KeysStore>,
         cache: Arc<dyn KeyStateCache>,
         bus: Arc<dyn InvalidationBus>,
-        counters: Arc<dyn Counters>,
+        counters: Arc<dyn SpendCounters>,
         config: KeysConfig,
     ) -> Self {
         let caps = format!("{:?}/{:?}", config.caps.max_rpm, config.caps.max_tpm);

@@ -4,8 +4,8 @@
 use tollgate_core::limits::{SystemCaps, effective};
 use tollgate_core::resources::{AllowedModels, Model, allowed_models};
 use tollgate_core::time::Micros;
+use tollgate_ports::key_state::KeyStateWrite;
 use tollgate_proto::keys::v1 as pb;
-use tollgate_state::KeyStateWrite;
 use tollgate_store::keys::KeyStateSource;
 
 use crate::convert::timestamp;

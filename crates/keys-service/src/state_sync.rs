@@ -14,7 +14,8 @@ use prost::Message;
 use tokio_util::sync::CancellationToken;
 use tollgate_core::limits::SystemCaps;
 use tollgate_core::time::now_micros;
-use tollgate_state::{Invalidation, InvalidationBus, KeyStateCache, StateError};
+use tollgate_ports::StateError;
+use tollgate_ports::key_state::{Invalidation, InvalidationBus, KeyStateCache};
 use tollgate_store::StoreError;
 use tollgate_store::keys::{KeysStore, StateChange};
 
@@ -61,7 +62,11 @@ impl StateSync {
     /// Writes what a look-up read back into the cache (which repairs it after Redis lost its
     /// data) without holding up the answer: while Redis is down each write waits for its
     /// timeout, and authz's fallback look-ups must not.
-    pub fn repair_in_background(&self, writes: Vec<tollgate_state::KeyStateWrite>, catalog: Option<Vec<u8>>) {
+    pub fn repair_in_background(
+        &self,
+        writes: Vec<tollgate_ports::key_state::KeyStateWrite>,
+        catalog: Option<Vec<u8>>,
+    ) {
         let cache = self.cache.clone();
         tokio::spawn(async move {
             if !writes.is_empty()

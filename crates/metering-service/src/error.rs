@@ -65,8 +65,8 @@ impl From<StoreError> for MeteringError {
     }
 }
 
-impl From<tollgate_state::StateError> for MeteringError {
-    fn from(error: tollgate_state::StateError) -> Self {
+impl From<tollgate_ports::StateError> for MeteringError {
+    fn from(error: tollgate_ports::StateError) -> Self {
         MeteringError::Unavailable(error.to_string())
     }
 }

@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 
 use tollgate_core::time::Micros;
 use tollgate_core::windows::{Calendar, Windows};
-use tollgate_state::counters::{
+use tollgate_ports::counters::{
     CREDITED_MEMORY_MS, CounterRestore, Counters, KeySpend, SETTLE_AGAIN_WITHIN_MS, SETTLED_MEMORY_MS,
 };
 use tollgate_store::metering::MeteringStore;

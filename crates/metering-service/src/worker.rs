@@ -18,11 +18,11 @@ use tokio_util::sync::CancellationToken;
 use tollgate_core::money::{TokenUsage, usage_cost};
 use tollgate_core::names;
 use tollgate_core::windows::WindowsCache;
+use tollgate_ports::StateError;
+use tollgate_ports::counters::{RECONCILE_PAUSE_MS, SETTLE_AGAIN_WITHIN_MS, Settlement};
+use tollgate_ports::usage_queue::QueuedReport;
 use tollgate_proto::metering::v1 as pb;
 use tollgate_proto::time::timestamp_micros;
-use tollgate_state::StateError;
-use tollgate_state::counters::{RECONCILE_PAUSE_MS, SETTLE_AGAIN_WITHIN_MS, Settlement};
-use tollgate_state::usage_queue::QueuedReport;
 use tollgate_store::StoreError;
 use tollgate_store::metering::{Charge, Outcome, UsageEntry};
 

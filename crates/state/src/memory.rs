@@ -9,7 +9,8 @@ use tokio::sync::broadcast;
 use tollgate_core::SecretHash;
 use tollgate_core::time::now_micros;
 
-use crate::{Invalidation, InvalidationBus, KeyStateCache, KeyStateWrite, StateError};
+use tollgate_ports::StateError;
+use tollgate_ports::key_state::{Invalidation, InvalidationBus, KeyStateCache, KeyStateWrite};
 
 #[derive(Debug, Default)]
 struct Entries {

@@ -8,11 +8,12 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use tollgate_core::counters::{CounterOutcome, CounterState, evaluate};
 
-use crate::StateError;
-use crate::counters::{
-    CREDITED_MEMORY_MS, CounterCall, CounterRestore, Counters, KeySpend, SETTLED_MEMORY_MS, Settlement,
-};
 use tollgate_core::windows::Windows;
+use tollgate_ports::StateError;
+use tollgate_ports::counters::{
+    CREDITED_MEMORY_MS, CallCounters, CounterCall, CounterRebuild, CounterRestore, KeySpend, MoneyCounters,
+    SETTLED_MEMORY_MS, Settlement, SpendCounters,
+};
 
 #[derive(Debug, Default)]
 struct KeyCounters {
@@ -163,7 +164,7 @@ impl MemoryCounters {
 }
 
 #[async_trait]
-impl Counters for MemoryCounters {
+impl CallCounters for MemoryCounters {
     async fn authorize(&self, call: &CounterCall<'_>) -> Result<CounterOutcome, StateError> {
         Ok(self.step(call, true))
     }
@@ -171,7 +172,10 @@ impl Counters for MemoryCounters {
     async fn peek(&self, call: &CounterCall<'_>) -> Result<CounterOutcome, StateError> {
         Ok(self.step(call, false))
     }
+}
 
+#[async_trait]
+impl MoneyCounters for MemoryCounters {
     /// Every call is remembered on its own here, so a commit's calls need no marker of their
     /// own.
     async fn settle(&self, settlement: &Settlement<'_>) -> Result<bool, StateError> {
@@ -195,12 +199,6 @@ impl Counters for MemoryCounters {
         Ok(true)
     }
 
-    async fn adjust_balance(&self, account_id: &str, credits: i64) -> Result<(), StateError> {
-        let mut accounts = self.accounts.lock().expect("counter lock poisoned");
-        accounts.entry(account_id.to_owned()).or_default().balance += credits;
-        Ok(())
-    }
-
     async fn credit_once(&self, account_id: &str, grant_id: &str, credits: i64) -> Result<bool, StateError> {
         let mut accounts = self.accounts.lock().expect("counter lock poisoned");
         let account = accounts.entry(account_id.to_owned()).or_default();
@@ -210,7 +208,10 @@ impl Counters for MemoryCounters {
         account.balance += credits;
         Ok(true)
     }
+}
 
+#[async_trait]
+impl SpendCounters for MemoryCounters {
     async fn key_spend(
         &self,
         account_id: &str,
@@ -231,7 +232,12 @@ impl Counters for MemoryCounters {
             })
             .collect())
     }
+}
 
+/// In-process counters live and die with the process that rebuilds them at start-up
+/// (`tollgate dev`): they cannot lose data behind its back.
+#[async_trait]
+impl CounterRebuild for MemoryCounters {
     /// Settling waits for nobody here: `tollgate dev` rebuilds its counters before its workers
     /// start.
     async fn pause_for_restore(&self, _account_ids: &[String]) -> Result<(), StateError> {
@@ -260,12 +266,7 @@ impl Counters for MemoryCounters {
         }
         Ok(())
     }
-}
 
-/// In-process counters live and die with the process that rebuilds them at start-up
-/// (`tollgate dev`): they cannot lose data behind its back.
-#[async_trait]
-impl crate::rebuild::CounterRebuild for MemoryCounters {
     async fn counters_intact(&self) -> Result<bool, StateError> {
         Ok(true)
     }

@@ -11,11 +11,6 @@
 //! markers, every second) and rebuilds, one process at a time.
 
 use std::sync::OnceLock;
-use std::time::Duration;
-
-use async_trait::async_trait;
-
-use crate::StateError;
 
 /// Redis Cluster's slot count.
 pub const SLOTS: usize = 16_384;
@@ -78,20 +73,6 @@ impl RebuildMarkers {
     pub fn sample(&self) -> Vec<String> {
         (0..SLOTS).step_by(SAMPLE_EVERY).map(|slot| self.of_slot(slot)).collect()
     }
-}
-
-/// Whether the shared counters were rebuilt from the ledger since Redis last lost its data,
-/// and the right to rebuild them.
-#[async_trait]
-pub trait CounterRebuild: Send + Sync {
-    /// `false` when Redis lost its data since the last rebuild (or was never rebuilt).
-    async fn counters_intact(&self) -> Result<bool, StateError>;
-    /// Notes that every account's counters now hold what the ledger says.
-    async fn mark_rebuilt(&self) -> Result<(), StateError>;
-    /// Takes the right to rebuild for `ttl` unless another process holds it.
-    async fn try_lock_rebuild(&self, owner: &str, ttl: Duration) -> Result<bool, StateError>;
-    /// Gives the right back, if `owner` still holds it.
-    async fn unlock_rebuild(&self, owner: &str) -> Result<(), StateError>;
 }
 
 #[cfg(test)]

@@ -20,7 +20,8 @@ use tokio::sync::broadcast;
 use tollgate_core::SecretHash;
 
 use crate::redis_conn::{RedisConn, Topology, script_cmd, unavailable};
-use crate::{Invalidation, InvalidationBus, KeyStateCache, KeyStateWrite, StateError};
+use tollgate_ports::StateError;
+use tollgate_ports::key_state::{Invalidation, InvalidationBus, KeyStateCache, KeyStateWrite};
 
 /// How to reach Redis.
 #[derive(Debug, Clone)]

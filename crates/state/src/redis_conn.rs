@@ -23,7 +23,7 @@ use redis::{
     Client, Cmd, ConnectionAddr, ErrorKind, FromRedisValue, RedisError, RedisFuture, Script, ServerErrorKind, Value,
 };
 
-use crate::StateError;
+use tollgate_ports::StateError;
 
 pub(crate) fn unavailable(error: RedisError) -> StateError {
     StateError::Unavailable(error.to_string())

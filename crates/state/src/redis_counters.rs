@@ -10,12 +10,14 @@ use tollgate_core::counters::{CounterCheck, CounterOutcome, RateOutcome};
 use tollgate_core::throttle::Throttle;
 use tollgate_core::windows::Windows;
 
-use crate::StateError;
-use crate::counters::{
-    CREDITED_MEMORY_MS, CounterCall, CounterKeys, CounterRestore, Counters, KeySpend, RECONCILE_PAUSE_MS,
-    SETTLED_MEMORY_MS, Settlement,
+use tollgate_ports::StateError;
+use tollgate_ports::counters::{
+    CREDITED_MEMORY_MS, CallCounters, CounterCall, CounterRebuild, CounterRestore, KeySpend, MoneyCounters,
+    RECONCILE_PAUSE_MS, SETTLED_MEMORY_MS, Settlement, SpendCounters,
 };
-use crate::rebuild::{CounterRebuild, RebuildMarkers};
+
+use crate::counters::CounterKeys;
+use crate::rebuild::RebuildMarkers;
 use crate::redis::RedisState;
 use crate::redis_conn::{RedisConn, script_cmd};
 
@@ -236,7 +238,7 @@ fn parse(reply: &[String], call: &CounterCall<'_>) -> Result<CounterOutcome, Sta
 }
 
 #[async_trait]
-impl Counters for RedisCounters {
+impl CallCounters for RedisCounters {
     async fn authorize(&self, call: &CounterCall<'_>) -> Result<CounterOutcome, StateError> {
         self.run(call, true).await
     }
@@ -244,7 +246,10 @@ impl Counters for RedisCounters {
     async fn peek(&self, call: &CounterCall<'_>) -> Result<CounterOutcome, StateError> {
         self.run(call, false).await
     }
+}
 
+#[async_trait]
+impl MoneyCounters for RedisCounters {
     async fn settle(&self, settlement: &Settlement<'_>) -> Result<bool, StateError> {
         let applied = self.settle_batch(std::slice::from_ref(settlement)).await?;
         Ok(applied.first().copied().unwrap_or(false))
@@ -319,7 +324,10 @@ impl Counters for RedisCounters {
             applied => Ok(applied == 1),
         }
     }
+}
 
+#[async_trait]
+impl SpendCounters for RedisCounters {
     async fn key_spend(
         &self,
         account_id: &str,
@@ -349,7 +357,10 @@ impl Counters for RedisCounters {
             })
             .collect())
     }
+}
 
+#[async_trait]
+impl CounterRebuild for RedisCounters {
     async fn pause_for_restore(&self, account_ids: &[String]) -> Result<(), StateError> {
         let commands = account_ids
             .iter()
@@ -405,14 +416,6 @@ impl Counters for RedisCounters {
         self.bounded(pipe.query_async::<()>(&mut conn)).await
     }
 
-    async fn adjust_balance(&self, account_id: &str, credits: i64) -> Result<(), StateError> {
-        let mut conn = self.conn.clone();
-        self.bounded(redis::AsyncCommands::incr::<_, _, ()>(&mut conn, self.keys.balance(account_id), credits)).await
-    }
-}
-
-#[async_trait]
-impl CounterRebuild for RedisCounters {
     async fn counters_intact(&self) -> Result<bool, StateError> {
         let mut conn = self.conn.clone();
         let wanted: bool = self.bounded(redis::cmd("EXISTS").arg(&self.rebuild_wanted).query_async(&mut conn)).await?;

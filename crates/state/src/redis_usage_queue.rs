@@ -19,11 +19,11 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use tollgate_core::time::Micros;
 
-use crate::StateError;
 use crate::redis::RedisState;
 use crate::redis_conn::RedisConn;
 use crate::redis_usage_stream::{UsageStream, due};
-use crate::usage_queue::{DeadLetter, QueuedReport, UsageQueue};
+use tollgate_ports::StateError;
+use tollgate_ports::usage_queue::{DeadLetter, QueuedReport, UsageQueue};
 
 /// The usage queue on the Redis behind a [`RedisState`].
 #[derive(Clone)]

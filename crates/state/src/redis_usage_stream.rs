@@ -14,9 +14,9 @@ use redis::streams::{
 use redis::{AsyncCommands, FromRedisValue, RedisError, Script, Value};
 use tollgate_core::time::Micros;
 
-use crate::StateError;
 use crate::redis_conn::{RedisConn, unavailable};
-use crate::usage_queue::{DeadLetter, QueuedReport};
+use tollgate_ports::StateError;
+use tollgate_ports::usage_queue::{DeadLetter, QueuedReport};
 
 const GROUP: &str = "metering";
 

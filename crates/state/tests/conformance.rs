@@ -5,9 +5,9 @@ use std::time::Duration;
 
 use tollgate_core::SecretHash;
 use tollgate_core::time::now_micros;
+use tollgate_ports::key_state::{Invalidation, InvalidationBus, KeyStateCache, KeyStateWrite};
 use tollgate_state::memory::MemoryState;
 use tollgate_state::redis::{RedisConfig, RedisState};
-use tollgate_state::{Invalidation, InvalidationBus, KeyStateCache, KeyStateWrite};
 use tollgate_test_support::TestRedis;
 
 trait State: KeyStateCache + InvalidationBus {}

@@ -6,13 +6,21 @@ use std::time::Duration;
 
 use tollgate_core::counters::{CounterCheck, CounterLimits, CounterRequest};
 use tollgate_core::windows::{Calendar, Windows};
-use tollgate_state::StateError;
-use tollgate_state::counters::{CounterCall, CounterRestore, Counters, KeySpend, Settlement};
+use tollgate_ports::StateError;
+use tollgate_ports::counters::{
+    CallCounters, CounterCall, CounterRebuild, CounterRestore, Counters, KeySpend, Settlement,
+};
 use tollgate_state::memory_counters::MemoryCounters;
-use tollgate_state::rebuild::{CounterRebuild, RebuildMarkers};
+use tollgate_state::rebuild::RebuildMarkers;
 use tollgate_state::redis::{RedisConfig, RedisState};
 use tollgate_state::redis_counters::RedisCounters;
 use tollgate_test_support::TestRedis;
+
+/// Adds credits to an account's balance (a grant of its own each time).
+async fn credit(counters: &dyn Counters, account_id: &str, credits: i64) {
+    let grant = format!("grant-{}", tollgate_core::ids::new_id());
+    assert!(counters.credit_once(account_id, &grant, credits).await.unwrap());
+}
 
 async fn redis_counters(redis: Option<TestRedis>) -> Option<(Arc<dyn Counters>, TestRedis)> {
     let redis = redis?;
@@ -42,7 +50,7 @@ tollgate_test_support::conformance_suite!(
         a_restore_overwrites_spend_and_counts_its_commits_and_grants_once,
     ],
     adapters: {
-        memory => async { Some((std::sync::Arc::new(tollgate_state::memory_counters::MemoryCounters::new()) as std::sync::Arc<dyn tollgate_state::counters::Counters>, ())) },
+        memory => async { Some((std::sync::Arc::new(tollgate_state::memory_counters::MemoryCounters::new()) as std::sync::Arc<dyn tollgate_ports::counters::Counters>, ())) },
         redis => super::redis_counters(tollgate_test_support::TestRedis::create().await),
         redis_cluster => super::redis_counters(tollgate_test_support::TestRedis::on_cluster().await),
     }
@@ -223,7 +231,7 @@ async fn account_balance_bounds_keys_without_quota(counters: Arc<dyn Counters>) 
     let mut c = call(CounterLimits { account_floor: Some(0), ..Default::default() });
     c.cost = 40;
     assert_eq!(counters.authorize(&c.as_call()).await.unwrap().failures, [CounterCheck::AccountBalance]);
-    counters.adjust_balance("acme", 100).await.unwrap();
+    credit(&*counters, "acme", 100).await;
     assert_eq!(counters.authorize(&c.as_call()).await.unwrap().hold, 40);
     // Another key of the same account shares the balance and sees the first key's hold.
     c.key = "k2";
@@ -235,7 +243,7 @@ async fn account_balance_bounds_keys_without_quota(counters: Arc<dyn Counters>) 
     assert_eq!(counters.authorize(&c.as_call()).await.unwrap().failures, [CounterCheck::AccountBalance]);
     // Another account is untouched.
     c.account = "other";
-    counters.adjust_balance("other", 10).await.unwrap();
+    credit(&*counters, "other", 10).await;
     assert!(counters.authorize(&c.as_call()).await.unwrap().allowed());
 }
 
@@ -253,7 +261,7 @@ async fn settlement_moves_holds_to_spend_once(counters: Arc<dyn Counters>) {
         (Some(880), Some(380)),
         "hold released, spend added once"
     );
-    counters.adjust_balance("acme", 1_000).await.unwrap();
+    credit(&*counters, "acme", 1_000).await;
     let floor = CounterLimits { account_floor: Some(0), ..Default::default() };
     let balance = counters.peek(&Call { limits: floor, ..call(CounterLimits::default()) }.as_call()).await.unwrap();
     assert_eq!(balance.account_remaining, Some(880), "the cost left the balance");
@@ -288,7 +296,7 @@ async fn a_batch_settles_each_call_once_across_keys_accounts_and_days(counters: 
     assert_eq!((after.quota_remaining, after.daily_remaining), (Some(978), Some(985)), "both holds released");
     let other = counters.key_spend("other", &["k1".into()], &today).await.unwrap();
     assert_eq!(other[0].used, 30);
-    counters.adjust_balance("acme", 100).await.unwrap();
+    credit(&*counters, "acme", 100).await;
     let floor = CounterLimits { account_floor: Some(0), ..Default::default() };
     let balance = counters.peek(&Call { limits: floor, ..call(CounterLimits::default()) }.as_call()).await.unwrap();
     assert_eq!(balance.account_remaining, Some(100 - 42), "the batch's sum left the balance");
@@ -351,7 +359,7 @@ async fn a_commit_settles_once_whether_its_redelivery_comes_first_or_after(count
     c.key = "k1";
     c.request_id = "peek".into();
     assert_eq!(counters.peek(&c.as_call()).await.unwrap().quota_remaining, Some(1_000 - 19), "holds released");
-    counters.adjust_balance("acme", 100).await.unwrap();
+    credit(&*counters, "acme", 100).await;
     let floor = CounterLimits { account_floor: Some(0), ..Default::default() };
     let balance = counters.peek(&Call { limits: floor, ..call(CounterLimits::default()) }.as_call()).await.unwrap();
     assert_eq!(balance.account_remaining, Some(100 - 45), "the balance paid each call once");

@@ -3,9 +3,9 @@
 
 use std::time::Duration;
 
+use tollgate_ports::usage_queue::{QueuedReport, UsageQueue};
 use tollgate_state::redis::{RedisConfig, RedisState};
 use tollgate_state::redis_usage_queue::RedisUsageQueue;
-use tollgate_state::usage_queue::{QueuedReport, UsageQueue};
 use tollgate_store::metering::SqlMeteringStore;
 use tollgate_store::{Database, DatabaseConfig};
 use tollgate_test_support::{TestDatabase, TestRedis};

@@ -13,10 +13,10 @@ use tollgate_core::clock::Clock;
 use tollgate_core::windows::Calendar;
 use tollgate_core::{KeyPepper, SecretHash};
 use tollgate_keys_service::{KeysError, KeysService};
+use tollgate_ports::counters::CallCounters;
+use tollgate_ports::key_state::{InvalidationBus, KeyStateCache};
 use tollgate_proto::bench::v1::bench_service_server::BenchServiceServer;
 use tollgate_proto::keys::v1 as keys;
-use tollgate_state::counters::Counters;
-use tollgate_state::{InvalidationBus, KeyStateCache};
 
 use crate::Secrets;
 use crate::server::Services;
@@ -85,7 +85,7 @@ pub(crate) async fn add(
     services: &mut Services,
     shared: Arc<dyn KeyStateCache>,
     bus: Arc<dyn InvalidationBus>,
-    counters: Arc<dyn Counters>,
+    counters: Arc<dyn CallCounters>,
     source: Arc<dyn KeyStateSource>,
     secrets: &Secrets,
     settings: &AuthzSettings,

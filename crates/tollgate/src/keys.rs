@@ -8,8 +8,8 @@ use tokio_util::sync::CancellationToken;
 use tollgate_core::KeyPepper;
 use tollgate_core::limits::SystemCaps;
 use tollgate_keys_service::{KeysConfig, KeysServer};
-use tollgate_state::counters::Counters;
-use tollgate_state::{InvalidationBus, KeyStateCache};
+use tollgate_ports::counters::SpendCounters;
+use tollgate_ports::key_state::{InvalidationBus, KeyStateCache};
 use tollgate_store::keys::{KeysStore, SqlKeysStore};
 
 use crate::Secrets;
@@ -41,7 +41,7 @@ pub(crate) struct KeysAdapters {
     pub cache: Arc<dyn KeyStateCache>,
     pub bus: Arc<dyn InvalidationBus>,
     /// Read for each key's spend.
-    pub counters: Arc<dyn Counters>,
+    pub counters: Arc<dyn SpendCounters>,
 }
 
 /// When the keys service does its start-up work in the database.

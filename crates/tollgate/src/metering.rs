@@ -12,9 +12,9 @@ use tollgate_core::{KeyPepper, SecretHash};
 use tollgate_keys_service::{KeysError, KeysService};
 use tollgate_metering_service::directory::{DirectoryError, KeyDirectory};
 use tollgate_metering_service::{MeteringConfig, MeteringServer, WorkerSettings};
+use tollgate_ports::counters::Counters;
+use tollgate_ports::usage_queue::UsageQueue;
 use tollgate_proto::keys::v1 as keys;
-use tollgate_state::counters::Counters;
-use tollgate_state::usage_queue::UsageQueue;
 use tollgate_store::metering::MeteringStore;
 
 use crate::Secrets;

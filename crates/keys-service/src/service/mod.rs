@@ -13,7 +13,7 @@ use std::sync::Arc;
 use tollgate_core::KeyPepper;
 use tollgate_core::limits::SystemCaps;
 use tollgate_core::time::{Micros, now_micros};
-use tollgate_state::counters::Counters;
+use tollgate_ports::counters::SpendCounters;
 use tollgate_store::keys::{AuditEntry, KeysStore};
 
 pub use accounts::{AccountPatch, CreatedAccount};
@@ -49,7 +49,7 @@ pub struct Actor(pub String);
 pub struct KeysService {
     store: Arc<dyn KeysStore>,
     /// The counters metering keeps, read for each key's spend.
-    counters: Arc<dyn Counters>,
+    counters: Arc<dyn SpendCounters>,
     sync: Arc<StateSync>,
     config: KeysConfig,
     sealer: Sealer,
@@ -59,7 +59,7 @@ impl KeysService {
     pub fn new(
         store: Arc<dyn KeysStore>,
         sync: Arc<StateSync>,
-        counters: Arc<dyn Counters>,
+        counters: Arc<dyn SpendCounters>,
         config: KeysConfig,
     ) -> Self {
         let sealer = Sealer::new(&config.pepper);

@@ -6,8 +6,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use sqlx::{AssertSqlSafe, Row};
 use tollgate_core::time::{Micros, now_micros};
-use tollgate_state::StateError;
-use tollgate_state::usage_queue::{DeadLetter, QueuedReport, UsageQueue};
+use tollgate_ports::StateError;
+use tollgate_ports::usage_queue::{DeadLetter, QueuedReport, UsageQueue};
 
 use super::{SqlMeteringStore, placeholders};
 use crate::error::StoreError;

@@ -7,7 +7,7 @@
 //! Entries that keep failing go to dead letters, where they wait to be replayed.
 //!
 //! Adapters: a Redis Stream with a consumer group (production) and a SQL table
-//! (`tollgate dev`, in `tollgate_store`).
+//! (`tollgate dev`), in `tollgate_state` and `tollgate_store`.
 //!
 //! [`receive`]: UsageQueue::receive
 //! [`ack`]: UsageQueue::ack
