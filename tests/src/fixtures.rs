@@ -24,59 +24,16 @@ pub struct World {
 /// Makes an account `account_id` with application `web`, group `g-{account_id}` (multiplier
 /// 1.5, default RPM 60) and text model `m-{account_id}`.
 pub async fn world(h: &Harness, account_id: &str) -> World {
-    h.accounts()
-        .create_account(pb::CreateAccountRequest {
-            account_id: account_id.into(),
-            account: Some(pb::Account { display_name: format!("Account {account_id}"), ..Default::default() }),
-            initial_key: None,
-        })
-        .await
-        .expect("create account");
-    let application = h
-        .applications()
-        .create_application(pb::CreateApplicationRequest {
-            parent: format!("accounts/{account_id}"),
-            application_id: "web".into(),
-            application: Some(pb::Application { display_name: "Web app".into(), ..Default::default() }),
-        })
-        .await
-        .expect("create application")
-        .into_inner()
-        .application
-        .expect("application");
+    let seed = h.seeder();
+    seed.account(account_id, false).await.expect("create account");
+    let application = seed.application(account_id, "web").await.expect("create application");
     let model = format!("m-{account_id}");
-    h.models()
-        .create_model(pb::CreateModelRequest {
-            model_id: model.clone(),
-            model: Some(pb::Model {
-                capability: pb::Capability::Text as i32,
-                input_price: 1_000_000,
-                output_price: 2_000_000,
-                ..Default::default()
-            }),
-        })
-        .await
-        .expect("create model");
-    let group = h
-        .groups()
-        .create_group(pb::CreateGroupRequest {
-            group_id: format!("g-{account_id}"),
-            group: Some(pb::Group {
-                display_name: "Test group".into(),
-                price_multiplier: "1.5".into(),
-                default_rpm_limit: Some(60),
-                ..Default::default()
-            }),
-        })
-        .await
-        .expect("create group")
-        .into_inner()
-        .group
-        .expect("group");
+    seed.model(&model, 1_000_000, 2_000_000).await.expect("create model");
+    let group = seed.group(&format!("g-{account_id}"), "1.5", Some(60)).await.expect("create group");
     World {
         account_id: account_id.into(),
         account: format!("accounts/{account_id}"),
-        application: application.name,
+        application,
         group: group.name,
         model,
     }

@@ -18,9 +18,8 @@ use tollgate_proto::authz::v1 as pb_authz;
 use tollgate_proto::keys::v1 as pb;
 use tollgate_proto::metering::v1 as pb_metering;
 use tollgate_state::redis::RedisConfig;
+use tollgate_test_support::seed::Seeder;
 use tollgate_test_support::{TestDatabase, TestRedis};
-use tonic::service::Interceptor;
-use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 
 pub mod fixtures;
@@ -34,32 +33,7 @@ pub enum Backend {
     Production,
 }
 
-/// Adds `authorization: Bearer <token>` (and optionally an actor) to every call.
-#[derive(Clone)]
-pub struct Bearer {
-    token: String,
-    actor: Option<String>,
-}
-
-impl Bearer {
-    /// Just this token, no actor.
-    pub fn token(token: &str) -> Self {
-        Self { token: token.to_owned(), actor: None }
-    }
-}
-
-impl Interceptor for Bearer {
-    fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
-        request.metadata_mut().insert("authorization", format!("Bearer {}", self.token).parse().expect("ascii token"));
-        if let Some(actor) = &self.actor {
-            request.metadata_mut().insert("x-tollgate-actor", actor.parse().expect("ascii actor"));
-        }
-        Ok(request)
-    }
-}
-
-/// A channel whose calls carry a bearer token.
-pub type Authed = InterceptedService<Channel, Bearer>;
+pub use tollgate_test_support::seed::{Authed, Bearer};
 
 /// What keeps a backend alive while a test runs.
 #[allow(dead_code)]
@@ -340,7 +314,7 @@ impl Harness {
 
     /// The key-holder service, authenticated by `secret`.
     pub fn key_holder(&self, secret: &str) -> pb_metering::key_holder_service_client::KeyHolderServiceClient<Authed> {
-        let bearer = Bearer { token: secret.to_owned(), actor: None };
+        let bearer = Bearer::token(secret);
         pb_metering::key_holder_service_client::KeyHolderServiceClient::with_interceptor(
             self.metering_channel(),
             bearer,
@@ -348,27 +322,32 @@ impl Harness {
     }
 
     fn bearer(&self) -> Bearer {
-        Bearer { token: self.admin_token.clone(), actor: Some("test-suite".into()) }
+        Bearer::acting(&self.admin_token, "test-suite")
+    }
+
+    /// The seeding fixture, with the admin token.
+    pub fn seeder(&self) -> Seeder {
+        Seeder::new(self.channel.clone(), self.bearer())
     }
 
     pub fn accounts(&self) -> pb::account_service_client::AccountServiceClient<Authed> {
-        pb::account_service_client::AccountServiceClient::with_interceptor(self.channel.clone(), self.bearer())
+        self.seeder().accounts()
     }
 
     pub fn applications(&self) -> pb::application_service_client::ApplicationServiceClient<Authed> {
-        pb::application_service_client::ApplicationServiceClient::with_interceptor(self.channel.clone(), self.bearer())
+        self.seeder().applications()
     }
 
     pub fn groups(&self) -> pb::group_service_client::GroupServiceClient<Authed> {
-        pb::group_service_client::GroupServiceClient::with_interceptor(self.channel.clone(), self.bearer())
+        self.seeder().groups()
     }
 
     pub fn models(&self) -> pb::model_service_client::ModelServiceClient<Authed> {
-        pb::model_service_client::ModelServiceClient::with_interceptor(self.channel.clone(), self.bearer())
+        self.seeder().models()
     }
 
     pub fn keys(&self) -> pb::key_service_client::KeyServiceClient<Authed> {
-        pb::key_service_client::KeyServiceClient::with_interceptor(self.channel.clone(), self.bearer())
+        self.seeder().keys()
     }
 
     pub fn audit(&self) -> pb::audit_service_client::AuditServiceClient<Authed> {

@@ -61,7 +61,7 @@ const KEYS_PER_ACCOUNT: usize = 100;
 type MeteringClient = metering::metering_service_client::MeteringServiceClient<Authed>;
 
 fn client(port: u16) -> anyhow::Result<MeteringClient> {
-    let bearer = crate::seed::Bearer(format!("Bearer {ADMIN_TOKEN}").parse()?);
+    let bearer = crate::seed::Bearer::token(ADMIN_TOKEN);
     Ok(metering::metering_service_client::MeteringServiceClient::with_interceptor(channel(port)?, bearer))
 }
 

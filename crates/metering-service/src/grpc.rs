@@ -1,14 +1,21 @@
-//! Thin gRPC handlers: authentication and conversion around [`crate::MeteringCore`].
+//! The gRPC adapter: authenticates, checks and converts each request, calls the
+//! [`Recorder`], [`Credits`] or [`Queries`], converts the answer.
 
 use std::sync::Arc;
 
 use tollgate_auth::BearerAuth;
+use tollgate_core::Violations;
+use tollgate_core::clock::Clock;
 use tollgate_proto::metering::v1 as pb;
 use tonic::metadata::MetadataMap;
 use tonic::{Request, Response, Status};
 
-use crate::MeteringCore;
+use crate::convert;
+use crate::credits::Credits;
 use crate::error::MeteringError;
+use crate::queries::Queries;
+use crate::recorder::Recorder;
+use crate::validate::{self, MAX_BATCH};
 
 /// Optional metadata naming the person behind an admin call, for the audit trail.
 const ACTOR_HEADER: &str = "x-tollgate-actor";
@@ -27,14 +34,25 @@ fn actor(metadata: &MetadataMap) -> String {
 /// also take the gateway's token when one is configured, so the gateway needs no admin power.
 #[derive(Clone)]
 pub struct MeteringGrpc {
-    core: Arc<MeteringCore>,
+    recorder: Arc<Recorder>,
+    credits: Arc<Credits>,
+    queries: Arc<Queries>,
+    /// Gives a report without end time the time it arrived.
+    clock: Arc<dyn Clock>,
     admin: BearerAuth,
     gateway: Option<BearerAuth>,
 }
 
 impl MeteringGrpc {
-    pub fn new(core: Arc<MeteringCore>, admin: BearerAuth, gateway: Option<BearerAuth>) -> Self {
-        Self { core, admin, gateway }
+    pub fn new(
+        recorder: Arc<Recorder>,
+        credits: Arc<Credits>,
+        queries: Arc<Queries>,
+        clock: Arc<dyn Clock>,
+        admin: BearerAuth,
+        gateway: Option<BearerAuth>,
+    ) -> Self {
+        Self { recorder, credits, queries, clock, admin, gateway }
     }
 
     fn admin<T>(&self, request: &Request<T>) -> Result<(), Status> {
@@ -49,6 +67,16 @@ impl MeteringGrpc {
             (Err(status), None) => Err(status),
         }
     }
+
+    /// Checks reports, each named by `field`, and records them all or none.
+    async fn record(&self, reports: &[pb::UsageReport], field: impl Fn(usize) -> String) -> Result<usize, Status> {
+        let now = self.clock.now_micros();
+        let mut v = Violations::new();
+        let checked: Vec<_> =
+            reports.iter().enumerate().filter_map(|(i, r)| validate::report(&mut v, &field(i), r, now)).collect();
+        v.into_result().map_err(MeteringError::from)?;
+        Ok(self.recorder.record(&checked, field).await?)
+    }
 }
 
 #[tonic::async_trait]
@@ -59,7 +87,7 @@ impl pb::metering_service_server::MeteringService for MeteringGrpc {
     ) -> Result<Response<pb::RecordUsageResponse>, Status> {
         self.reporter(&request)?;
         let report = request.into_inner().report.ok_or_else(|| MeteringError::invalid("report", "is required"))?;
-        self.core.record(vec![report], "report").await?;
+        self.record(&[report], |_| "report".to_owned()).await?;
         Ok(Response::new(pb::RecordUsageResponse {}))
     }
 
@@ -68,7 +96,12 @@ impl pb::metering_service_server::MeteringService for MeteringGrpc {
         request: Request<pb::BatchRecordUsageRequest>,
     ) -> Result<Response<pb::BatchRecordUsageResponse>, Status> {
         self.reporter(&request)?;
-        let accepted = self.core.record(request.into_inner().reports, "reports").await?;
+        let reports = request.into_inner().reports;
+        if reports.is_empty() || reports.len() > MAX_BATCH {
+            let message = format!("must hold 1 to {MAX_BATCH} reports, got {}", reports.len());
+            return Err(MeteringError::invalid("reports", message).into());
+        }
+        let accepted = self.record(&reports, |i| format!("reports[{i}]")).await?;
         Ok(Response::new(pb::BatchRecordUsageResponse { accepted: accepted as i32 }))
     }
 
@@ -77,7 +110,14 @@ impl pb::metering_service_server::MeteringService for MeteringGrpc {
         request: Request<pb::ListUsageRequest>,
     ) -> Result<Response<pb::ListUsageResponse>, Status> {
         self.admin(&request)?;
-        Ok(Response::new(self.core.list_usage(request.get_ref()).await?))
+        let (filter, after, limit) = validate::list_usage(request.get_ref())?;
+        let (entries, more) = self.queries.list_usage(&filter, after.as_ref(), limit).await?;
+        let last = entries.last().map(|e| (e.end_time, e.request_id.as_str()));
+        let next_page_token = validate::next_page_token("usage", more, last);
+        Ok(Response::new(pb::ListUsageResponse {
+            records: entries.into_iter().map(convert::record).collect(),
+            next_page_token,
+        }))
     }
 
     async fn get_usage_summary(
@@ -85,7 +125,11 @@ impl pb::metering_service_server::MeteringService for MeteringGrpc {
         request: Request<pb::GetUsageSummaryRequest>,
     ) -> Result<Response<pb::GetUsageSummaryResponse>, Status> {
         self.admin(&request)?;
-        Ok(Response::new(self.core.usage_summary(request.get_ref()).await?))
+        let (scope, start, end, granularity) =
+            validate::usage_summary(request.get_ref()).map_err(MeteringError::from)?;
+        let summary =
+            self.queries.usage_summary(&scope, start, end, granularity, request.get_ref().split_by_model).await?;
+        Ok(Response::new(convert::summary(summary)))
     }
 
     async fn add_credits(
@@ -94,8 +138,9 @@ impl pb::metering_service_server::MeteringService for MeteringGrpc {
     ) -> Result<Response<pb::AddCreditsResponse>, Status> {
         self.admin(&request)?;
         let actor = actor(request.metadata());
-        let balance = self.core.add_credits(request.into_inner(), &actor).await?;
-        Ok(Response::new(pb::AddCreditsResponse { balance: Some(balance) }))
+        let grant = validate::grant(request.into_inner(), actor).map_err(MeteringError::from)?;
+        let balance = self.credits.add(grant).await?;
+        Ok(Response::new(pb::AddCreditsResponse { balance: Some(convert::account_balance(balance)) }))
     }
 
     async fn get_account_balance(
@@ -103,8 +148,11 @@ impl pb::metering_service_server::MeteringService for MeteringGrpc {
         request: Request<pb::GetAccountBalanceRequest>,
     ) -> Result<Response<pb::GetAccountBalanceResponse>, Status> {
         self.admin(&request)?;
-        let balance = self.core.account_balance(&request.get_ref().account).await?;
-        Ok(Response::new(pb::GetAccountBalanceResponse { balance: Some(balance) }))
+        let mut v = Violations::new();
+        let account_id = validate::account(&mut v, "account", &request.get_ref().account);
+        v.into_result().map_err(MeteringError::from)?;
+        let balance = self.queries.account_balance(&account_id).await?;
+        Ok(Response::new(pb::GetAccountBalanceResponse { balance: Some(convert::account_balance(balance)) }))
     }
 
     async fn list_credit_grants(
@@ -112,7 +160,19 @@ impl pb::metering_service_server::MeteringService for MeteringGrpc {
         request: Request<pb::ListCreditGrantsRequest>,
     ) -> Result<Response<pb::ListCreditGrantsResponse>, Status> {
         self.admin(&request)?;
-        Ok(Response::new(self.core.credit_grants(request.get_ref()).await?))
+        let request = request.get_ref();
+        let mut v = Violations::new();
+        let account_id = validate::account(&mut v, "account", &request.account);
+        let limit = validate::page_size(&mut v, request.page_size);
+        let after = validate::after_token(&mut v, "creditGrants", &request.page_token, validate::time_and_id);
+        v.into_result().map_err(MeteringError::from)?;
+        let (grants, more) = self.queries.credit_grants(&account_id, after, limit).await?;
+        let last = grants.last().map(|g| (g.time, g.request_id.as_str()));
+        let next_page_token = validate::next_page_token("creditGrants", more, last);
+        Ok(Response::new(pb::ListCreditGrantsResponse {
+            grants: grants.into_iter().map(convert::credit_grant).collect(),
+            next_page_token,
+        }))
     }
 
     async fn list_dead_letters(
@@ -120,7 +180,20 @@ impl pb::metering_service_server::MeteringService for MeteringGrpc {
         request: Request<pb::ListDeadLettersRequest>,
     ) -> Result<Response<pb::ListDeadLettersResponse>, Status> {
         self.admin(&request)?;
-        Ok(Response::new(self.core.dead_letters(request.get_ref()).await?))
+        let request = request.get_ref();
+        let mut v = Violations::new();
+        let limit = validate::page_size(&mut v, request.page_size);
+        let after = validate::after_token(&mut v, "deadLetters", &request.page_token, |id| Some(id.to_owned()));
+        v.into_result().map_err(MeteringError::from)?;
+        let (letters, more) = self.queries.dead_letters(after.as_deref(), limit).await?;
+        let next_page_token = match (more, letters.last()) {
+            (true, Some(last)) => tollgate_core::page_token::encode("deadLetters", &last.id),
+            _ => String::new(),
+        };
+        Ok(Response::new(pb::ListDeadLettersResponse {
+            dead_letters: letters.into_iter().map(convert::dead_letter).collect(),
+            next_page_token,
+        }))
     }
 
     async fn replay_dead_letters(
@@ -128,7 +201,9 @@ impl pb::metering_service_server::MeteringService for MeteringGrpc {
         request: Request<pb::ReplayDeadLettersRequest>,
     ) -> Result<Response<pb::ReplayDeadLettersResponse>, Status> {
         self.admin(&request)?;
-        let replayed = self.core.replay(&request.get_ref().ids).await?;
+        let ids = &request.get_ref().ids;
+        validate::dead_letter_ids(ids).map_err(MeteringError::from)?;
+        let replayed = self.recorder.replay(ids).await?;
         Ok(Response::new(pb::ReplayDeadLettersResponse { replayed: replayed as i32 }))
     }
 }
@@ -136,12 +211,12 @@ impl pb::metering_service_server::MeteringService for MeteringGrpc {
 /// `tollgate.metering.v1.KeyHolderService`: authenticated by the API key itself.
 #[derive(Clone)]
 pub struct KeyHolderGrpc {
-    core: Arc<MeteringCore>,
+    queries: Arc<Queries>,
 }
 
 impl KeyHolderGrpc {
-    pub fn new(core: Arc<MeteringCore>) -> Self {
-        Self { core }
+    pub fn new(queries: Arc<Queries>) -> Self {
+        Self { queries }
     }
 }
 
@@ -157,8 +232,8 @@ impl pb::key_holder_service_server::KeyHolderService for KeyHolderGrpc {
             .and_then(|value| value.to_str().ok())
             .and_then(|value| value.strip_prefix("Bearer ").or_else(|| value.strip_prefix("bearer ")))
             .map(str::trim)
-            .ok_or(MeteringError::Unauthenticated("missing `authorization: Bearer sk-…` metadata"))?
-            .to_owned();
-        Ok(Response::new(self.core.key_balance(&secret, request.get_ref().days).await?))
+            .ok_or(MeteringError::Unauthenticated("missing `authorization: Bearer sk-…` metadata"))?;
+        let days = validate::balance_days(request.get_ref().days).map_err(MeteringError::from)?;
+        Ok(Response::new(convert::key_balance(self.queries.key_balance(secret, days).await?)))
     }
 }

@@ -1,21 +1,32 @@
 //! Tollgate's metering service: it owns money.
 //!
-//! A usage report crosses, in order: [`grpc`] (authentication), [`service`] (checks, then
-//! the durable queue, `tollgate_state::usage_queue`), then a [`worker`] (pricing through
-//! [`pricing`], one database transaction per batch, the counters authz reads, the
-//! acknowledgement). [`queries`] answers usage, balance and key-holder questions from the
-//! ledger.
+//! Layers, in the order a request crosses them: [`grpc`] authenticates, checks and converts
+//! protos ([`validate`], [`convert`]); then one of three domain types — the [`Recorder`] takes
+//! usage reports into the durable queue (`tollgate_ports::usage_queue`), [`Credits`] changes
+//! balances, [`Queries`] reads usage and money. Behind the queue a [`Worker`] prices each
+//! report once ([`pricing`]), charges a batch in one database transaction, settles the
+//! counters authz reads and acknowledges. The [`Reconciler`] rebuilds those counters from the
+//! ledger, by hand or when [`rebuild_watch`] sees Redis lost them.
+//!
+//! Ports: the store (`tollgate_store::metering`), the queue and the counters
+//! (`tollgate_ports`), the keys service ([`directory`]).
 
+pub mod convert;
+pub mod credits;
 pub mod directory;
 pub mod error;
 pub mod grpc;
+pub mod housekeeping;
 pub mod key_holder_limit;
+pub mod keys_client;
+pub mod payload;
 pub mod pricing;
 pub mod queries;
 pub mod rebuild_watch;
 pub mod reconcile;
+pub mod recorder;
 pub mod series;
-pub mod service;
+pub mod usage;
 pub mod validate;
 pub mod worker;
 
@@ -34,27 +45,16 @@ use tollgate_store::metering::MeteringStore;
 use tonic::server::NamedService;
 use tonic::service::RoutesBuilder;
 
-pub use worker::{WorkerSettings, WorkerStats};
+pub use credits::Credits;
+pub use queries::Queries;
+pub use reconcile::Reconciler;
+pub use recorder::Recorder;
+pub use worker::{Worker, WorkerSettings, WorkerStats};
 
 use crate::directory::KeyDirectory;
 use crate::grpc::{KeyHolderGrpc, MeteringGrpc};
 use crate::key_holder_limit::KeyHolderLimit;
 use crate::pricing::Pricer;
-
-/// Everything the metering service works with.
-pub struct MeteringCore {
-    pub store: Arc<dyn MeteringStore>,
-    pub queue: Arc<dyn UsageQueue>,
-    pub counters: Arc<dyn Counters>,
-    pub directory: Arc<dyn KeyDirectory>,
-    pub pricer: Pricer,
-    pub calendar: Calendar,
-    pub clock: Arc<dyn Clock>,
-    pub pepper: KeyPepper,
-    pub workers: WorkerSettings,
-    pub stats: WorkerStats,
-    pub key_holder_limit: KeyHolderLimit,
-}
 
 /// Settings of the metering service besides its adapters.
 #[derive(Debug, Clone)]
@@ -71,52 +71,68 @@ pub struct MeteringConfig {
     pub key_balance_per_minute: u32,
 }
 
+/// The adapters the metering service runs over.
+pub struct MeteringAdapters {
+    pub store: Arc<dyn MeteringStore>,
+    pub queue: Arc<dyn UsageQueue>,
+    /// Settled and credited by metering, rebuilt by the reconciler.
+    pub counters: Arc<dyn Counters>,
+    pub directory: Arc<dyn KeyDirectory>,
+}
+
 /// The metering service, ready to be served.
 pub struct MeteringServer {
-    core: Arc<MeteringCore>,
-    admin: BearerAuth,
-    gateway: Option<BearerAuth>,
+    metering: MeteringGrpc,
+    key_holder: KeyHolderGrpc,
+    worker: Arc<Worker>,
+    stats: Arc<WorkerStats>,
+    reconciler: Arc<Reconciler>,
+    store: Arc<dyn MeteringStore>,
 }
 
 impl MeteringServer {
-    pub fn new(
-        config: MeteringConfig,
-        store: Arc<dyn MeteringStore>,
-        queue: Arc<dyn UsageQueue>,
-        counters: Arc<dyn Counters>,
-        directory: Arc<dyn KeyDirectory>,
-    ) -> Self {
-        let core = Arc::new(MeteringCore {
-            store,
-            queue,
-            counters,
-            pricer: Pricer::new(directory.clone()),
+    pub fn new(config: MeteringConfig, adapters: MeteringAdapters) -> Self {
+        let MeteringAdapters { store, queue, counters, directory } = adapters;
+        let pricer = Arc::new(Pricer::new(directory.clone()));
+        let stats = Arc::new(WorkerStats::default());
+        let recorder = Arc::new(Recorder::new(queue.clone(), pricer.clone()));
+        let credits = Arc::new(Credits::new(store.clone(), counters.clone(), directory.clone(), config.clock.clone()));
+        let queries = Arc::new(Queries::new(
+            store.clone(),
+            queue.clone(),
             directory,
-            calendar: config.calendar,
-            clock: config.clock,
-            pepper: config.pepper,
-            workers: config.workers,
-            stats: WorkerStats::default(),
-            key_holder_limit: KeyHolderLimit::new(config.key_balance_per_minute),
-        });
-        Self {
-            core,
-            admin: BearerAuth::new(&config.admin_token),
-            gateway: config.gateway_token.as_deref().map(BearerAuth::new),
-        }
+            config.calendar.clone(),
+            config.clock.clone(),
+            config.pepper,
+            KeyHolderLimit::new(config.key_balance_per_minute),
+        ));
+        let worker = Arc::new(Worker::new(
+            queue,
+            store.clone(),
+            counters.clone(),
+            pricer,
+            config.calendar.clone(),
+            config.clock.clone(),
+            config.workers,
+            stats.clone(),
+        ));
+        let reconciler = Arc::new(Reconciler::new(store.clone(), counters, config.calendar, config.clock.clone()));
+        let metering = MeteringGrpc::new(
+            recorder,
+            credits,
+            queries.clone(),
+            config.clock,
+            BearerAuth::new(&config.admin_token),
+            config.gateway_token.as_deref().map(BearerAuth::new),
+        );
+        Self { metering, key_holder: KeyHolderGrpc::new(queries), worker, stats, reconciler, store }
     }
 
     /// Adds `MeteringService` (admin token; the gateway token for usage reports) and
     /// `KeyHolderService` (the key itself).
     pub fn add_services(&self, routes: &mut RoutesBuilder) {
-        routes.add_service(pb::metering_service_server::MeteringServiceServer::new(MeteringGrpc::new(
-            self.core.clone(),
-            self.admin.clone(),
-            self.gateway.clone(),
-        )));
-        routes.add_service(pb::key_holder_service_server::KeyHolderServiceServer::new(KeyHolderGrpc::new(
-            self.core.clone(),
-        )));
+        routes.add_service(pb::metering_service_server::MeteringServiceServer::new(self.metering.clone()));
+        routes.add_service(pb::key_holder_service_server::KeyHolderServiceServer::new(self.key_holder.clone()));
     }
 
     /// The names reported by the health service.
@@ -127,21 +143,23 @@ impl MeteringServer {
         ]
     }
 
-    /// Starts `count` workers named `{name}-{i}`, a minutely log line of what they did, and
-    /// the watch that rebuilds lost counters; they stop on `shutdown`.
+    /// Starts `count` workers named `{name}-{i}`, a minutely log line of what they did, the
+    /// store's housekeeping and the watch that rebuilds lost counters; they stop on `shutdown`.
     pub fn spawn_workers(&self, name: &str, count: usize, shutdown: &CancellationToken) -> Vec<JoinHandle<()>> {
         let mut tasks: Vec<JoinHandle<()>> = (0..count)
-            .map(|i| tokio::spawn(worker::run(self.core.clone(), format!("{name}-{i}"), shutdown.child_token())))
+            .map(|i| tokio::spawn(self.worker.clone().run(format!("{name}-{i}"), shutdown.child_token())))
             .collect();
         if count > 0 {
-            tasks.push(tokio::spawn(worker::log_stats(self.core.clone(), shutdown.child_token())));
+            tasks.push(tokio::spawn(worker::log_stats(self.stats.clone(), shutdown.child_token())));
+            tasks.push(tokio::spawn(housekeeping::run(self.store.clone(), shutdown.child_token())));
         }
-        tasks.push(tokio::spawn(rebuild_watch::watch(self.core.clone(), name.to_owned(), shutdown.child_token())));
+        let watch = rebuild_watch::watch(self.reconciler.clone(), name.to_owned(), shutdown.child_token());
+        tasks.push(tokio::spawn(watch));
         tasks
     }
 
-    /// The shared core, for tests, benchmarks and reconciliation.
-    pub fn core(&self) -> Arc<MeteringCore> {
-        self.core.clone()
+    /// Rebuilds the counters from the ledger (`tollgate dev` at start-up).
+    pub fn reconciler(&self) -> Arc<Reconciler> {
+        self.reconciler.clone()
     }
 }

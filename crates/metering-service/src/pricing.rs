@@ -7,10 +7,9 @@ use std::time::{Duration, Instant};
 
 use foldhash::quality::RandomState;
 use moka::future::Cache;
-use tollgate_core::money::{PriceMultiplier, TokenPrices};
-use tollgate_proto::keys::v1 as keys;
+use tollgate_core::money::TokenPrices;
 
-use crate::directory::{DirectoryError, KeyDirectory};
+use crate::directory::{DirectoryError, KeyDirectory, Prices};
 
 /// How long a key's multiplier is reused: a group's new multiplier prices calls within this.
 const KEY_TTL: Duration = Duration::from_secs(60);
@@ -27,7 +26,7 @@ pub struct PricedKey {
 }
 
 /// The catalog's prices and when they were loaded (`None`: never).
-type LoadedPrices = (Option<Instant>, Arc<HashMap<String, TokenPrices>>);
+type LoadedPrices = (Option<Instant>, Arc<Prices>);
 
 /// Prices calls, caching what it reads.
 pub struct Pricer {
@@ -57,14 +56,12 @@ impl Pricer {
     ) -> Result<HashMap<(String, String), Arc<PricedKey>>, DirectoryError> {
         let mut loaded = HashMap::new();
         for chunk in ids.chunks(1000) {
-            for state in self.directory.keys_by_id(chunk).await? {
-                let multiplier = PriceMultiplier::parse(&state.price_multiplier)
-                    .map_err(|e| DirectoryError(format!("key {}: bad multiplier: {e}", state.key_id)))?;
+            for key in self.directory.keys_by_id(chunk).await? {
                 let priced = Arc::new(PricedKey {
-                    application_id: state.application_id,
-                    multiplier_micros: multiplier.micros(),
+                    application_id: key.application_id,
+                    multiplier_micros: key.multiplier_micros,
                 });
-                let id = (state.account_id, state.key_id);
+                let id = (key.account_id, key.key_id);
                 self.keys.insert(id.clone(), priced.clone()).await;
                 loaded.insert(id, priced);
             }
@@ -97,14 +94,14 @@ impl Pricer {
     }
 
     /// Reads the catalog from the keys service and keeps it.
-    async fn reload(&self) -> Result<Arc<HashMap<String, TokenPrices>>, DirectoryError> {
-        let fresh = Arc::new(prices_of(&self.directory.catalog().await?));
+    async fn reload(&self) -> Result<Arc<Prices>, DirectoryError> {
+        let fresh = Arc::new(self.directory.prices().await?);
         *self.catalog.lock().expect("catalog lock") = (Some(Instant::now()), fresh.clone());
         Ok(fresh)
     }
 
     /// The catalog's prices, reloaded when older than the catalog's time to live.
-    pub async fn catalog(&self) -> Result<Arc<HashMap<String, TokenPrices>>, DirectoryError> {
+    pub async fn catalog(&self) -> Result<Arc<Prices>, DirectoryError> {
         let (loaded, catalog) = self.catalog.lock().expect("catalog lock").clone();
         if loaded.is_some_and(|at| at.elapsed() <= CATALOG_TTL) {
             return Ok(catalog);
@@ -151,16 +148,4 @@ pub enum ModelLookup {
     /// The catalog read a moment ago does not have it, and it is too soon to read it again:
     /// it may be a model added since.
     NotYetKnown,
-}
-
-fn prices_of(catalog: &keys::GetModelCatalogResponse) -> HashMap<String, TokenPrices> {
-    catalog
-        .models
-        .iter()
-        .map(|m| {
-            let prices =
-                TokenPrices { input: m.input_price, output: m.output_price, cached_input: m.cached_input_price };
-            (m.model_id.clone(), prices)
-        })
-        .collect()
 }

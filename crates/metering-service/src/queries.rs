@@ -1,94 +1,115 @@
-//! Reading usage: per-call rows, dashboards' totals and series, and a key holder's own
-//! balance.
+//! Reading money and usage: balances and credit grants, per-call rows, dashboards' totals and
+//! series, a key holder's own balance, and the dead letters.
 
+use std::sync::Arc;
+
+use tollgate_core::clock::Clock;
 use tollgate_core::time::{MICROS_PER_SECOND, Micros};
-use tollgate_core::{Violations, key_format, names, page_token};
-use tollgate_proto::keys::v1 as keys;
-use tollgate_proto::metering::v1 as pb;
-use tollgate_proto::time::{timestamp, timestamp_micros};
-use tollgate_store::metering::{Outcome, Totals, UsageCursor, UsageEntry, UsageFilter, UsageScope};
+use tollgate_core::windows::Calendar;
+use tollgate_core::{KeyPepper, key_format};
+use tollgate_ports::usage_queue::{DeadLetter, UsageQueue};
+use tollgate_store::metering::{
+    Balance, CreditGrant, KeyTotals, MeteringStore, Totals, UsageCursor, UsageEntry, UsageFilter, UsageScope,
+};
 
-use crate::MeteringCore;
+use crate::directory::KeyDirectory;
 use crate::error::{MeteringError, MeteringResult};
-use crate::series::{self, Granularity, STEP};
+use crate::key_holder_limit::KeyHolderLimit;
+use crate::series::{self, Bucket, Granularity, STEP};
 
-const DAY: Micros = 24 * 3600 * MICROS_PER_SECOND;
-/// Longest span of an hourly series.
-const MAX_HOURLY_SPAN: Micros = 31 * DAY;
-/// Longest span of a daily series.
-const MAX_DAILY_SPAN: Micros = 400 * DAY;
+pub const DAY: Micros = 24 * 3600 * MICROS_PER_SECOND;
 
-fn totals_proto(t: &Totals) -> pb::UsageTotals {
-    pb::UsageTotals {
-        requests: t.requests,
-        input_tokens: t.input_tokens,
-        output_tokens: t.output_tokens,
-        cached_input_tokens: t.cached_input_tokens,
-        credits: t.credits,
+/// An account's money and credit limit (`None`: postpaid without limit).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AccountBalance {
+    pub account_id: String,
+    pub balance: Balance,
+    pub credit_limit: Option<i64>,
+}
+
+/// Usage over a span: its totals and its series.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Summary {
+    pub totals: Totals,
+    pub buckets: Vec<Bucket>,
+}
+
+/// What a key holder may know of their key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyStatus {
+    Enabled,
+    Disabled,
+    Expired,
+    /// Its quota is spent.
+    Exhausted,
+}
+
+/// A key holder's view of their own key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyBalance {
+    pub account_id: String,
+    pub key_id: String,
+    pub status: KeyStatus,
+    pub expire_time: Option<Micros>,
+    pub quota: Option<i64>,
+    pub daily_budget: Option<i64>,
+    pub monthly_budget: Option<i64>,
+    /// Spend in its life, today and this month.
+    pub spend: KeyTotals,
+    /// Usage per day and model.
+    pub daily: Vec<Bucket>,
+}
+
+/// One page of a list, and whether more follow.
+pub type Page<T> = (Vec<T>, bool);
+
+/// An account's credit limit; NOT_FOUND when there is no such account.
+pub(crate) async fn credit_limit(directory: &dyn KeyDirectory, account_id: &str) -> MeteringResult<Option<i64>> {
+    directory.credit_limit(account_id).await?.ok_or(MeteringError::NotFound("account"))
+}
+
+/// Answers the reading RPCs.
+pub struct Queries {
+    store: Arc<dyn MeteringStore>,
+    queue: Arc<dyn UsageQueue>,
+    directory: Arc<dyn KeyDirectory>,
+    calendar: Calendar,
+    clock: Arc<dyn Clock>,
+    pepper: KeyPepper,
+    key_holder_limit: KeyHolderLimit,
+}
+
+impl Queries {
+    pub fn new(
+        store: Arc<dyn MeteringStore>,
+        queue: Arc<dyn UsageQueue>,
+        directory: Arc<dyn KeyDirectory>,
+        calendar: Calendar,
+        clock: Arc<dyn Clock>,
+        pepper: KeyPepper,
+        key_holder_limit: KeyHolderLimit,
+    ) -> Self {
+        Self { store, queue, directory, calendar, clock, pepper, key_holder_limit }
     }
-}
 
-fn bucket_proto(bucket: series::Bucket) -> pb::UsageBucket {
-    pb::UsageBucket {
-        start_time: Some(timestamp(bucket.start)),
-        model: bucket.model,
-        totals: Some(totals_proto(&bucket.totals)),
+    /// An account's balance and credit limit.
+    pub async fn account_balance(&self, account_id: &str) -> MeteringResult<AccountBalance> {
+        let credit_limit = credit_limit(self.directory.as_ref(), account_id).await?;
+        let balance = self.store.balance(account_id).await?;
+        Ok(AccountBalance { account_id: account_id.to_owned(), balance, credit_limit })
     }
-}
 
-fn record_proto(e: UsageEntry) -> pb::UsageRecord {
-    pb::UsageRecord {
-        time: Some(timestamp(e.end_time)),
-        key: names::key(&e.account_id, &e.key_id),
-        application: names::application(&e.account_id, &e.application_id),
-        model: e.model,
-        input_tokens: e.input_tokens,
-        output_tokens: e.output_tokens,
-        cached_input_tokens: e.cached_input_tokens,
-        credits: e.credits,
-        outcome: match e.outcome {
-            Outcome::Success => pb::UsageOutcome::Success,
-            Outcome::UpstreamError => pb::UsageOutcome::UpstreamError,
-        } as i32,
-        request_id: e.request_id,
+    /// One page of an account's credit grants, newest first, after (time, request id).
+    pub async fn credit_grants(
+        &self,
+        account_id: &str,
+        after: Option<(Micros, String)>,
+        limit: u32,
+    ) -> MeteringResult<Page<CreditGrant>> {
+        credit_limit(self.directory.as_ref(), account_id).await?;
+        Ok(self.store.list_credit_grants(account_id, after, limit).await?)
     }
-}
 
-/// A checked optional timestamp field.
-fn time(v: &mut Violations, field: &str, ts: Option<&prost_types::Timestamp>) -> Option<Micros> {
-    let ts = ts?;
-    let micros = timestamp_micros(ts);
-    v.check(micros.is_some(), field, "is not a valid timestamp");
-    micros
-}
-
-/// A child name given in a filter field: its owner and id, or `None` when empty.
-fn child<'a>(
-    v: &mut Violations,
-    field: &str,
-    name: &'a str,
-    parse: fn(&str) -> Option<(&str, &str)>,
-) -> Option<(&'a str, &'a str)> {
-    if name.is_empty() {
-        return None;
-    }
-    let parsed = parse(name);
-    v.check(parsed.is_some(), field, "is not a valid resource name");
-    parsed
-}
-
-fn cursor_encode(entry: &UsageEntry) -> String {
-    page_token::encode("usage", &format!("{}/{}", entry.end_time, entry.request_id))
-}
-
-fn cursor_decode(token: &str) -> Option<Option<UsageCursor>> {
-    let key = page_token::decode("usage", token)?;
-    let Some(key) = key else { return Some(None) };
-    let (time, request_id) = key.split_once('/')?;
-    Some(Some(UsageCursor { end_time: time.parse().ok()?, request_id: request_id.to_owned() }))
-}
-
-impl MeteringCore {
     /// NOT_FOUND unless the account, and the application or key named under it, exist: an
     /// empty list or a series of zeros would say they do. Deleted keys keep their usage.
     async fn check_exists(
@@ -97,7 +118,7 @@ impl MeteringCore {
         application_id: Option<&str>,
         key_id: Option<&str>,
     ) -> MeteringResult<()> {
-        self.credit_limit(account_id).await?;
+        credit_limit(self.directory.as_ref(), account_id).await?;
         if let Some(application_id) = application_id
             && !self.directory.application_exists(account_id, application_id).await?
         {
@@ -112,149 +133,85 @@ impl MeteringCore {
     }
 
     /// One page of per-call rows, newest first.
-    pub async fn list_usage(&self, request: &pb::ListUsageRequest) -> MeteringResult<pb::ListUsageResponse> {
-        let mut v = Violations::new();
-        let account_id = names::parse_account(&request.parent);
-        v.check(account_id.is_some(), "parent", "must be accounts/{account}");
-        let application = child(&mut v, "application", &request.application, names::parse_application);
-        let key = child(&mut v, "key", &request.key, names::parse_key);
-        v.check(request.model.len() <= 200, "model", "must be at most 200 characters");
-        let start_time = time(&mut v, "start_time", request.start_time.as_ref());
-        let end_time = time(&mut v, "end_time", request.end_time.as_ref());
-        let limit = page_token::page_size(request.page_size);
-        v.check(limit.is_some(), "page_size", "must be 0 to 1000");
-        let cursor = cursor_decode(&request.page_token);
-        v.check(cursor.is_some(), "page_token", "is not a token of this list");
-        v.into_result()?;
-        let account_id = account_id.expect("checked");
-        // Another account's application or key is not found here, as everywhere.
-        if application.is_some_and(|(owner, _)| owner != account_id) {
-            return Err(MeteringError::NotFound("application"));
-        }
-        if key.is_some_and(|(owner, _)| owner != account_id) {
-            return Err(MeteringError::NotFound("key"));
-        }
-        self.check_exists(account_id, application.map(|(_, id)| id), key.map(|(_, id)| id)).await?;
-        let filter = UsageFilter {
-            account_id: account_id.to_owned(),
-            application_id: application.map(|(_, id)| id.to_owned()),
-            key_id: key.map(|(_, id)| id.to_owned()),
-            model: (!request.model.is_empty()).then(|| request.model.clone()),
-            start_time,
-            end_time,
-        };
-        let cursor = cursor.expect("checked");
-        let (entries, more) = self.store.list_usage(&filter, cursor.as_ref(), limit.expect("checked")).await?;
-        let next_page_token = match (more, entries.last()) {
-            (true, Some(last)) => cursor_encode(last),
-            _ => String::new(),
-        };
-        Ok(pb::ListUsageResponse { records: entries.into_iter().map(record_proto).collect(), next_page_token })
+    pub async fn list_usage(
+        &self,
+        filter: &UsageFilter,
+        after: Option<&UsageCursor>,
+        limit: u32,
+    ) -> MeteringResult<Page<UsageEntry>> {
+        self.check_exists(&filter.account_id, filter.application_id.as_deref(), filter.key_id.as_deref()).await?;
+        Ok(self.store.list_usage(filter, after, limit).await?)
     }
 
-    /// Totals and a series over a span for an account, application or key.
+    /// Totals and a series over [start, end) for an account, application or key.
     pub async fn usage_summary(
         &self,
-        request: &pb::GetUsageSummaryRequest,
-    ) -> MeteringResult<pb::GetUsageSummaryResponse> {
-        let mut v = Violations::new();
-        let scope = if let Some(account_id) = names::parse_account(&request.scope) {
-            Some(UsageScope::Account(account_id.to_owned()))
-        } else if let Some((account_id, application_id)) = names::parse_application(&request.scope) {
-            Some(UsageScope::Application(account_id.to_owned(), application_id.to_owned()))
-        } else if let Some((account_id, key_id)) = names::parse_key(&request.scope) {
-            Some(UsageScope::Key(account_id.to_owned(), key_id.to_owned()))
-        } else {
-            v.add("scope", "must be an account, application or key name");
-            None
-        };
-        let start = time(&mut v, "start_time", request.start_time.as_ref());
-        let end = time(&mut v, "end_time", request.end_time.as_ref());
-        v.check(request.start_time.is_some(), "start_time", "is required");
-        v.check(request.end_time.is_some(), "end_time", "is required");
-        let granularity = match pb::Granularity::try_from(request.granularity) {
-            Ok(pb::Granularity::Hour) => Some(Granularity::Hour),
-            Ok(pb::Granularity::Day) => Some(Granularity::Day),
-            _ => {
-                v.add("granularity", "must be GRANULARITY_HOUR or GRANULARITY_DAY");
-                None
-            }
-        };
-        if let (Some(start), Some(end), Some(granularity)) = (start, end, granularity) {
-            let max = if granularity == Granularity::Hour { MAX_HOURLY_SPAN } else { MAX_DAILY_SPAN };
-            if end <= start {
-                v.add("end_time", "must be after start_time");
-            } else if end - start > max {
-                v.add("end_time", format!("must be at most {} days after start_time", max / DAY));
-            }
-        }
-        v.into_result()?;
-        let (scope, start, end, granularity) =
-            (scope.expect("checked"), start.expect("checked"), end.expect("checked"), granularity.expect("checked"));
-        match &scope {
+        scope: &UsageScope,
+        start: Micros,
+        end: Micros,
+        granularity: Granularity,
+        split_by_model: bool,
+    ) -> MeteringResult<Summary> {
+        match scope {
             UsageScope::Account(account_id) => self.check_exists(account_id, None, None).await?,
             UsageScope::Application(account_id, id) => self.check_exists(account_id, Some(id), None).await?,
             UsageScope::Key(account_id, id) => self.check_exists(account_id, None, Some(id)).await?,
         }
-        let rows = self.store.usage_buckets(&scope, start, end, STEP).await?;
-        let (totals, buckets) = series::fold(&self.calendar, granularity, start, end, &rows, request.split_by_model);
-        Ok(pb::GetUsageSummaryResponse {
-            totals: Some(totals_proto(&totals)),
-            buckets: buckets.into_iter().map(bucket_proto).collect(),
-        })
+        let rows = self.store.usage_buckets(scope, start, end, STEP).await?;
+        let (totals, buckets) = series::fold(&self.calendar, granularity, start, end, &rows, split_by_model);
+        Ok(Summary { totals, buckets })
     }
 
-    /// A key holder's view of their own key: status, quota, budgets and daily usage by model.
-    /// Any key that is not valid (malformed, unknown, deleted) is UNAUTHENTICATED.
-    pub async fn key_balance(&self, secret: &str, days: i32) -> MeteringResult<pb::GetKeyBalanceResponse> {
+    /// A key holder's view of their own key over the last `days` days. Any key that is not
+    /// valid (malformed, unknown, deleted) is UNAUTHENTICATED.
+    pub async fn key_balance(&self, secret: &str, days: i64) -> MeteringResult<KeyBalance> {
         const NOT_VALID: MeteringError = MeteringError::Unauthenticated("the API key is not valid");
-        if !(0..=90).contains(&days) {
-            return Err(MeteringError::invalid("days", "must be 0 to 90"));
-        }
-        let days = if days == 0 { 30 } else { i64::from(days) };
         key_format::validate(secret).map_err(|_| NOT_VALID)?;
-        let state = self.directory.key_by_secret(&self.pepper.hash(secret)).await?.ok_or(NOT_VALID)?;
-        if state.deleted {
+        let key = self.directory.key_by_secret(&self.pepper.hash(secret)).await?.ok_or(NOT_VALID)?;
+        if key.deleted {
             return Err(NOT_VALID);
         }
         let now = self.clock.now_micros();
-        let key_name = names::key(&state.account_id, &state.key_id);
+        let key_name = tollgate_core::names::key(&key.account_id, &key.key_id);
         self.key_holder_limit.check(&key_name, now).await.map_err(|retry_after| {
             MeteringError::ResourceExhausted("this key asked for its balance too often; retry later", retry_after)
         })?;
         let windows = self.calendar.windows(now);
-        let spend = self.store.key_totals(&state.account_id, &state.key_id, &windows.day, &windows.month).await?;
-        let left = |limit: Option<i64>, used: i64| limit.map(|l| (l - used).max(0));
-        let expired = |ts: Option<&prost_types::Timestamp>| ts.and_then(timestamp_micros).is_some_and(|t| t <= now);
-        let status = if !state.enabled {
-            keys::KeyStatus::Disabled
-        } else if expired(state.expire_time.as_ref()) || expired(state.secret_expire_time.as_ref()) {
-            keys::KeyStatus::Expired
-        } else if state.quota.is_some_and(|q| spend.used >= q) {
-            keys::KeyStatus::Exhausted
+        let spend = self.store.key_totals(&key.account_id, &key.key_id, &windows.day, &windows.month).await?;
+        let expired = |time: Option<Micros>| time.is_some_and(|t| t <= now);
+        let status = if !key.enabled {
+            KeyStatus::Disabled
+        } else if expired(key.expire_time) || expired(key.secret_expire_time) {
+            KeyStatus::Expired
+        } else if key.quota.is_some_and(|q| spend.used >= q) {
+            KeyStatus::Exhausted
         } else {
-            keys::KeyStatus::Enabled
+            KeyStatus::Enabled
         };
         let end = windows.day_end;
         // Noon of the first day, so a 23- or 25-hour day on the way does not shift it.
         let start = self.calendar.windows(windows.day_start + DAY / 2 - (days - 1) * DAY).day_start;
-        let scope = UsageScope::Key(state.account_id.clone(), state.key_id.clone());
+        let scope = UsageScope::Key(key.account_id.clone(), key.key_id.clone());
         let rows = self.store.usage_buckets(&scope, start, end, STEP).await?;
-        let (_, buckets) = series::fold(&self.calendar, Granularity::Day, start, end, &rows, true);
-        Ok(pb::GetKeyBalanceResponse {
-            key: key_name,
-            status: status as i32,
-            expire_time: state.expire_time,
-            quota: state.quota,
-            quota_used: spend.used,
-            quota_remaining: left(state.quota, spend.used),
-            daily_budget: state.daily_budget,
-            daily_used: spend.day,
-            daily_remaining: left(state.daily_budget, spend.day),
-            monthly_budget: state.monthly_budget,
-            monthly_used: spend.month,
-            monthly_remaining: left(state.monthly_budget, spend.month),
-            daily: buckets.into_iter().map(bucket_proto).collect(),
+        let (_, daily) = series::fold(&self.calendar, Granularity::Day, start, end, &rows, true);
+        Ok(KeyBalance {
+            account_id: key.account_id,
+            key_id: key.key_id,
+            status,
+            expire_time: key.expire_time,
+            quota: key.quota,
+            daily_budget: key.daily_budget,
+            monthly_budget: key.monthly_budget,
+            spend,
+            daily,
         })
+    }
+
+    /// One page of dead letters, oldest first, after the id `after`.
+    pub async fn dead_letters(&self, after: Option<&str>, limit: u32) -> MeteringResult<Page<DeadLetter>> {
+        let mut letters = self.queue.dead_letters(after, limit as usize + 1).await?;
+        let more = letters.len() > limit as usize;
+        letters.truncate(limit as usize);
+        Ok((letters, more))
     }
 }

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 
-use crate::MeteringCore;
+use crate::reconcile::Reconciler;
 
 /// How often the markers are looked at.
 const CHECK_EVERY: Duration = Duration::from_secs(1);
@@ -23,7 +23,8 @@ const REBUILD_LOCK: Duration = Duration::from_secs(300);
 
 /// Looks at the rebuilt markers every second and rebuilds when they are gone, until
 /// cancelled. `owner` names this process in the lock.
-pub async fn watch(core: Arc<MeteringCore>, owner: String, shutdown: CancellationToken) {
+pub async fn watch(reconciler: Arc<Reconciler>, owner: String, shutdown: CancellationToken) {
+    let counters = reconciler.counters();
     // A failed rebuild (the database not migrated or reachable yet) is tried again sooner.
     let mut wait = Duration::ZERO;
     loop {
@@ -32,7 +33,7 @@ pub async fn watch(core: Arc<MeteringCore>, owner: String, shutdown: Cancellatio
             _ = tokio::time::sleep(wait) => {}
         }
         wait = CHECK_EVERY;
-        match core.counters.counters_intact().await {
+        match counters.counters_intact().await {
             Ok(true) => continue,
             Ok(false) => {}
             // Redis unreachable: nothing to rebuild into yet.
@@ -41,7 +42,7 @@ pub async fn watch(core: Arc<MeteringCore>, owner: String, shutdown: Cancellatio
                 continue;
             }
         }
-        match core.counters.try_lock_rebuild(&owner, REBUILD_LOCK).await {
+        match counters.try_lock_rebuild(&owner, REBUILD_LOCK).await {
             Ok(true) => {}
             Ok(false) => continue,
             Err(error) => {
@@ -51,7 +52,7 @@ pub async fn watch(core: Arc<MeteringCore>, owner: String, shutdown: Cancellatio
         }
         tracing::warn!("the counters in Redis are gone (lost data, or never built): rebuilding them from the ledger");
         let started = Instant::now();
-        match core.reconcile().await {
+        match reconciler.reconcile().await {
             Ok(done) => tracing::info!(
                 accounts = done.accounts,
                 keys = done.keys,
@@ -63,7 +64,7 @@ pub async fn watch(core: Arc<MeteringCore>, owner: String, shutdown: Cancellatio
                 wait = RETRY_FAILED;
             }
         }
-        if let Err(error) = core.counters.unlock_rebuild(&owner).await {
+        if let Err(error) = counters.unlock_rebuild(&owner).await {
             tracing::warn!(%error, "cannot give back the right to rebuild; it expires by itself");
         }
     }

@@ -9,15 +9,17 @@
 //! after the read is added on top.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
+use tollgate_core::clock::Clock;
 use tollgate_core::time::Micros;
 use tollgate_core::windows::{Calendar, Windows};
 use tollgate_ports::counters::{
-    CREDITED_MEMORY_MS, CounterRestore, Counters, KeySpend, SETTLE_AGAIN_WITHIN_MS, SETTLED_MEMORY_MS,
+    CREDITED_MEMORY_MS, CounterRebuild, CounterRestore, KeySpend, SETTLE_AGAIN_WITHIN_MS, SETTLED_MEMORY_MS,
 };
 use tollgate_store::metering::MeteringStore;
 
-use crate::MeteringCore;
+use crate::credits::grant_marker;
 use crate::error::MeteringResult;
 
 /// What a reconciliation rewrote.
@@ -40,7 +42,7 @@ struct AccountRestore {
 /// windows of `now`.
 pub async fn reconcile(
     store: &dyn MeteringStore,
-    counters: &dyn Counters,
+    counters: &dyn CounterRebuild,
     calendar: &Calendar,
     now: Micros,
 ) -> MeteringResult<Reconciled> {
@@ -68,7 +70,7 @@ pub async fn reconcile(
 /// Reads the ledger and writes the counters of the `paused` accounts.
 async fn restore_paused(
     store: &dyn MeteringStore,
-    counters: &dyn Counters,
+    counters: &dyn CounterRebuild,
     windows: &Windows,
     now: Micros,
     paused: &[String],
@@ -102,7 +104,7 @@ async fn restore_paused(
     }
     for (account_id, request_id) in snapshot.grants {
         if let Some(account) = accounts.get_mut(&account_id) {
-            account.grants.push(crate::service::grant_marker(&request_id));
+            account.grants.push(grant_marker(&request_id));
         }
     }
     let restored = accounts.len();
@@ -120,9 +122,31 @@ async fn restore_paused(
     Ok(Reconciled { accounts: restored, keys })
 }
 
-impl MeteringCore {
-    /// [`reconcile`] with this service's store, counters, calendar and clock.
+/// Rebuilds the counters from the ledger, with a service's store, counters, calendar and clock.
+pub struct Reconciler {
+    store: Arc<dyn MeteringStore>,
+    counters: Arc<dyn CounterRebuild>,
+    calendar: Calendar,
+    clock: Arc<dyn Clock>,
+}
+
+impl Reconciler {
+    pub fn new(
+        store: Arc<dyn MeteringStore>,
+        counters: Arc<dyn CounterRebuild>,
+        calendar: Calendar,
+        clock: Arc<dyn Clock>,
+    ) -> Self {
+        Self { store, counters, calendar, clock }
+    }
+
+    /// [`reconcile`] now.
     pub async fn reconcile(&self) -> MeteringResult<Reconciled> {
         reconcile(self.store.as_ref(), self.counters.as_ref(), &self.calendar, self.clock.now_micros()).await
+    }
+
+    /// The counters it rebuilds, for the watch that notices they were lost.
+    pub fn counters(&self) -> &dyn CounterRebuild {
+        self.counters.as_ref()
     }
 }

@@ -33,8 +33,9 @@ pub struct Settlement<'a> {
     pub request_id: &'a str,
     /// Credits charged (0 releases the hold only).
     pub cost: i64,
-    /// The windows of the call (by its end time).
-    pub windows: &'a Windows,
+    /// The day (`YYYYMMDD`) and month (`YYYYMM`) windows of the call, by its end time.
+    pub day: &'a str,
+    pub month: &'a str,
     /// The ledger commit that charged the call (0: not known).
     pub commit_id: i64,
     /// Whether the settlements given with this one hold every call `commit_id` charged to

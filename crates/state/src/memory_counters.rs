@@ -181,7 +181,7 @@ impl MoneyCounters for MemoryCounters {
     async fn settle(&self, settlement: &Settlement<'_>) -> Result<bool, StateError> {
         let mut accounts = self.accounts.lock().expect("counter lock poisoned");
         let account = accounts.entry(settlement.account_id.to_owned()).or_default();
-        let commit = format!("{}:{}", settlement.commit_id, settlement.windows.day);
+        let commit = format!("{}:{}", settlement.commit_id, settlement.day);
         if settlement.commit_id != 0 && account.committed.contains(&commit) {
             return Ok(false);
         }
@@ -193,9 +193,8 @@ impl MoneyCounters for MemoryCounters {
         account.balance -= cost;
         let key = account.keys.entry(settlement.key_id.to_owned()).or_default();
         key.used += cost;
-        let windows = settlement.windows;
-        add_in(&mut key.day, &windows.day, cost);
-        add_in(&mut key.month, &windows.month, cost);
+        add_in(&mut key.day, settlement.day, cost);
+        add_in(&mut key.month, settlement.month, cost);
         Ok(true)
     }
 

@@ -122,7 +122,7 @@ impl RedisCounters {
         for key in self.keys.for_account(account_id) {
             invocation.key(key);
         }
-        invocation.key(self.keys.committed(account_id, first.commit_id, &first.windows.day));
+        invocation.key(self.keys.committed(account_id, first.commit_id, first.day));
         for key_id in &key_ids {
             invocation.key(self.keys.key_counters(account_id, key_id));
         }
@@ -137,8 +137,8 @@ impl RedisCounters {
             .arg(if per_call { "calls" } else { "commit" })
             .arg(members.len())
             .arg(key_ids.len())
-            .arg(&first.windows.day)
-            .arg(&first.windows.month)
+            .arg(first.day)
+            .arg(first.month)
             .arg(SETTLED_MEMORY_MS);
         if per_call {
             for (i, index) in calls {
@@ -266,11 +266,10 @@ impl MoneyCounters for RedisCounters {
         let mut group_of: HashMap<(&str, &str, i64, bool), usize> = HashMap::default();
         for (i, s) in settlements.iter().enumerate() {
             let whole = s.whole_commit && s.commit_id != 0;
-            let group =
-                *group_of.entry((s.account_id, s.windows.day.as_str(), s.commit_id, whole)).or_insert_with(|| {
-                    groups.push((Vec::new(), !whole));
-                    groups.len() - 1
-                });
+            let group = *group_of.entry((s.account_id, s.day, s.commit_id, whole)).or_insert_with(|| {
+                groups.push((Vec::new(), !whole));
+                groups.len() - 1
+            });
             groups[group].0.push(i);
         }
         let mut applied = vec![false; settlements.len()];

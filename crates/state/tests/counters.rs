@@ -319,7 +319,16 @@ fn settled_alone<'a>(
     cost: i64,
     windows: &'a Windows,
 ) -> Settlement<'a> {
-    Settlement { account_id, key_id, request_id, cost, windows, commit_id: 0, whole_commit: false }
+    Settlement {
+        account_id,
+        key_id,
+        request_id,
+        cost,
+        day: &windows.day,
+        month: &windows.month,
+        commit_id: 0,
+        whole_commit: false,
+    }
 }
 
 /// The committing worker settles its commit's calls together; a redelivery settles calls one
@@ -335,7 +344,8 @@ async fn a_commit_settles_once_whether_its_redelivery_comes_first_or_after(count
         key_id,
         request_id,
         cost,
-        windows: &today,
+        day: &today.day,
+        month: &today.month,
         commit_id,
         whole_commit,
     };
@@ -410,7 +420,8 @@ async fn a_restore_overwrites_spend_and_counts_its_commits_and_grants_once(count
         key_id: "k1",
         request_id,
         cost: 7,
-        windows: &today,
+        day: &today.day,
+        month: &today.month,
         commit_id,
         whole_commit: true,
     };
@@ -451,7 +462,8 @@ async fn settling_and_crediting_wait_for_a_reconciliation() {
         key_id: "k1",
         request_id,
         cost: 7,
-        windows: &c.windows,
+        day: &c.windows.day,
+        month: &c.windows.month,
         commit_id: 9,
         whole_commit: true,
     };
@@ -509,7 +521,8 @@ async fn lost_markers_stop_counting_until_rebuilt(redis: Option<TestRedis>) {
         key_id: "k1",
         request_id: "r-lost",
         cost: 7,
-        windows: &paid.windows,
+        day: &paid.windows.day,
+        month: &paid.windows.month,
         commit_id: 3,
         whole_commit: true,
     };

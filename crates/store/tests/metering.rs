@@ -279,12 +279,12 @@ async fn key_totals_read_the_same_before_and_after_folding(store: SqlMeteringSto
         let spent = store.balance("a").await.unwrap().credits_spent;
         assert_eq!(spent, used + 100 * (i + 1), "the account's spend after batch {i}");
     }
-    assert_eq!(store.fold_pending_totals().await.unwrap(), 4, "16 batches were folded already, 4 are pending");
-    assert_eq!(store.fold_pending_totals().await.unwrap(), 0);
-    // A worker with nothing to do folds what its last batches left.
+    assert_eq!(store.fold_pending().await.unwrap(), 4, "16 batches were folded already, 4 are pending");
+    assert_eq!(store.fold_pending().await.unwrap(), 0);
+    // Housekeeping folds what the last batches left.
     store.apply_usage(&[entry("a", "k2", "idle", 100, T0)], T0).await.unwrap();
-    store.fold_when_idle().await.unwrap();
-    assert_eq!(store.fold_pending_totals().await.unwrap(), 0, "nothing left pending");
+    assert_eq!(store.fold_pending().await.unwrap(), 1);
+    assert_eq!(store.fold_pending().await.unwrap(), 0, "nothing left pending");
     let k1 = store.key_totals("a", "k1", "20270116", "202701").await.unwrap();
     assert_eq!((k1.used, k1.day, k1.month), (used, day_spend, used));
     let all = store.ledger_snapshot("20270116", "202701", T0, T0).await.unwrap().keys;

@@ -5,6 +5,7 @@
 //! `CI=true`, where a missing server fails the run.
 
 mod redis_cluster;
+pub mod seed;
 
 use std::time::Duration;
 

@@ -19,7 +19,8 @@ use tokio_util::sync::CancellationToken;
 use tollgate_core::clock::Clock;
 use tollgate_core::time::now_micros;
 use tollgate_core::windows::Calendar;
-use tollgate_metering_service::directory::GrpcKeyDirectory;
+use tollgate_metering_service::MeteringAdapters;
+use tollgate_metering_service::keys_client::GrpcKeyDirectory;
 use tollgate_ports::counters::CounterRebuild;
 use tollgate_state::memory::MemoryState;
 use tollgate_state::memory_counters::MemoryCounters;
@@ -136,7 +137,7 @@ pub async fn run_dev(listener: TcpListener, config: DevConfig, shutdown: Cancell
             .with_claim_idle(config.metering.claim_idle);
     metering_store.migrate().await.context("migrating the metering database")?;
     let metering_store = Arc::new(metering_store);
-    let adapters = metering::MeteringAdapters {
+    let adapters = MeteringAdapters {
         store: metering_store.clone(),
         queue: metering_store,
         counters: counters.clone(),
@@ -146,7 +147,7 @@ pub async fn run_dev(listener: TcpListener, config: DevConfig, shutdown: Cancell
         metering::add(&mut services, adapters, &config.secrets, &config.metering, config.clock.clone(), &shutdown)?;
     // In-process counters start empty: rebuild spend and balances from the ledger the SQLite
     // file kept, so a restart does not reset quotas.
-    metering.core().reconcile().await.map_err(|e| anyhow::anyhow!("rebuilding counters from the ledger: {e}"))?;
+    metering.reconciler().reconcile().await.map_err(|e| anyhow::anyhow!("rebuilding counters from the ledger: {e}"))?;
     authz::add(
         &mut services,
         state.clone(),
@@ -286,7 +287,7 @@ pub async fn run_metering(
     });
     services.dependencies.push(("counters rebuilt from the ledger", probe));
     let adapters =
-        metering::MeteringAdapters { store, queue: Arc::new(queue), counters, directory: metering_directory(&config)? };
+        MeteringAdapters { store, queue: Arc::new(queue), counters, directory: metering_directory(&config)? };
     metering::add(&mut services, adapters, &config.secrets, &config.metering, config.clock.clone(), &shutdown)?;
     server::serve(listener, services, config.drain, shutdown).await
 }

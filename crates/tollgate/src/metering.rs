@@ -10,12 +10,9 @@ use tollgate_core::clock::Clock;
 use tollgate_core::windows::Calendar;
 use tollgate_core::{KeyPepper, SecretHash};
 use tollgate_keys_service::{KeysError, KeysService};
-use tollgate_metering_service::directory::{DirectoryError, KeyDirectory};
-use tollgate_metering_service::{MeteringConfig, MeteringServer, WorkerSettings};
-use tollgate_ports::counters::Counters;
-use tollgate_ports::usage_queue::UsageQueue;
-use tollgate_proto::keys::v1 as keys;
-use tollgate_store::metering::MeteringStore;
+use tollgate_metering_service::directory::{DirectoryError, KeyDirectory, KeyFacts, Prices};
+use tollgate_metering_service::keys_client::{key_facts, prices};
+use tollgate_metering_service::{MeteringAdapters, MeteringConfig, MeteringServer, WorkerSettings};
 
 use crate::Secrets;
 use crate::server::Services;
@@ -65,20 +62,20 @@ fn directory_error(error: KeysError) -> DirectoryError {
 
 #[async_trait]
 impl KeyDirectory for InProcessDirectory {
-    async fn keys_by_id(&self, ids: &[(String, String)]) -> Result<Vec<keys::KeyState>, DirectoryError> {
-        self.0.key_states_by_id(ids).await.map_err(directory_error)
+    async fn keys_by_id(&self, ids: &[(String, String)]) -> Result<Vec<KeyFacts>, DirectoryError> {
+        self.0.key_states_by_id(ids).await.map_err(directory_error)?.into_iter().map(key_facts).collect()
     }
 
-    async fn key_by_secret(&self, hash: &SecretHash) -> Result<Option<keys::KeyState>, DirectoryError> {
+    async fn key_by_secret(&self, hash: &SecretHash) -> Result<Option<KeyFacts>, DirectoryError> {
         match self.0.key_state(hash).await {
-            Ok(state) => Ok(Some(state)),
+            Ok(state) => key_facts(state).map(Some),
             Err(KeysError::NotFound(_)) => Ok(None),
             Err(error) => Err(directory_error(error)),
         }
     }
 
-    async fn catalog(&self) -> Result<keys::GetModelCatalogResponse, DirectoryError> {
-        self.0.model_catalog().await.map_err(directory_error)
+    async fn prices(&self) -> Result<Prices, DirectoryError> {
+        Ok(prices(&self.0.model_catalog().await.map_err(directory_error)?))
     }
 
     async fn credit_limit(&self, account_id: &str) -> Result<Option<Option<i64>>, DirectoryError> {
@@ -96,14 +93,6 @@ impl KeyDirectory for InProcessDirectory {
             Err(error) => Err(directory_error(error)),
         }
     }
-}
-
-/// The adapters the metering service runs over.
-pub(crate) struct MeteringAdapters {
-    pub store: Arc<dyn MeteringStore>,
-    pub queue: Arc<dyn UsageQueue>,
-    pub counters: Arc<dyn Counters>,
-    pub directory: Arc<dyn KeyDirectory>,
 }
 
 /// Builds the metering service, adds it to `services` and starts its workers.
@@ -128,8 +117,7 @@ pub(crate) fn add(
         },
         key_balance_per_minute: settings.key_balance_per_minute,
     };
-    let server =
-        Arc::new(MeteringServer::new(config, adapters.store, adapters.queue, adapters.counters, adapters.directory));
+    let server = Arc::new(MeteringServer::new(config, adapters));
     server.add_services(&mut services.routes);
     services.names.extend(MeteringServer::service_names());
     let name = format!("worker-{}", tollgate_core::ids::new_id());

@@ -13,7 +13,7 @@ use tollgate_proto::keys::v1 as keys;
 use tollgate_proto::metering::v1 as metering;
 use tonic::transport::Channel;
 
-use crate::common::Bearer;
+use tollgate_test_support::seed::Bearer;
 
 async fn start(dir: &std::path::Path, secrets: &Secrets) -> (Channel, CancellationToken, tokio::task::JoinHandle<()>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -50,7 +50,7 @@ async fn a_restart_keeps_what_keys_spent() {
         admin_token: "dev-restart-admin-token".into(),
         key_pepper: "dev-restart-pepper-0123456789abcdef0123456789".into(),
     };
-    let auth = Bearer(secrets.admin_token.clone());
+    let auth = Bearer::token(&secrets.admin_token);
     let (channel, shutdown, task) = start(dir.path(), &secrets).await;
     let name =
         common::seed(&channel, &secrets.admin_token, "acme", keys::Key { quota: Some(100), ..Default::default() })

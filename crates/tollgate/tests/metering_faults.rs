@@ -24,12 +24,12 @@ use tollgate_state::redis::RedisState;
 use tollgate_state::redis_counters::RedisCounters;
 use tollgate_store::StoreResult;
 use tollgate_store::metering::{
-    Balance, BucketRow, Charge, CreditGrant, KeyTotals, LedgerSnapshot, MeteringStore, SqlMeteringStore, UsageCursor,
+    Balance, BucketRow, CreditGrant, KeyTotals, LedgerSnapshot, MeteringStore, Recorded, SqlMeteringStore, UsageCursor,
     UsageEntry, UsageFilter, UsageScope,
 };
 use tollgate_store::{Database, DatabaseConfig};
 
-use crate::common::Bearer;
+use tollgate_test_support::seed::Bearer;
 use tollgate_test_support::{PrivatePostgres, TestDatabase, TestRedis};
 use tonic::transport::Channel;
 
@@ -90,7 +90,7 @@ fn cost(i: u64) -> i64 {
 async fn send(channel: &Channel, token: &str, key: &str, range: std::ops::Range<u64>) {
     let mut client = metering::metering_service_client::MeteringServiceClient::with_interceptor(
         channel.clone(),
-        Bearer(token.into()),
+        Bearer::token(token),
     );
     let ids: Vec<u64> = range.collect();
     for chunk in ids.chunks(50) {
@@ -364,7 +364,7 @@ struct SlowSnapshot(SqlMeteringStore);
 
 #[async_trait::async_trait]
 impl MeteringStore for SlowSnapshot {
-    async fn apply_usage(&self, entries: &[UsageEntry], now: Micros) -> StoreResult<Vec<Charge>> {
+    async fn apply_usage(&self, entries: &[UsageEntry], now: Micros) -> StoreResult<Vec<Recorded>> {
         self.0.apply_usage(entries, now).await
     }
     async fn add_credits(&self, grant: &CreditGrant) -> StoreResult<(bool, Balance)> {
@@ -415,8 +415,8 @@ impl MeteringStore for SlowSnapshot {
         tokio::time::sleep(Duration::from_millis(500)).await;
         snapshot
     }
-    async fn fold_when_idle(&self) -> StoreResult<()> {
-        self.0.fold_when_idle().await
+    async fn fold_pending(&self) -> StoreResult<usize> {
+        self.0.fold_pending().await
     }
 }
 

@@ -16,7 +16,7 @@ use tollgate_core::ids::new_commit_id;
 use tollgate_core::time::Micros;
 
 use super::totals::{self, Deltas, KeyDeltas};
-use super::{Charge, SqlMeteringStore, Totals, UsageEntry, placeholders};
+use super::{Recorded, SqlMeteringStore, Totals, UsageEntry, placeholders};
 use crate::error::{StoreError, StoreResult};
 
 /// Rows per statement: a whole default batch, and below SQLite's 32,766 bound parameters at
@@ -86,11 +86,11 @@ async fn insert_ledger(
 async fn stored_charges(
     tx: &mut Transaction<'static, Any>,
     pairs: &[(&str, &str)],
-) -> StoreResult<HashMap<(String, String), Charge>> {
+) -> StoreResult<HashMap<(String, String), Recorded>> {
     let mut found = HashMap::default();
     for chunk in pairs.chunks(ROWS_PER_STATEMENT) {
         let sql = format!(
-            "SELECT account_id, request_id, key_id, credits, end_time, apply_time, commit_id FROM usage_ledger \
+            "SELECT account_id, request_id, key_id, credits, end_time, day, month, apply_time, commit_id FROM usage_ledger \
              WHERE (account_id, request_id) IN (VALUES {})",
             placeholders(chunk.len(), 2, 1)
         );
@@ -106,13 +106,15 @@ async fn stored_charges(
     Ok(found)
 }
 
-fn stored_charge(row: &AnyRow) -> StoreResult<Charge> {
-    Ok(Charge {
+fn stored_charge(row: &AnyRow) -> StoreResult<Recorded> {
+    Ok(Recorded {
         account_id: row.try_get("account_id")?,
         request_id: row.try_get("request_id")?,
         key_id: row.try_get("key_id")?,
         credits: row.try_get("credits")?,
         end_time: row.try_get("end_time")?,
+        day: row.try_get("day")?,
+        month: row.try_get("month")?,
         apply_time: row.try_get("apply_time")?,
         commit_id: row.try_get("commit_id")?,
         new: false,
@@ -150,13 +152,6 @@ fn totals_of<'a>(entries: impl Iterator<Item = &'a UsageEntry>) -> (KeyDeltas<'a
 }
 
 impl SqlMeteringStore {
-    /// Folds pending totals into the rows of their keys, applications and accounts (up to 64
-    /// batches' worth); returns how many batches' worth it folded. Workers do this every few
-    /// batches on their own.
-    pub async fn fold_pending_totals(&self) -> StoreResult<usize> {
-        totals::fold(&self.db).await
-    }
-
     /// Every few batches, folds pending totals into their rows. The batch is committed
     /// already: a failed fold is left for the next one.
     async fn fold_now_and_then(&self) {
@@ -172,7 +167,7 @@ impl SqlMeteringStore {
 
 #[async_trait]
 impl super::MeteringStore for SqlMeteringStore {
-    async fn apply_usage(&self, entries: &[UsageEntry], now: Micros) -> StoreResult<Vec<Charge>> {
+    async fn apply_usage(&self, entries: &[UsageEntry], now: Micros) -> StoreResult<Vec<Recorded>> {
         if entries.is_empty() {
             return Ok(Vec::new());
         }
@@ -221,13 +216,15 @@ impl super::MeteringStore for SqlMeteringStore {
                 }
             };
             charges.push(match earlier {
-                Some(charge) => Charge { new: false, ..charge.clone() },
-                None => Charge {
+                Some(charge) => Recorded { new: false, ..charge.clone() },
+                None => Recorded {
                     request_id: e.request_id.clone(),
                     account_id: e.account_id.clone(),
                     key_id: e.key_id.clone(),
                     credits: e.credits,
                     end_time: e.end_time,
+                    day: e.day.clone(),
+                    month: e.month.clone(),
                     apply_time: now,
                     commit_id,
                     new: true,
@@ -302,16 +299,8 @@ impl super::MeteringStore for SqlMeteringStore {
         super::snapshot::ledger_snapshot(&self.db, day, month, commits_since, grants_since).await
     }
 
-    async fn fold_when_idle(&self) -> StoreResult<()> {
-        if self.batches_since_fold.swap(0, Ordering::Relaxed) > 0 {
-            // Bounded: other processes may keep adding rows meanwhile.
-            for _ in 0..16 {
-                if totals::fold(&self.db).await? == 0 {
-                    break;
-                }
-            }
-        }
-        Ok(())
+    async fn fold_pending(&self) -> StoreResult<usize> {
+        totals::fold(&self.db).await
     }
 }
 

@@ -72,12 +72,15 @@ pub struct UsageEntry {
 /// A call as the ledger holds it after a batch: charged now, or charged before (a
 /// duplicate, whose stored values win).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Charge {
+pub struct Recorded {
     pub request_id: String,
     pub account_id: String,
     pub key_id: String,
     pub credits: i64,
     pub end_time: Micros,
+    /// The windows it counts in, `YYYYMMDD` and `YYYYMM`.
+    pub day: String,
+    pub month: String,
     /// When the ledger took the call.
     pub apply_time: Micros,
     /// The commit that charged it: every call of one `apply_usage` shares one.
@@ -204,7 +207,7 @@ pub trait MeteringStore: Send + Sync {
     /// already has is skipped), totals per key, application and account, the key's day and
     /// month windows, and the account balances. Returns every call as the ledger now holds
     /// it, in the order given; entries must have distinct (account, request id).
-    async fn apply_usage(&self, entries: &[UsageEntry], now: Micros) -> StoreResult<Vec<Charge>>;
+    async fn apply_usage(&self, entries: &[UsageEntry], now: Micros) -> StoreResult<Vec<Recorded>>;
     /// Records a credit grant and changes the balance, once per (account, request id).
     /// Returns whether this call applied it, and the balance after.
     async fn add_credits(&self, grant: &CreditGrant) -> StoreResult<(bool, Balance)>;
@@ -247,9 +250,11 @@ pub trait MeteringStore: Send + Sync {
         commits_since: Micros,
         grants_since: Micros,
     ) -> StoreResult<LedgerSnapshot>;
-    /// Folds pending totals into their rows if this store charged batches since it last did
-    /// (a worker with nothing to do calls it, so reads find few pending rows).
-    async fn fold_when_idle(&self) -> StoreResult<()>;
+    /// Folds what batches left pending into the running totals' rows (up to 64 batches'
+    /// worth; see `totals`); returns how many batches' worth it folded. Charging folds every
+    /// few batches by itself; this is for a process with time on its hands, so reads find few
+    /// pending rows.
+    async fn fold_pending(&self) -> StoreResult<usize>;
 }
 
 /// The metering store (and `dev`'s usage queue) over a Postgres or SQLite database.

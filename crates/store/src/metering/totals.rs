@@ -6,10 +6,10 @@
 //! upserting them cost Postgres as much as the ledger rows, and made concurrent batches wait
 //! for each other's commits on the same account rows. So a batch's transaction records what it
 //! adds as one row of `totals_pending` (a line per key and per scope), and every
-//! [`FOLD_EVERY`] batches (and when it has nothing to read) a worker folds pending rows into
-//! `key_totals` and `usage_totals`: one upsert per key and scope for many batches. A total is
-//! its row plus the pending lines that name it, read in one statement (one snapshot), so reads
-//! are exact whenever a fold runs.
+//! [`FOLD_EVERY`] batches (and once a second, from metering's housekeeping) the store folds
+//! pending rows into `key_totals` and `usage_totals`: one upsert per key and scope for many
+//! batches. A total is its row plus the pending lines that name it, read in one statement (one
+//! snapshot), so reads are exact whenever a fold runs.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
