@@ -73,7 +73,7 @@ impl KeysServer {
         config: KeysConfig,
     ) -> Self {
         let caps = format!("{:?}/{:?}", config.caps.max_rpm, config.caps.max_tpm);
-        let sync = Arc::new(StateSync::new(store.clone(), cache, bus, config.caps));
+        let sync = Arc::new(StateSync::new(store.clone(), cache, bus, config.caps, config.clock.clone()));
         let service = Arc::new(KeysService::new(store.clone(), sync.clone(), counters, config));
         Self { grpc: KeysGrpc::new(service.clone()), service, sync, store, caps }
     }

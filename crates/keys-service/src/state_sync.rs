@@ -12,8 +12,8 @@ use std::time::Duration;
 
 use prost::Message;
 use tokio_util::sync::CancellationToken;
+use tollgate_core::clock::Clock;
 use tollgate_core::limits::SystemCaps;
-use tollgate_core::time::now_micros;
 use tollgate_ports::StateError;
 use tollgate_ports::key_state::{Invalidation, InvalidationBus, KeyStateCache};
 use tollgate_store::StoreError;
@@ -41,6 +41,7 @@ pub struct StateSync {
     cache: Arc<dyn KeyStateCache>,
     bus: Arc<dyn InvalidationBus>,
     caps: SystemCaps,
+    clock: Arc<dyn Clock>,
     flushing: tokio::sync::Mutex<()>,
 }
 
@@ -50,8 +51,9 @@ impl StateSync {
         cache: Arc<dyn KeyStateCache>,
         bus: Arc<dyn InvalidationBus>,
         caps: SystemCaps,
+        clock: Arc<dyn Clock>,
     ) -> Self {
-        Self { store, cache, bus, caps, flushing: tokio::sync::Mutex::new(()) }
+        Self { store, cache, bus, caps, clock, flushing: tokio::sync::Mutex::new(()) }
     }
 
     /// The cache snapshots are pushed to.
@@ -102,7 +104,7 @@ impl StateSync {
                 }
             }
             let key_ids: Vec<String> = key_ids.into_iter().collect();
-            let now = now_micros();
+            let now = self.clock.now_micros();
             let sources = self.store.load_key_states(&key_ids).await?;
             let writes: Vec<_> =
                 sources.iter().flat_map(|source| snapshot::key_state_writes(source, &self.caps, now)).collect();

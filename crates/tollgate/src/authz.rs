@@ -45,13 +45,17 @@ pub struct AuthzSettings {
     pub bench_endpoints: bool,
 }
 
+/// How long a hold lasts when no usage report settles it, unless configured: the one source
+/// of `--hold-ttl`'s default.
+pub const DEFAULT_HOLD_TTL: &str = "10m";
+
 impl Default for AuthzSettings {
     fn default() -> Self {
         Self {
             gateway_token: None,
             allow_unauthenticated: false,
             time_zone: "UTC".into(),
-            hold_ttl: Duration::from_secs(600),
+            hold_ttl: humantime::parse_duration(DEFAULT_HOLD_TTL).expect("a valid duration"),
             cache_ttl: Duration::from_secs(30),
             negative_cache_ttl: Duration::from_secs(30),
             cache_capacity: 1_000_000,

@@ -200,7 +200,7 @@ pub struct AuthzArgs {
     #[arg(long, env = "TOLLGATE_TIME_ZONE", default_value = "UTC")]
     pub time_zone: String,
     /// How long Authorize holds an estimated cost when no usage report settles it.
-    #[arg(long, env = "TOLLGATE_HOLD_TTL", default_value = "10m", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "TOLLGATE_HOLD_TTL", default_value = crate::DEFAULT_HOLD_TTL, value_parser = humantime::parse_duration)]
     pub hold_ttl: Duration,
     /// How long a key's state is cached in process; invalidations drop it at once, this
     /// bounds staleness if one is lost.
@@ -226,7 +226,7 @@ pub struct MeteringArgs {
     /// Stream workers applying usage reports in this process (0: serve the RPCs only). Each
     /// has one batch committing and one settling, so a few per core keep Postgres and Redis
     /// busy at once.
-    #[arg(long, env = "TOLLGATE_METERING_WORKERS", default_value_t = 4)]
+    #[arg(long, env = "TOLLGATE_METERING_WORKERS", default_value_t = crate::MeteringSettings::default().workers)]
     pub workers: usize,
     /// Most usage reports per batch, i.e. per database transaction (1–1000).
     #[arg(long, env = "TOLLGATE_METERING_BATCH_SIZE", default_value_t = 1000, value_parser = clap::value_parser!(u16).range(1..=1000))]

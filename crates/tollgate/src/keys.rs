@@ -6,6 +6,7 @@ use std::time::Duration;
 use anyhow::Context;
 use tokio_util::sync::CancellationToken;
 use tollgate_core::KeyPepper;
+use tollgate_core::clock::Clock;
 use tollgate_core::limits::SystemCaps;
 use tollgate_keys_service::{KeysConfig, KeysServer};
 use tollgate_ports::counters::SpendCounters;
@@ -60,6 +61,7 @@ pub(crate) async fn add(
     secrets: &Secrets,
     settings: &KeysSettings,
     startup: Startup,
+    clock: Arc<dyn Clock>,
     shutdown: &CancellationToken,
 ) -> anyhow::Result<KeysServer> {
     let config = KeysConfig {
@@ -67,6 +69,7 @@ pub(crate) async fn add(
         caps: SystemCaps { max_rpm: settings.max_rpm, max_tpm: settings.max_tpm },
         credits_per_usd: settings.credits_per_usd,
         default_rotation_grace: tollgate_core::time::duration_micros(settings.rotation_grace),
+        clock,
     };
     let keys = KeysServer::build(adapters.store, adapters.cache, adapters.bus, adapters.counters, config);
     match startup {

@@ -31,7 +31,7 @@ use tollgate_store::keys::SqlKeysStore;
 use tollgate_store::metering::SqlMeteringStore;
 use tollgate_store::{Database, DatabaseConfig};
 
-pub use authz::AuthzSettings;
+pub use authz::{AuthzSettings, DEFAULT_HOLD_TTL};
 pub use keys::KeysSettings;
 pub use metering::MeteringSettings;
 
@@ -127,14 +127,24 @@ pub async fn run_dev(listener: TcpListener, config: DevConfig, shutdown: Cancell
         bus: state.clone(),
         counters: counters.clone(),
     };
-    let keys = keys::add(&mut services, adapters, &config.secrets, &config.keys, keys::Startup::Now, &shutdown).await?;
+    let keys = keys::add(
+        &mut services,
+        adapters,
+        &config.secrets,
+        &config.keys,
+        keys::Startup::Now,
+        config.clock.clone(),
+        &shutdown,
+    )
+    .await?;
     let source = Arc::new(authz::InProcessKeys(keys.service()));
     // Only this machine can reach a loopback listener: Authorize may stay open there.
     let on_loopback = listener.local_addr().is_ok_and(|address| address.ip().is_loopback());
     let metering_url = format!("sqlite://{}", config.data_dir.join("metering.db").display());
     let metering_store =
         SqlMeteringStore::new(Database::connect(&DatabaseConfig::new(metering_url, "metering")).await?)
-            .with_claim_idle(config.metering.claim_idle);
+            .with_claim_idle(config.metering.claim_idle)
+            .with_clock(config.clock.clone());
     metering_store.migrate().await.context("migrating the metering database")?;
     let metering_store = Arc::new(metering_store);
     let adapters = MeteringAdapters {
@@ -181,7 +191,8 @@ pub async fn run_keys(
     let counters = Arc::new(RedisCounters::new(&redis, config.redis.op_timeout));
     let startup = keys::Startup::InBackground { migrate: config.migrate_on_start.then(|| store.clone()) };
     let adapters = keys::KeysAdapters { store, cache: redis.clone(), bus: redis, counters };
-    keys::add(&mut services, adapters, &config.secrets, &config.keys, startup, &shutdown).await?;
+    let clock = Arc::new(tollgate_core::clock::SystemClock);
+    keys::add(&mut services, adapters, &config.secrets, &config.keys, startup, clock, &shutdown).await?;
     server::serve(listener, services, config.drain, shutdown).await
 }
 

@@ -41,7 +41,7 @@ pub struct MeteringSettings {
 impl Default for MeteringSettings {
     fn default() -> Self {
         Self {
-            workers: 2,
+            workers: 4,
             batch_size: 1000,
             claim_idle: Duration::from_secs(30),
             max_deliveries: 5,

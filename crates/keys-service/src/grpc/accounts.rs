@@ -33,7 +33,7 @@ impl pb::account_service_server::AccountService for KeysGrpc {
         let mut v = tollgate_core::Violations::new();
         let id = validate::optional_id(&mut v, "account_id", &req.account_id);
         let account = account_input(&mut v, &req.account.unwrap_or_default());
-        let now = tollgate_core::time::now_micros();
+        let now = self.service.now();
         let initial = req.initial_key.map(|initial| {
             let name = if initial.application_display_name.is_empty() {
                 "Default".to_owned()

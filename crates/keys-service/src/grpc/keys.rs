@@ -2,7 +2,7 @@ use prost::Message;
 use sha2::{Digest, Sha256};
 use tollgate_core::Violations;
 use tollgate_core::resources::{KeySettings, KeyStatus};
-use tollgate_core::time::{Micros, now_micros};
+use tollgate_core::time::Micros;
 use tollgate_proto::keys::v1 as pb;
 use tollgate_store::keys::KeyFilter;
 use tonic::{Request, Response, Status};
@@ -118,7 +118,7 @@ impl KeysGrpc {
     ) -> Result<CreatedKeys, KeysError> {
         let mut v = Violations::new();
         let account_id = validate::account_name(&mut v, "parent", parent);
-        let now = now_micros();
+        let now = self.service.now();
         let application_id = application_of(&mut v, &key, &account_id)?;
         let mut draft = key_draft(&mut v, "key", &key, expire_after.as_ref(), now);
         draft.application_id = application_id;
@@ -145,7 +145,7 @@ impl pb::key_service_server::KeyService for KeysGrpc {
         let created = self
             .create(actor, "CreateKey", (&req.parent, key, req.expire_after, 1, &req.request_id), fingerprint)
             .await?;
-        let now = now_micros();
+        let now = self.service.now();
         Ok(Response::new(pb::CreateKeyResponse {
             created: self.created_protos(&created, now).pop(),
             clamped: convert::clamps(&created.clamps),
@@ -170,7 +170,7 @@ impl pb::key_service_server::KeyService for KeysGrpc {
             )
             .await?;
         Ok(Response::new(pb::BatchCreateKeysResponse {
-            created: self.created_protos(&created, now_micros()),
+            created: self.created_protos(&created, self.service.now()),
             clamped: convert::clamps(&created.clamps),
         }))
     }
@@ -180,7 +180,7 @@ impl pb::key_service_server::KeyService for KeysGrpc {
         let (account_id, key_id) = validate::child_name(&mut v, "name", &request.get_ref().name, "keys");
         check(v)?;
         let view = self.service.get_key(&account_id, &key_id).await?;
-        Ok(Response::new(pb::GetKeyResponse { key: Some(self.key_proto(&view, now_micros())) }))
+        Ok(Response::new(pb::GetKeyResponse { key: Some(self.key_proto(&view, self.service.now())) }))
     }
 
     async fn list_keys(&self, request: Request<pb::ListKeysRequest>) -> Result<Response<pb::ListKeysResponse>, Status> {
@@ -212,7 +212,7 @@ impl pb::key_service_server::KeyService for KeysGrpc {
         };
         check(v)?;
         let page = self.service.list_keys(&account_id, &filter, &page).await?;
-        let now = now_micros();
+        let now = self.service.now();
         Ok(Response::new(pb::ListKeysResponse {
             keys: page.items.iter().map(|view| self.key_proto(view, now)).collect(),
             next_page_token: next_token(&page, "keys"),
@@ -229,7 +229,7 @@ impl pb::key_service_server::KeyService for KeysGrpc {
         let mut v = Violations::new();
         let (account_id, key_id) = validate::child_name(&mut v, "key.name", &key.name, "keys");
         let paths = validate::update_mask(&mut v, req.update_mask.as_ref(), MASK);
-        let now = now_micros();
+        let now = self.service.now();
         if req.expire_after.is_some() && !paths.iter().any(|p| p == "expire_time") {
             v.add("expire_after", "needs `expire_time` in update_mask");
         }
@@ -277,7 +277,7 @@ impl pb::key_service_server::KeyService for KeysGrpc {
         check(v)?;
         let (view, clamps) = self.service.update_key(&actor, &account_id, &key_id, &patch, paths).await?;
         Ok(Response::new(pb::UpdateKeyResponse {
-            key: Some(self.key_proto(&view, now_micros())),
+            key: Some(self.key_proto(&view, self.service.now())),
             clamped: convert::clamps(&clamps),
         }))
     }
@@ -314,7 +314,7 @@ impl pb::key_service_server::KeyService for KeysGrpc {
         let (view, secret) = self.service.rotate_key(&actor, &account_id, &key_id, grace).await?;
         Ok(Response::new(pb::RotateKeyResponse {
             created: Some(pb::CreatedKey {
-                key: Some(self.key_proto(&view, now_micros())),
+                key: Some(self.key_proto(&view, self.service.now())),
                 secret: secret.expose().to_owned(),
             }),
         }))

@@ -7,7 +7,7 @@ use tollgate_store::keys::NewKey;
 use tollgate_store::{Page, PageRequest};
 
 use super::keys::{CreatedKeys, KeyDraft};
-use super::{Actor, KeysService, now};
+use super::{Actor, KeysService};
 use crate::error::{KeysError, KeysResult};
 
 /// Changes to an account; `None` leaves a field as it is.
@@ -35,7 +35,7 @@ impl KeysService {
         mut account: Account,
         initial: Option<(String, KeyDraft)>,
     ) -> KeysResult<CreatedAccount> {
-        let now = now();
+        let now = self.now();
         account.id = id.unwrap_or_else(new_id);
         account.revision = 1;
         account.create_time = now;
@@ -105,7 +105,7 @@ impl KeysService {
     ) -> KeysResult<Account> {
         let account = Self::with_retries(|| async {
             let mut account = self.get_account(id).await?;
-            let now = now();
+            let now = self.now();
             if let Some(name) = &patch.display_name {
                 account.display_name = name.clone();
             }

@@ -5,7 +5,7 @@ use tollgate_core::names;
 use tollgate_core::resources::Application;
 use tollgate_store::{Page, PageRequest};
 
-use super::{Actor, KeysService, now};
+use super::{Actor, KeysService};
 use crate::error::{KeysError, KeysResult};
 
 /// Changes to an application; `None` leaves a field as it is.
@@ -24,7 +24,7 @@ impl KeysService {
         mut application: Application,
     ) -> KeysResult<Application> {
         self.get_account(account_id).await?;
-        let now = now();
+        let now = self.now();
         application.id = id.unwrap_or_else(new_id);
         application.account_id = account_id.to_owned();
         application.revision = 1;
@@ -65,7 +65,7 @@ impl KeysService {
     ) -> KeysResult<Application> {
         Self::with_retries(|| async {
             let mut application = self.get_application(account_id, id).await?;
-            let now = now();
+            let now = self.now();
             if let Some(name) = &patch.display_name {
                 application.display_name = name.clone();
             }
@@ -89,7 +89,7 @@ impl KeysService {
             names::application(account_id, id),
             Some(account_id),
             Vec::new(),
-            now(),
+            self.now(),
         );
         self.store.delete_application(account_id, id, &audit).await.map_err(KeysError::from_store("application"))
     }

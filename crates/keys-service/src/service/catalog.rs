@@ -7,7 +7,7 @@ use tollgate_core::names;
 use tollgate_core::resources::{Group, Model};
 use tollgate_store::{Page, PageRequest};
 
-use super::{Actor, KeysService, now};
+use super::{Actor, KeysService};
 use crate::error::{KeysError, KeysResult};
 
 /// Changes to a group; `None` leaves a field as it is, `Some(None)` clears a default.
@@ -58,7 +58,7 @@ impl KeysService {
 
     pub async fn create_group(&self, actor: &Actor, mut group: Group) -> KeysResult<(Group, Vec<Clamp>)> {
         self.check_models_exist("group.allowed_models", &group.allowed_models).await?;
-        let now = now();
+        let now = self.now();
         group.revision = 1;
         group.create_time = now;
         group.update_time = now;
@@ -96,7 +96,7 @@ impl KeysService {
         }
         let group = Self::with_retries(|| async {
             let mut group = self.get_group(id).await?;
-            let now = now();
+            let now = self.now();
             if let Some(name) = &patch.display_name {
                 group.display_name = name.clone();
             }
@@ -126,12 +126,12 @@ impl KeysService {
     }
 
     pub async fn delete_group(&self, actor: &Actor, id: &str) -> KeysResult<()> {
-        let audit = self.audit(actor, "DeleteGroup", names::group(id), None, Vec::new(), now());
+        let audit = self.audit(actor, "DeleteGroup", names::group(id), None, Vec::new(), self.now());
         self.store.delete_group(id, &audit).await.map_err(KeysError::from_store("group"))
     }
 
     pub async fn create_model(&self, actor: &Actor, mut model: Model) -> KeysResult<Model> {
-        let now = now();
+        let now = self.now();
         model.revision = 1;
         model.create_time = now;
         model.update_time = now;
@@ -169,7 +169,7 @@ impl KeysService {
     ) -> KeysResult<Model> {
         let model = Self::with_retries(|| async {
             let mut model = self.get_model(id).await?;
-            let now = now();
+            let now = self.now();
             if let Some(name) = &patch.display_name {
                 model.display_name = if name.is_empty() { model.id.clone() } else { name.clone() };
             }
@@ -197,7 +197,7 @@ impl KeysService {
     }
 
     pub async fn delete_model(&self, actor: &Actor, id: &str) -> KeysResult<()> {
-        let audit = self.audit(actor, "DeleteModel", names::model(id), None, Vec::new(), now());
+        let audit = self.audit(actor, "DeleteModel", names::model(id), None, Vec::new(), self.now());
         self.store.delete_model(id, &audit).await.map_err(KeysError::from_store("model"))?;
         self.sync.flush_after_commit().await;
         Ok(())

@@ -2,7 +2,6 @@
 
 use prost::Message;
 use tollgate_core::SecretHash;
-use tollgate_core::time::now_micros;
 use tollgate_proto::keys::v1 as pb;
 
 use super::KeysService;
@@ -23,7 +22,7 @@ impl KeysService {
             .map_err(KeysError::from_store("key"))?
             .pop()
             .ok_or(KeysError::NotFound("key"))?;
-        let now = now_micros();
+        let now = self.now();
         self.sync.repair_in_background(snapshot::key_state_writes(&source, &self.config.caps, now), None);
         if source.deleted {
             return Err(KeysError::NotFound("key"));

@@ -12,7 +12,7 @@ use tollgate_core::time::Micros;
 use tollgate_store::keys::{AuditEntry, IdempotencyRecord, KeyFilter, NewKey, Rotation};
 use tollgate_store::{Page, PageRequest, StoreError};
 
-use super::{Actor, KeysService, now};
+use super::{Actor, KeysService};
 use crate::error::{KeysError, KeysResult};
 
 /// How long a create request id is remembered.
@@ -178,7 +178,7 @@ impl KeysService {
     ) -> KeysResult<CreatedKeys> {
         self.get_account(account_id).await?;
         self.get_application(account_id, &draft.application_id).await?;
-        let now = now();
+        let now = self.now();
         if let Some((request_id, fingerprint)) = idempotency
             && let Some(replayed) = self.replay(account_id, request_id, fingerprint, now).await?
         {
@@ -282,7 +282,7 @@ impl KeysService {
     async fn fill_spend(&self, views: &mut [KeyView]) {
         let Some(account_id) = views.first().map(|v| v.key.account_id.clone()) else { return };
         let ids: Vec<String> = views.iter().map(|v| v.key.id.clone()).collect();
-        let windows = tollgate_core::windows::Calendar::utc().windows(now());
+        let windows = tollgate_core::windows::Calendar::utc().windows(self.now());
         match self.counters.key_spend(&account_id, &ids, &windows).await {
             Ok(spend) => {
                 for (view, spend) in views.iter_mut().zip(spend) {
@@ -329,11 +329,14 @@ impl KeysService {
         if wanted == Some(KeyStatus::Exhausted) {
             store_filter.status = Some(KeyStatus::Enabled);
         }
-        let page =
-            self.store.list_keys(account_id, &store_filter, page, now()).await.map_err(KeysError::from_store("key"))?;
+        let page = self
+            .store
+            .list_keys(account_id, &store_filter, page, self.now())
+            .await
+            .map_err(KeysError::from_store("key"))?;
         let mut views = self.views(page.items).await?;
         if let Some(wanted @ (KeyStatus::Enabled | KeyStatus::Exhausted)) = wanted {
-            let now = now();
+            let now = self.now();
             views.retain(|v| v.key.settings.status(now, v.used) == wanted);
         }
         Ok(Page { items: views, next_after: page.next_after })
@@ -359,7 +362,7 @@ impl KeysService {
         let key = Self::with_retries(|| async {
             let mut key = self.store.get_key(account_id, id).await.map_err(KeysError::from_store("key"))?;
             let key = key.as_mut().ok_or(KeysError::NotFound("key"))?;
-            let now = now();
+            let now = self.now();
             patch.apply(&mut key.settings);
             if patch.enabled == Some(true) && key.settings.is_expired(now) {
                 return Err(KeysError::FailedPrecondition(
@@ -381,7 +384,7 @@ impl KeysService {
     }
 
     pub async fn delete_key(&self, actor: &Actor, account_id: &str, id: &str) -> KeysResult<()> {
-        let now = now();
+        let now = self.now();
         let audit = self.audit(actor, "DeleteKey", names::key(account_id, id), Some(account_id), Vec::new(), now);
         self.store.delete_key(account_id, id, now, &audit).await.map_err(KeysError::from_store("key"))?;
         self.sync.flush_after_commit().await;
@@ -399,7 +402,7 @@ impl KeysService {
     ) -> KeysResult<(KeyView, ApiKeySecret)> {
         let grace = grace.unwrap_or(self.config.default_rotation_grace);
         let secret = ApiKeySecret::generate();
-        let now = now();
+        let now = self.now();
         let audit =
             self.audit(actor, "RotateKey", names::key(account_id, id), Some(account_id), vec!["secret".into()], now);
         let rotation = Rotation {

@@ -11,8 +11,9 @@ mod keys;
 use std::sync::Arc;
 
 use tollgate_core::KeyPepper;
+use tollgate_core::clock::Clock;
 use tollgate_core::limits::SystemCaps;
-use tollgate_core::time::{Micros, now_micros};
+use tollgate_core::time::Micros;
 use tollgate_ports::counters::SpendCounters;
 use tollgate_store::keys::{AuditEntry, KeysStore};
 
@@ -39,6 +40,8 @@ pub struct KeysConfig {
     pub credits_per_usd: i64,
     /// How long a rotated-out secret keeps working when RotateKey gives no grace period.
     pub default_rotation_grace: Micros,
+    /// What time it is, for timestamps, expiry and the snapshots' validity.
+    pub clock: Arc<dyn Clock>,
 }
 
 /// Who made a change, for the audit log.
@@ -68,6 +71,11 @@ impl KeysService {
 
     pub fn config(&self) -> &KeysConfig {
         &self.config
+    }
+
+    /// Now, by the configured clock.
+    pub fn now(&self) -> Micros {
+        self.config.clock.now_micros()
     }
 
     fn audit(
@@ -104,8 +112,4 @@ impl KeysService {
         }
         Err(KeysError::Aborted)
     }
-}
-
-fn now() -> Micros {
-    now_micros()
 }
