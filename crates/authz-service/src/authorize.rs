@@ -3,6 +3,7 @@
 
 use std::net::IpAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use tollgate_core::clock::Clock;
@@ -12,11 +13,10 @@ use tollgate_core::throttle::{Throttle, WARN_EVERY};
 use tollgate_core::windows::{Calendar, Windows};
 use tollgate_core::{Capability, KeyPepper, key_format};
 use tollgate_ports::counters::{CallCounters, CounterCall};
-use tollgate_proto::authz::v1 as pb;
-use tollgate_proto::time::{duration, timestamp};
 
 use crate::catalog::{Catalog, CatalogHolder, Price};
 use crate::compiled::CompiledKey;
+use crate::decision::{Allowed, Decision, Denied, Explanation, Headroom, RateStatus, Reason, RuleResult};
 use crate::error::AuthzError;
 use crate::failure::RedisErrorPolicy;
 use crate::policy::{self, Call, STATIC_RULES};
@@ -56,23 +56,18 @@ pub struct AuthorizerSettings {
     pub on_redis_error: RedisErrorPolicy,
 }
 
-fn deny(reason: pb::DenyReason, message: &str) -> pb::AuthorizeResponse {
-    pb::AuthorizeResponse {
-        decision: pb::Decision::Deny as i32,
-        reason: reason as i32,
-        message: message.to_owned(),
-        ..Default::default()
-    }
+fn deny(reason: Reason, message: &'static str) -> Denied {
+    Denied { reason, message, identity: None, headroom: None, retry_after: None }
 }
 
-fn counter_reason(check: CounterCheck) -> pb::DenyReason {
+fn counter_reason(check: CounterCheck) -> Reason {
     match check {
-        CounterCheck::Quota => pb::DenyReason::QuotaExhausted,
-        CounterCheck::AccountBalance => pb::DenyReason::AccountBalanceExhausted,
-        CounterCheck::DailyBudget => pb::DenyReason::DailyBudgetExhausted,
-        CounterCheck::MonthlyBudget => pb::DenyReason::MonthlyBudgetExhausted,
-        CounterCheck::Rpm => pb::DenyReason::RpmLimited,
-        CounterCheck::Tpm => pb::DenyReason::TpmLimited,
+        CounterCheck::Quota => Reason::QuotaExhausted,
+        CounterCheck::AccountBalance => Reason::AccountBalanceExhausted,
+        CounterCheck::DailyBudget => Reason::DailyBudgetExhausted,
+        CounterCheck::MonthlyBudget => Reason::MonthlyBudgetExhausted,
+        CounterCheck::Rpm => Reason::RpmLimited,
+        CounterCheck::Tpm => Reason::TpmLimited,
     }
 }
 
@@ -90,12 +85,8 @@ fn counter_message(check: CounterCheck, outcome: &CounterOutcome) -> &'static st
     }
 }
 
-fn rate_status(rate: &RateOutcome) -> pb::RateLimitStatus {
-    pb::RateLimitStatus {
-        limit: rate.limit,
-        remaining: rate.remaining,
-        reset_time: Some(timestamp((rate.reset_at_ms * 1000.0) as i64)),
-    }
+fn rate_status(rate: &RateOutcome) -> RateStatus {
+    RateStatus { limit: rate.limit, remaining: rate.remaining, reset_at_ms: rate.reset_at_ms }
 }
 
 /// The smallest money remainder, i.e. the credits this call may spend.
@@ -117,15 +108,15 @@ fn affordable_tokens(credits: i64, price: &Price, multiplier_micros: i64) -> Opt
 }
 
 /// What is left, as a response reports it. `outcome` holds the remainders before the hold.
-fn headroom(outcome: CounterOutcome, price: Option<&Price>, multiplier_micros: i64) -> pb::Headroom {
+fn headroom(outcome: CounterOutcome, price: Option<&Price>, multiplier_micros: i64) -> Headroom {
     let max_tokens = spendable(&outcome).zip(price).and_then(|(c, p)| affordable_tokens(c, p, multiplier_micros));
     let after = outcome.after_hold();
-    pb::Headroom {
+    Headroom {
         rpm: after.rpm.as_ref().map(rate_status),
         tpm: after.tpm.as_ref().map(rate_status),
         quota_remaining: after.quota_remaining,
-        daily_budget_remaining: after.daily_remaining,
-        monthly_budget_remaining: after.monthly_remaining,
+        daily_remaining: after.daily_remaining,
+        monthly_remaining: after.monthly_remaining,
         account_remaining: after.account_remaining,
         max_tokens,
     }
@@ -164,7 +155,7 @@ impl Authorizer {
     }
 
     /// Resolves the key, or the response that ends the call before any counter.
-    async fn key_of(&self, api_key: &str) -> Result<Result<Arc<CompiledKey>, pb::AuthorizeResponse>, AuthzError> {
+    async fn key_of(&self, api_key: &str) -> Result<Result<Arc<CompiledKey>, Denied>, AuthzError> {
         if let Err(malformed) = key_format::validate(api_key) {
             let message = match malformed {
                 key_format::MalformedKey::WrongPrefix => "the key does not start with sk-",
@@ -172,12 +163,12 @@ impl Authorizer {
                 key_format::MalformedKey::BadCharacter => "the key holds a character outside base62",
                 key_format::MalformedKey::BadChecksum => "the key's checksum does not match (a typo?)",
             };
-            return Ok(Err(deny(pb::DenyReason::KeyMalformed, message)));
+            return Ok(Err(deny(Reason::KeyMalformed, message)));
         }
         let hash = self.pepper.hash(api_key);
         match self.resolver.resolve(hash).await.map_err(|e| AuthzError::Unavailable(e.to_string()))? {
             Lookup::Found(key) => Ok(Ok(key)),
-            Lookup::Unknown => Ok(Err(deny(pb::DenyReason::KeyNotFound, "no such key"))),
+            Lookup::Unknown => Ok(Err(deny(Reason::KeyNotFound, "no such key"))),
         }
     }
 
@@ -220,10 +211,10 @@ impl Authorizer {
     }
 
     /// Decides on one call, taking its counters if it is allowed.
-    pub async fn authorize(&self, input: &AuthorizeInput) -> Result<pb::AuthorizeResponse, AuthzError> {
+    pub async fn authorize(&self, input: &AuthorizeInput) -> Result<Decision, AuthzError> {
         let key = match self.key_of(&input.api_key).await? {
             Ok(key) => key,
-            Err(denied) => return Ok(denied),
+            Err(denied) => return Ok(Decision::Deny(denied)),
         };
         let guard = self.catalog(&input.model).await?;
         let catalog = guard.as_ref().as_ref().expect("checked by catalog()");
@@ -231,17 +222,12 @@ impl Authorizer {
         // The model's price (and capability), looked up once for the rules and the counters.
         let price = catalog.price(&input.model);
         let call = Call { model: &input.model, price, capability: input.capability, client_ip: input.client_ip, now };
-        if let Some((reason, message)) = policy::first_failure(&key, &call) {
-            return Ok(pb::AuthorizeResponse { identity: Some(key.identity.clone()), ..deny(reason, message) });
+        if let Some((rule, message)) = policy::first_failure(&key, &call) {
+            let denied = Denied { identity: Some(key.identity.clone()), ..deny(rule.reason(), message) };
+            return Ok(Decision::Deny(denied));
         }
-        let allowed = |headroom: Option<pb::Headroom>, held: i64| pb::AuthorizeResponse {
-            decision: pb::Decision::Allow as i32,
-            reason: pb::DenyReason::Unspecified as i32,
-            message: String::new(),
-            identity: Some(key.identity.clone()),
-            headroom,
-            retry_after: None,
-            held_credits: held,
+        let allowed = |headroom: Option<Headroom>, held_credits: i64| {
+            Decision::Allow(Allowed { identity: key.identity.clone(), headroom, held_credits })
         };
         if key.limits.is_empty() {
             // Nothing to count: no Redis round trip at all.
@@ -269,40 +255,34 @@ impl Authorizer {
                 Ok(allowed(Some(headroom(outcome, price, key.multiplier_micros)), hold))
             }
             Some(check) => {
-                let retry_after = match check {
+                let retry_after_ms = match check {
                     CounterCheck::Rpm => outcome.rpm.as_ref().and_then(|r| r.retry_after_ms),
                     CounterCheck::Tpm => outcome.tpm.as_ref().and_then(|t| t.retry_after_ms),
                     _ => None,
                 };
                 let denied = deny(counter_reason(check), counter_message(check, &outcome));
-                Ok(pb::AuthorizeResponse {
+                Ok(Decision::Deny(Denied {
                     identity: Some(key.identity.clone()),
                     headroom: Some(headroom(outcome, price, key.multiplier_micros)),
-                    retry_after: retry_after.map(|ms| duration((ms * 1000.0) as i64)),
+                    retry_after: retry_after_ms.map(|ms| Duration::from_micros((ms * 1000.0).max(0.0) as u64)),
                     ..denied
-                })
+                }))
             }
         }
     }
 
     /// Evaluates every rule for a call without taking anything.
-    pub async fn explain(&self, input: &AuthorizeInput) -> Result<pb::ExplainAuthorizeResponse, AuthzError> {
-        let rule =
-            |rule: pb::DenyReason, passed: bool, message: String| pb::RuleResult { rule: rule as i32, passed, message };
+    pub async fn explain(&self, input: &AuthorizeInput) -> Result<Explanation, AuthzError> {
+        let rule = |rule: Reason, passed: bool, message: String| RuleResult { rule, passed, message };
         let key = match self.key_of(&input.api_key).await? {
             Ok(key) => key,
             Err(denied) => {
                 let mut rules = Vec::new();
-                if denied.reason == pb::DenyReason::KeyNotFound as i32 {
-                    rules.push(rule(pb::DenyReason::KeyMalformed, true, "the key is well-formed".into()));
+                if denied.reason == Reason::KeyNotFound {
+                    rules.push(rule(Reason::KeyMalformed, true, "the key is well-formed".into()));
                 }
-                rules.push(rule(denied.reason(), false, denied.message.clone()));
-                return Ok(pb::ExplainAuthorizeResponse {
-                    decision: pb::Decision::Deny as i32,
-                    reason: denied.reason,
-                    rules,
-                    ..Default::default()
-                });
+                rules.push(rule(denied.reason, false, denied.message.into()));
+                return Ok(Explanation { rules, identity: None, headroom: None });
             }
         };
         let guard = self.catalog(&input.model).await?;
@@ -311,12 +291,12 @@ impl Authorizer {
         let price = catalog.price(&input.model);
         let call = Call { model: &input.model, price, capability: input.capability, client_ip: input.client_ip, now };
         let mut rules = vec![
-            rule(pb::DenyReason::KeyMalformed, true, "the key is well-formed".into()),
-            rule(pb::DenyReason::KeyNotFound, true, "the key exists".into()),
+            rule(Reason::KeyMalformed, true, "the key is well-formed".into()),
+            rule(Reason::KeyNotFound, true, "the key exists".into()),
         ];
         for static_rule in STATIC_RULES {
             let (passed, message) = policy::evaluate(static_rule, &key, &call);
-            rules.push(rule(static_rule, passed, message.into()));
+            rules.push(rule(static_rule.reason(), passed, message.into()));
         }
         let windows = self.windows(now);
         let outcome = self
@@ -348,10 +328,7 @@ impl Authorizer {
             };
             rules.push(rule(counter_reason(check), !outcome.failures.contains(&check), message));
         }
-        let first_failure = rules.iter().find(|r| !r.passed).map(|r| r.rule);
-        Ok(pb::ExplainAuthorizeResponse {
-            decision: if first_failure.is_some() { pb::Decision::Deny } else { pb::Decision::Allow } as i32,
-            reason: first_failure.unwrap_or(pb::DenyReason::Unspecified as i32),
+        Ok(Explanation {
             rules,
             identity: Some(key.identity.clone()),
             headroom: Some(headroom(outcome, price, key.multiplier_micros)),

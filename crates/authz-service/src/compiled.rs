@@ -6,6 +6,7 @@
 //! marks the key [`CompiledKey::unreadable`], and every call with it is denied.
 
 use std::collections::HashSet;
+use std::sync::Arc;
 
 use ipnet::IpNet;
 use tollgate_core::capability::to_bits;
@@ -13,14 +14,15 @@ use tollgate_core::counters::CounterLimits;
 use tollgate_core::money::PriceMultiplier;
 use tollgate_core::time::Micros;
 use tollgate_core::{Capability, ip_allowlist, names};
-use tollgate_proto::authz::v1 as authz;
 use tollgate_proto::keys::v1 as keys;
 use tollgate_proto::time::timestamp_micros;
+
+use crate::decision::Identity;
 
 /// Everything Authorize needs about one secret of a key.
 #[derive(Debug, Clone)]
 pub struct CompiledKey {
-    pub identity: authz::KeyIdentity,
+    pub identity: Arc<Identity>,
     pub key_id: String,
     pub account_id: String,
     pub enabled: bool,
@@ -89,13 +91,13 @@ impl CompiledKey {
             );
         }
         Some(Self {
-            identity: authz::KeyIdentity {
+            identity: Arc::new(Identity {
                 key: names::key(&state.account_id, &state.key_id),
                 application: names::application(&state.account_id, &state.application_id),
                 account: names::account(&state.account_id),
                 group: names::group(&state.group_id),
                 price_multiplier: multiplier.to_string(),
-            },
+            }),
             key_id: state.key_id.clone(),
             account_id: state.account_id.clone(),
             enabled: state.enabled,

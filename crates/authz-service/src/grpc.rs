@@ -9,6 +9,7 @@ use tollgate_proto::authz::v1 as pb;
 use tonic::{Request, Response, Status};
 
 use crate::authorize::{AuthorizeInput, Authorizer};
+use crate::convert;
 use crate::error::AuthzError;
 
 /// Largest estimate accepted (tokens).
@@ -102,7 +103,7 @@ impl pb::authz_service_server::AuthzService for AuthzGrpc {
     ) -> Result<Response<pb::AuthorizeResponse>, Status> {
         self.authorize_access.check(request.metadata())?;
         let input = input(request.into_inner(), "")?;
-        Ok(Response::new(self.authorizer.authorize(&input).await?))
+        Ok(Response::new(convert::decision(&self.authorizer.authorize(&input).await?)))
     }
 
     async fn explain_authorize(
@@ -112,6 +113,6 @@ impl pb::authz_service_server::AuthzService for AuthzGrpc {
         self.admin_auth.check(request.metadata())?;
         let call = request.into_inner().request.unwrap_or_default();
         let input = input(call, "request.")?;
-        Ok(Response::new(self.authorizer.explain(&input).await?))
+        Ok(Response::new(convert::explanation(&self.authorizer.explain(&input).await?)))
     }
 }

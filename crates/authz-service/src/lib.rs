@@ -1,15 +1,18 @@
 //! Tollgate's authz service: `Authorize` on every model call.
 //!
-//! A call crosses, in order: [`grpc`] (authentication, request checks), [`authorize`] (key
-//! format, then [`resolver`] for the key's state: in-process cache → Redis → keys service),
-//! [`policy`] (disabled, expired, IP, capability, model), then one atomic counter step
-//! (`tollgate_ports::counters`) for quota, balance, budgets, RPM and TPM. It never touches
-//! Postgres.
+//! Layers, in the order a call crosses them: [`grpc`] authenticates, checks and converts the
+//! request; the [`Authorizer`] decides — key format, then [`resolver`] for the key's state
+//! (in-process cache → Redis → keys service), [`policy`] (disabled, expired, IP, capability,
+//! model), then one atomic counter step (`tollgate_ports::counters`) for quota, balance,
+//! budgets, RPM and TPM — and answers a domain [`Decision`], which [`convert`] turns into the
+//! protocol's answer. It never touches Postgres.
 
 pub mod authorize;
 pub mod bench;
 pub mod catalog;
 pub mod compiled;
+pub mod convert;
+pub mod decision;
 pub mod error;
 pub mod failure;
 pub mod grpc;
@@ -30,6 +33,7 @@ use tonic::server::NamedService;
 use tonic::service::RoutesBuilder;
 
 pub use authorize::{AuthorizeInput, Authorizer, AuthorizerSettings};
+pub use decision::{Decision, Explanation, Reason};
 pub use failure::RedisErrorPolicy;
 pub use resolver::CacheTtls;
 

@@ -7,18 +7,41 @@ use std::net::IpAddr;
 use tollgate_core::Capability;
 use tollgate_core::ip_allowlist;
 use tollgate_core::time::Micros;
-use tollgate_proto::authz::v1::DenyReason;
 
 use crate::catalog::Price;
 use crate::compiled::CompiledKey;
+use crate::decision::Reason;
+
+/// A check of the key and the call alone, before any counter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StaticRule {
+    KeyDisabled,
+    KeyExpired,
+    IpNotAllowed,
+    CapabilityNotAllowed,
+    ModelNotAllowed,
+}
+
+impl StaticRule {
+    /// The reason a call failing the rule is denied with.
+    pub fn reason(self) -> Reason {
+        match self {
+            StaticRule::KeyDisabled => Reason::KeyDisabled,
+            StaticRule::KeyExpired => Reason::KeyExpired,
+            StaticRule::IpNotAllowed => Reason::IpNotAllowed,
+            StaticRule::CapabilityNotAllowed => Reason::CapabilityNotAllowed,
+            StaticRule::ModelNotAllowed => Reason::ModelNotAllowed,
+        }
+    }
+}
 
 /// The static checks, in the order Authorize runs them.
-pub const STATIC_RULES: [DenyReason; 5] = [
-    DenyReason::KeyDisabled,
-    DenyReason::KeyExpired,
-    DenyReason::IpNotAllowed,
-    DenyReason::CapabilityNotAllowed,
-    DenyReason::ModelNotAllowed,
+pub const STATIC_RULES: [StaticRule; 5] = [
+    StaticRule::KeyDisabled,
+    StaticRule::KeyExpired,
+    StaticRule::IpNotAllowed,
+    StaticRule::CapabilityNotAllowed,
+    StaticRule::ModelNotAllowed,
 ];
 
 /// The call as the static checks see it.
@@ -33,48 +56,47 @@ pub struct Call<'a> {
 }
 
 /// Evaluates one static rule: whether the call passes it, and why.
-pub fn evaluate(rule: DenyReason, key: &CompiledKey, call: &Call<'_>) -> (bool, &'static str) {
+pub fn evaluate(rule: StaticRule, key: &CompiledKey, call: &Call<'_>) -> (bool, &'static str) {
     match rule {
-        DenyReason::KeyDisabled if key.unreadable.is_some() => {
+        StaticRule::KeyDisabled if key.unreadable.is_some() => {
             (false, "the key's stored settings cannot be read, so it is refused until they are saved again")
         }
-        DenyReason::KeyDisabled if key.enabled => (true, "the key is enabled"),
-        DenyReason::KeyDisabled => (false, "the key is disabled"),
-        DenyReason::KeyExpired if key.expire_at.is_some_and(|at| at <= call.now) => (false, "the key has expired"),
-        DenyReason::KeyExpired if key.secret_expire_at.is_some_and(|at| at <= call.now) => {
+        StaticRule::KeyDisabled if key.enabled => (true, "the key is enabled"),
+        StaticRule::KeyDisabled => (false, "the key is disabled"),
+        StaticRule::KeyExpired if key.expire_at.is_some_and(|at| at <= call.now) => (false, "the key has expired"),
+        StaticRule::KeyExpired if key.secret_expire_at.is_some_and(|at| at <= call.now) => {
             (false, "this secret was rotated out and its grace period has ended")
         }
-        DenyReason::KeyExpired => (true, "the key has not expired"),
-        DenyReason::IpNotAllowed if key.ip_allowlist.is_empty() => (true, "the key allows any client address"),
-        DenyReason::IpNotAllowed if ip_allowlist::allows(&key.ip_allowlist, call.client_ip) => {
+        StaticRule::KeyExpired => (true, "the key has not expired"),
+        StaticRule::IpNotAllowed if key.ip_allowlist.is_empty() => (true, "the key allows any client address"),
+        StaticRule::IpNotAllowed if ip_allowlist::allows(&key.ip_allowlist, call.client_ip) => {
             (true, "the client address is in the key's allowlist")
         }
-        DenyReason::IpNotAllowed if call.client_ip.is_none() => {
+        StaticRule::IpNotAllowed if call.client_ip.is_none() => {
             (false, "the key has an IP allowlist and the call gave no client address")
         }
-        DenyReason::IpNotAllowed => (false, "the client address is outside the key's allowlist"),
-        DenyReason::CapabilityNotAllowed if !key.allows_capability(call.capability) => {
+        StaticRule::IpNotAllowed => (false, "the client address is outside the key's allowlist"),
+        StaticRule::CapabilityNotAllowed if !key.allows_capability(call.capability) => {
             (false, "the key may not use this capability")
         }
         // The caller names the capability; the catalog says what the model does. Both must be
         // allowed, or a text-only key could call an image model by claiming text.
-        DenyReason::CapabilityNotAllowed
+        StaticRule::CapabilityNotAllowed
             if call.price.is_some_and(|price| !key.allows_capability(price.capability)) =>
         {
             (false, "the key may not use the capability of this model")
         }
-        DenyReason::CapabilityNotAllowed => (true, "the key may use this capability"),
-        DenyReason::ModelNotAllowed if call.price.is_none() => (false, "the model is not in the catalog"),
-        DenyReason::ModelNotAllowed if key.models.as_ref().is_none_or(|models| models.contains(call.model)) => {
+        StaticRule::CapabilityNotAllowed => (true, "the key may use this capability"),
+        StaticRule::ModelNotAllowed if call.price.is_none() => (false, "the model is not in the catalog"),
+        StaticRule::ModelNotAllowed if key.models.as_ref().is_none_or(|models| models.contains(call.model)) => {
             (true, "the key may call this model")
         }
-        DenyReason::ModelNotAllowed => (false, "the key or its group may not call this model"),
-        _ => (true, "not a static rule"),
+        StaticRule::ModelNotAllowed => (false, "the key or its group may not call this model"),
     }
 }
 
 /// The first static rule the call fails.
-pub fn first_failure(key: &CompiledKey, call: &Call<'_>) -> Option<(DenyReason, &'static str)> {
+pub fn first_failure(key: &CompiledKey, call: &Call<'_>) -> Option<(StaticRule, &'static str)> {
     STATIC_RULES.into_iter().find_map(|rule| match evaluate(rule, key, call) {
         (false, message) => Some((rule, message)),
         (true, _) => None,
@@ -122,7 +144,7 @@ mod tests {
         let text_only = key(|_| {});
         assert_eq!(first_failure(&text_only, &call(&catalog, "chat")), None);
         let denied = first_failure(&text_only, &call(&catalog, "draw")).map(|(rule, _)| rule);
-        assert_eq!(denied, Some(DenyReason::CapabilityNotAllowed));
+        assert_eq!(denied, Some(StaticRule::CapabilityNotAllowed));
         let anything = key(|s| s.capabilities.clear());
         assert_eq!(first_failure(&anything, &call(&catalog, "draw")), None);
     }
@@ -132,6 +154,6 @@ mod tests {
         let catalog = catalog();
         let unreadable = key(|s| s.ip_allowlist = vec!["10.0.0.0/99".into()]);
         let denied = first_failure(&unreadable, &call(&catalog, "chat")).map(|(rule, _)| rule);
-        assert_eq!(denied, Some(DenyReason::KeyDisabled));
+        assert_eq!(denied, Some(StaticRule::KeyDisabled));
     }
 }

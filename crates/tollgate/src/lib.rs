@@ -143,8 +143,7 @@ pub async fn run_dev(listener: TcpListener, config: DevConfig, shutdown: Cancell
     let metering_url = format!("sqlite://{}", config.data_dir.join("metering.db").display());
     let metering_store =
         SqlMeteringStore::new(Database::connect(&DatabaseConfig::new(metering_url, "metering")).await?)
-            .with_claim_idle(config.metering.claim_idle)
-            .with_clock(config.clock.clone());
+            .with_claim_idle(config.metering.claim_idle);
     metering_store.migrate().await.context("migrating the metering database")?;
     let metering_store = Arc::new(metering_store);
     let adapters = MeteringAdapters {

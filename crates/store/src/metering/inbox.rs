@@ -1,11 +1,15 @@
 //! `tollgate dev`'s usage queue: a table in the metering database. A received entry becomes
 //! invisible for the claim time; unacknowledged, it comes back, as on a Redis Stream.
+//!
+//! Claim times are wall-clock time, as a Redis Stream's idle time is, not the services'
+//! injected clock: that one is business time (windows, expiry), and a test that stops it must
+//! not stop redelivery.
 
 use std::time::Duration;
 
 use async_trait::async_trait;
 use sqlx::{AssertSqlSafe, Row};
-use tollgate_core::time::Micros;
+use tollgate_core::time::{Micros, now_micros};
 use tollgate_ports::StateError;
 use tollgate_ports::usage_queue::{DeadLetter, QueuedReport, UsageQueue};
 
@@ -80,12 +84,12 @@ impl UsageQueue for SqlMeteringStore {
 
     async fn receive(&self, _consumer: &str, max: usize, wait: Duration) -> Result<Vec<QueuedReport>, StateError> {
         let arrived = self.arrivals.notified();
-        let entries = self.take_visible(max, self.clock.now_micros()).await?;
+        let entries = self.take_visible(max, now_micros()).await?;
         if !entries.is_empty() {
             return Ok(entries);
         }
         let _ = tokio::time::timeout(wait, arrived).await;
-        self.take_visible(max, self.clock.now_micros()).await
+        self.take_visible(max, now_micros()).await
     }
 
     async fn ack(&self, ids: &[String]) -> Result<(), StateError> {

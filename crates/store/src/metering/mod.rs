@@ -17,7 +17,6 @@ use std::time::Duration;
 use async_trait::async_trait;
 use sqlx::migrate::Migrator;
 use tokio::sync::Notify;
-use tollgate_core::clock::{Clock, SystemClock};
 use tollgate_core::time::Micros;
 
 use crate::db::Database;
@@ -271,8 +270,6 @@ pub struct SqlMeteringStore {
     duplicates_seen: Arc<AtomicBool>,
     /// Batches this store charged since it last folded the keys' pending totals.
     batches_since_fold: Arc<AtomicU32>,
-    /// The queue's clock: when received entries become visible again.
-    clock: Arc<dyn Clock>,
 }
 
 impl SqlMeteringStore {
@@ -284,14 +281,7 @@ impl SqlMeteringStore {
             claim_idle: Duration::from_secs(30),
             duplicates_seen: Arc::new(AtomicBool::new(false)),
             batches_since_fold: Arc::new(AtomicU32::new(0)),
-            clock: Arc::new(SystemClock),
         }
-    }
-
-    /// Sets the clock the queue reads (`tollgate dev` under a test's clock).
-    pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
-        self.clock = clock;
-        self
     }
 
     /// Sets how long a received queue entry stays invisible to other workers.
