@@ -19,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 use tollgate_core::clock::Clock;
 use tollgate_core::time::now_micros;
 use tollgate_core::windows::Calendar;
+use tollgate_keys_client::KeysClient;
 use tollgate_metering_service::MeteringAdapters;
 use tollgate_metering_service::keys_client::GrpcKeyDirectory;
 use tollgate_ports::counters::CounterRebuild;
@@ -203,14 +204,9 @@ pub async fn run_authz(
 ) -> anyhow::Result<()> {
     let redis = Arc::new(RedisState::connect(&config.redis).await.context("TOLLGATE_REDIS_URL")?);
     let counters = Arc::new(RedisCounters::new(&redis, config.redis.op_timeout));
-    let source = Arc::new(
-        tollgate_authz_service::source::GrpcKeyStateSource::new(
-            &config.keys_url,
-            &config.secrets.admin_token,
-            AUTHZ_KEYS_TIMEOUT,
-        )
-        .context("TOLLGATE_KEYS_URL")?,
-    );
+    let keys = KeysClient::new(&config.keys_url, &config.secrets.admin_token, AUTHZ_KEYS_TIMEOUT)
+        .context("TOLLGATE_KEYS_URL")?;
+    let source = Arc::new(tollgate_authz_service::source::GrpcKeyStateSource(keys));
     let mut services = Services::default();
     services.dependencies.push(redis_probe(&redis));
     authz::add(
@@ -254,9 +250,9 @@ async fn metering_backends(
 }
 
 fn metering_directory(config: &MeteringServeConfig) -> anyhow::Result<Arc<GrpcKeyDirectory>> {
-    let directory = GrpcKeyDirectory::new(&config.keys_url, &config.secrets.admin_token, METERING_KEYS_TIMEOUT)
+    let keys = KeysClient::new(&config.keys_url, &config.secrets.admin_token, METERING_KEYS_TIMEOUT)
         .context("TOLLGATE_KEYS_URL")?;
-    Ok(Arc::new(directory))
+    Ok(Arc::new(GrpcKeyDirectory(keys)))
 }
 
 /// Runs `tollgate serve metering` (RPCs and stream workers) on `listener` until `shutdown`
