@@ -46,13 +46,34 @@ enum Resources {
 pub struct Server {
     pub address: SocketAddr,
     pub channel: Channel,
+    /// Where its HTTP listener (`/metrics`) is.
+    pub http: SocketAddr,
     shutdown: CancellationToken,
     task: JoinHandle<anyhow::Result<()>>,
 }
 
+/// A port free a moment ago, for a listener the server binds itself.
+fn free_address() -> SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("local addr")
+}
+
 impl Server {
+    /// `GET /metrics` on the server's HTTP listener, over a plain HTTP/1.1 connection: the
+    /// status line and the body.
+    pub async fn scrape_metrics(&self) -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut stream = tokio::net::TcpStream::connect(self.http).await.expect("connect to the HTTP listener");
+        let request = format!("GET /metrics HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n", self.http);
+        stream.write_all(request.as_bytes()).await.expect("send");
+        let mut response = String::new();
+        stream.read_to_string(&mut response).await.expect("read");
+        assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+        let body = response.split_once("\r\n\r\n").map(|(_, body)| body).unwrap_or_default();
+        body.to_owned()
+    }
+
     /// Starts `run` on an ephemeral port and waits until its health says SERVING.
-    async fn start<F, Fut>(run: F) -> Server
+    async fn start<F, Fut>(http: SocketAddr, run: F) -> Server
     where
         F: FnOnce(TcpListener, CancellationToken) -> Fut,
         Fut: Future<Output = anyhow::Result<()>> + Send + 'static,
@@ -76,7 +97,7 @@ impl Server {
             assert!(tokio::time::Instant::now() < deadline, "the server did not become ready");
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        Server { address, channel, shutdown, task }
+        Server { address, channel, http, shutdown, task }
     }
 
     /// Shuts down and waits for the server to stop.
@@ -162,6 +183,7 @@ impl Harness {
         init_logs();
         let dir = tempfile::tempdir().expect("temp dir");
         let secrets = secrets();
+        let http = free_address();
         let config = DevConfig {
             data_dir: dir.path().to_path_buf(),
             secrets: secrets.clone(),
@@ -169,10 +191,11 @@ impl Harness {
             authz: options.authz.clone(),
             metering: options.metering.clone(),
             drain: options.drain,
+            http_listen: Some(http),
             clock: options.clock(),
         };
         let database = dir.path().join("keys.db").display().to_string();
-        let server = Server::start(|listener, shutdown| tollgate::run_dev(listener, config, shutdown)).await;
+        let server = Server::start(http, |listener, shutdown| tollgate::run_dev(listener, config, shutdown)).await;
         Harness {
             backend: Backend::Embedded,
             keys_address: server.address,
@@ -202,6 +225,7 @@ impl Harness {
         let redis = TestRedis::create().await?;
         let secrets = secrets();
         let redis_url = options.redis_url.clone().unwrap_or_else(|| redis.url.clone());
+        let http = free_address();
         let config = KeysServeConfig {
             database_url: database_url.clone(),
             db_max_connections: 8,
@@ -216,8 +240,9 @@ impl Harness {
             secrets: secrets.clone(),
             keys: options.keys.clone(),
             drain: options.drain,
+            http_listen: Some(http),
         };
-        let server = Server::start(|listener, shutdown| tollgate::run_keys(listener, config, shutdown)).await;
+        let server = Server::start(http, |listener, shutdown| tollgate::run_keys(listener, config, shutdown)).await;
         let mut harness = Harness {
             backend: Backend::Production,
             keys_address: server.address,
@@ -258,6 +283,7 @@ impl Harness {
     /// Redis and keys service.
     pub async fn start_metering(&mut self) -> Channel {
         let (url, prefix) = self.redis.clone().expect("metering servers run on the production backend");
+        let http = free_address();
         let config = MeteringServeConfig {
             database_url: self.database.clone(),
             db_max_connections: 8,
@@ -268,9 +294,10 @@ impl Harness {
             secrets: self.secrets.clone(),
             metering: self.options.metering.clone(),
             drain: self.options.drain,
+            http_listen: Some(http),
             clock: self.options.clock(),
         };
-        let server = Server::start(|listener, shutdown| tollgate::run_metering(listener, config, shutdown)).await;
+        let server = Server::start(http, |listener, shutdown| tollgate::run_metering(listener, config, shutdown)).await;
         let channel = server.channel.clone();
         self.metering_servers.push(server);
         channel
@@ -280,18 +307,30 @@ impl Harness {
     /// returns its channel.
     pub async fn start_authz_replica(&mut self) -> Channel {
         let (url, prefix) = self.redis.clone().expect("authz replicas run on the production backend");
+        let http = free_address();
         let config = AuthzServeConfig {
             redis: RedisConfig { url, prefix, cluster: false, op_timeout: Duration::from_millis(200) },
             keys_url: format!("http://{}", self.keys_address),
             secrets: self.secrets.clone(),
             authz: self.options.authz.clone(),
             drain: self.options.drain,
+            http_listen: Some(http),
             clock: self.options.clock(),
         };
-        let server = Server::start(|listener, shutdown| tollgate::run_authz(listener, config, shutdown)).await;
+        let server = Server::start(http, |listener, shutdown| tollgate::run_authz(listener, config, shutdown)).await;
         let channel = server.channel.clone();
         self.authz_servers.push(server);
         channel
+    }
+
+    /// The server answering Authorize: the first authz server, or the dev server.
+    pub fn authz_server(&self) -> &Server {
+        self.authz_servers.first().or(self.server.as_ref()).expect("a server")
+    }
+
+    /// The server applying usage reports: the first metering server, or the dev server.
+    pub fn metering_server(&self) -> &Server {
+        self.metering_servers.first().or(self.server.as_ref()).expect("a server")
     }
 
     /// Where Authorize is served: the first authz server, or the dev server.

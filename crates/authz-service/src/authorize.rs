@@ -19,6 +19,7 @@ use crate::compiled::CompiledKey;
 use crate::decision::{Allowed, Decision, Denied, Explanation, Headroom, RateStatus, Reason, RuleResult};
 use crate::error::AuthzError;
 use crate::failure::RedisErrorPolicy;
+use crate::metrics::AuthzMetrics;
 use crate::policy::{self, Call, STATIC_RULES};
 use crate::resolver::{KeyResolver, Lookup};
 
@@ -44,6 +45,7 @@ pub struct Authorizer {
     windows: ArcSwap<Windows>,
     hold_ttl_ms: i64,
     on_redis_error: RedisErrorPolicy,
+    metrics: AuthzMetrics,
 }
 
 /// The settings an [`Authorizer`] needs besides its adapters.
@@ -128,6 +130,7 @@ impl Authorizer {
         catalog: CatalogHolder,
         counters: Arc<dyn CallCounters>,
         settings: AuthorizerSettings,
+        metrics: AuthzMetrics,
     ) -> Self {
         let now = settings.clock.now_micros();
         Self {
@@ -140,6 +143,7 @@ impl Authorizer {
             calendar: settings.calendar,
             hold_ttl_ms: settings.hold_ttl_ms,
             on_redis_error: settings.on_redis_error,
+            metrics,
         }
     }
 
@@ -212,6 +216,12 @@ impl Authorizer {
 
     /// Decides on one call, taking its counters if it is allowed.
     pub async fn authorize(&self, input: &AuthorizeInput) -> Result<Decision, AuthzError> {
+        let decision = self.decide(input).await?;
+        self.metrics.decided(&decision);
+        Ok(decision)
+    }
+
+    async fn decide(&self, input: &AuthorizeInput) -> Result<Decision, AuthzError> {
         let key = match self.key_of(&input.api_key).await? {
             Ok(key) => key,
             Err(denied) => return Ok(Decision::Deny(denied)),
@@ -235,11 +245,17 @@ impl Authorizer {
         }
         let windows = self.windows(now);
         let counter_call = self.counter_call(&key, input, price, now, &windows);
-        let outcome = match self.counters.authorize(&counter_call).await {
+        let started = std::time::Instant::now();
+        let counted = self.counters.authorize(&counter_call).await;
+        self.metrics.counter_step(started.elapsed().as_secs_f64());
+        let outcome = match counted {
             Ok(outcome) => outcome,
             Err(error) => {
                 let limits = &key.limits;
-                if self.on_redis_error.fails_closed(limits.has_money(), limits.rpm.is_some() || limits.tpm.is_some()) {
+                let closed =
+                    self.on_redis_error.fails_closed(limits.has_money(), limits.rpm.is_some() || limits.tpm.is_some());
+                self.metrics.counters_unavailable(!closed);
+                if closed {
                     return Err(AuthzError::Unavailable(format!("counters unavailable: {error}")));
                 }
                 static FAILED_OPEN: Throttle = Throttle::new();

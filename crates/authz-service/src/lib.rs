@@ -16,6 +16,7 @@ pub mod decision;
 pub mod error;
 pub mod failure;
 pub mod grpc;
+pub mod metrics;
 pub mod policy;
 pub mod resolver;
 pub mod source;
@@ -39,6 +40,7 @@ pub use resolver::CacheTtls;
 
 use crate::catalog::CatalogHolder;
 use crate::grpc::{AuthorizeAccess, AuthzGrpc};
+use crate::metrics::AuthzMetrics;
 use crate::resolver::KeyResolver;
 use crate::source::KeyStateSource;
 
@@ -66,6 +68,7 @@ pub struct AuthzServer {
     authorizer: Arc<Authorizer>,
     grpc: AuthzGrpc,
     bus: Arc<dyn InvalidationBus>,
+    metrics: AuthzMetrics,
 }
 
 impl AuthzServer {
@@ -79,9 +82,11 @@ impl AuthzServer {
         counters: Arc<dyn CallCounters>,
         source: Arc<dyn KeyStateSource>,
     ) -> Self {
-        let resolver = KeyResolver::new(config.cache_capacity, config.cache_ttls, shared.clone(), source.clone());
+        let metrics = AuthzMetrics::default();
+        let resolver =
+            KeyResolver::new(config.cache_capacity, config.cache_ttls, shared.clone(), source.clone(), metrics.clone());
         let catalog = CatalogHolder::new(shared, source);
-        let authorizer = Arc::new(Authorizer::new(resolver, catalog, counters, config.settings));
+        let authorizer = Arc::new(Authorizer::new(resolver, catalog, counters, config.settings, metrics.clone()));
         let admin = BearerAuth::new(&config.admin_token);
         let access = match &config.gateway_token {
             None if config.open_authorize => AuthorizeAccess::Open,
@@ -90,7 +95,7 @@ impl AuthzServer {
         };
         let grpc = AuthzGrpc::new(authorizer.clone(), access, admin);
         authorizer.catalog.reload().await;
-        Self { authorizer, grpc, bus }
+        Self { authorizer, grpc, bus, metrics }
     }
 
     /// Adds `tollgate.authz.v1.AuthzService` to a router.
@@ -101,6 +106,11 @@ impl AuthzServer {
     /// The name reported by the health service.
     pub fn service_names() -> Vec<&'static str> {
         vec![<pb::authz_service_server::AuthzServiceServer<AuthzGrpc> as NamedService>::NAME]
+    }
+
+    /// Adds authz's metrics to a registry.
+    pub fn register_metrics(&self, registry: &mut prometheus_client::registry::Registry) {
+        self.metrics.register(registry);
     }
 
     /// The decision logic, for in-process callers such as benchmarks.
@@ -124,6 +134,7 @@ impl AuthzServer {
                             Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => Invalidation::Everything,
                             Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
                         };
+                        server.metrics.invalidation();
                         server.authorizer.resolver.invalidate(&invalidation).await;
                         if matches!(invalidation, Invalidation::Catalog | Invalidation::Everything) {
                             server.authorizer.catalog.reload().await;

@@ -18,6 +18,7 @@ use tollgate_ports::key_state::{Invalidation, KeyStateCache};
 use tollgate_proto::keys::v1 as keys;
 
 use crate::compiled::CompiledKey;
+use crate::metrics::AuthzMetrics;
 use crate::source::{KeyStateSource, SourceError};
 
 /// What a secret resolved to.
@@ -62,6 +63,7 @@ pub struct KeyResolver {
     source: Arc<dyn KeyStateSource>,
     /// Bumped by every invalidation.
     generation: AtomicU64,
+    metrics: AuthzMetrics,
 }
 
 impl KeyResolver {
@@ -70,16 +72,22 @@ impl KeyResolver {
         ttls: CacheTtls,
         shared: Arc<dyn KeyStateCache>,
         source: Arc<dyn KeyStateSource>,
+        metrics: AuthzMetrics,
     ) -> Self {
         let cache = Cache::builder().max_capacity(capacity).expire_after(EntryExpiry(ttls)).build();
-        Self { cache, shared, source, generation: AtomicU64::new(0) }
+        Self { cache, shared, source, generation: AtomicU64::new(0), metrics }
     }
 
     /// The compiled state of a secret hash.
     pub async fn resolve(&self, hash: SecretHash) -> Result<Lookup, SourceError> {
         if let Some(entry) = self.cache.get(&hash).await {
+            self.metrics.key_cache(match entry.lookup {
+                Lookup::Found(_) => "hit",
+                Lookup::Unknown => "negative_hit",
+            });
             return Ok(entry.lookup);
         }
+        self.metrics.key_cache("miss");
         let started = self.generation.load(Ordering::Acquire);
         let entry = self
             .cache
@@ -103,7 +111,13 @@ impl KeyResolver {
             // Fail over to the keys service: known keys keep working while Redis is down.
             Err(error) => tracing::debug!(%error, "shared key-state cache unavailable"),
         }
-        Ok(self.source.key_state(hash).await?.as_ref().map_or(Lookup::Unknown, compile))
+        let found = self.source.key_state(hash).await;
+        self.metrics.keys_lookup(match &found {
+            Ok(Some(_)) => "found",
+            Ok(None) => "not_found",
+            Err(_) => "error",
+        });
+        Ok(found?.as_ref().map_or(Lookup::Unknown, compile))
     }
 
     /// Drops what an invalidation names.

@@ -8,6 +8,7 @@
 pub mod convert;
 pub mod error;
 pub mod grpc;
+pub mod metrics;
 pub mod sealing;
 pub mod service;
 pub mod snapshot;
@@ -88,6 +89,11 @@ impl KeysServer {
         }
         self.sync.flush_after_commit().await;
         Ok(())
+    }
+
+    /// Adds the keys service's metrics to a registry.
+    pub fn register_metrics(&self, registry: &mut prometheus_client::registry::Registry) {
+        self.sync.metrics().register(registry);
     }
 
     /// The service logic, for in-process callers (authz in `tollgate dev`).

@@ -19,6 +19,7 @@ use tollgate_ports::key_state::{Invalidation, InvalidationBus, KeyStateCache};
 use tollgate_store::StoreError;
 use tollgate_store::keys::{KeysStore, StateChange};
 
+use crate::metrics::KeysMetrics;
 use crate::snapshot;
 
 /// Outbox rows taken per round.
@@ -43,6 +44,7 @@ pub struct StateSync {
     caps: SystemCaps,
     clock: Arc<dyn Clock>,
     flushing: tokio::sync::Mutex<()>,
+    metrics: KeysMetrics,
 }
 
 impl StateSync {
@@ -53,7 +55,12 @@ impl StateSync {
         caps: SystemCaps,
         clock: Arc<dyn Clock>,
     ) -> Self {
-        Self { store, cache, bus, caps, clock, flushing: tokio::sync::Mutex::new(()) }
+        Self { store, cache, bus, caps, clock, flushing: tokio::sync::Mutex::new(()), metrics: KeysMetrics::default() }
+    }
+
+    /// The outbox's metrics.
+    pub fn metrics(&self) -> &KeysMetrics {
+        &self.metrics
     }
 
     /// The cache snapshots are pushed to.
@@ -86,6 +93,14 @@ impl StateSync {
 
     /// Pushes every pending change; returns how many outbox rows were pushed.
     pub async fn flush(&self) -> Result<usize, SyncError> {
+        let flushed = self.push_pending().await;
+        if flushed.is_err() {
+            self.metrics.push_failures.inc();
+        }
+        flushed
+    }
+
+    async fn push_pending(&self) -> Result<usize, SyncError> {
         let _one_at_a_time = self.flushing.lock().await;
         let mut pushed = 0;
         loop {
@@ -121,6 +136,7 @@ impl StateSync {
                 self.bus.publish(&Invalidation::Catalog).await?;
             }
             self.store.ack_state_changes(&entries.iter().map(|e| e.id).collect::<Vec<_>>()).await?;
+            self.metrics.pushed.inc_by(entries.len() as u64);
             pushed += entries.len();
         }
     }

@@ -19,6 +19,7 @@ pub mod grpc;
 pub mod housekeeping;
 pub mod key_holder_limit;
 pub mod keys_client;
+pub mod metrics;
 pub mod payload;
 pub mod pricing;
 pub mod queries;
@@ -46,10 +47,11 @@ use tonic::server::NamedService;
 use tonic::service::RoutesBuilder;
 
 pub use credits::Credits;
+pub use metrics::MeteringMetrics;
 pub use queries::Queries;
 pub use reconcile::Reconciler;
 pub use recorder::Recorder;
-pub use worker::{Worker, WorkerSettings, WorkerStats};
+pub use worker::{Worker, WorkerSettings};
 
 use crate::directory::KeyDirectory;
 use crate::grpc::{KeyHolderGrpc, MeteringGrpc};
@@ -85,7 +87,7 @@ pub struct MeteringServer {
     metering: MeteringGrpc,
     key_holder: KeyHolderGrpc,
     worker: Arc<Worker>,
-    stats: Arc<WorkerStats>,
+    metrics: MeteringMetrics,
     reconciler: Arc<Reconciler>,
     store: Arc<dyn MeteringStore>,
 }
@@ -94,8 +96,8 @@ impl MeteringServer {
     pub fn new(config: MeteringConfig, adapters: MeteringAdapters) -> Self {
         let MeteringAdapters { store, queue, counters, directory } = adapters;
         let pricer = Arc::new(Pricer::new(directory.clone()));
-        let stats = Arc::new(WorkerStats::default());
-        let recorder = Arc::new(Recorder::new(queue.clone(), pricer.clone()));
+        let metrics = MeteringMetrics::default();
+        let recorder = Arc::new(Recorder::new(queue.clone(), pricer.clone(), metrics.clone()));
         let credits = Arc::new(Credits::new(store.clone(), counters.clone(), directory.clone(), config.clock.clone()));
         let queries = Arc::new(Queries::new(
             store.clone(),
@@ -114,9 +116,10 @@ impl MeteringServer {
             config.calendar.clone(),
             config.clock.clone(),
             config.workers,
-            stats.clone(),
+            metrics.clone(),
         ));
-        let reconciler = Arc::new(Reconciler::new(store.clone(), counters, config.calendar, config.clock.clone()));
+        let reconciler =
+            Arc::new(Reconciler::new(store.clone(), counters, config.calendar, config.clock.clone(), metrics.clone()));
         let metering = MeteringGrpc::new(
             recorder,
             credits,
@@ -125,7 +128,7 @@ impl MeteringServer {
             BearerAuth::new(&config.admin_token),
             config.gateway_token.as_deref().map(BearerAuth::new),
         );
-        Self { metering, key_holder: KeyHolderGrpc::new(queries), worker, stats, reconciler, store }
+        Self { metering, key_holder: KeyHolderGrpc::new(queries), worker, metrics, reconciler, store }
     }
 
     /// Adds `MeteringService` (admin token; the gateway token for usage reports) and
@@ -150,12 +153,17 @@ impl MeteringServer {
             .map(|i| tokio::spawn(self.worker.clone().run(format!("{name}-{i}"), shutdown.child_token())))
             .collect();
         if count > 0 {
-            tasks.push(tokio::spawn(worker::log_stats(self.stats.clone(), shutdown.child_token())));
+            tasks.push(tokio::spawn(worker::log_stats(self.metrics.clone(), shutdown.child_token())));
             tasks.push(tokio::spawn(housekeeping::run(self.store.clone(), shutdown.child_token())));
         }
         let watch = rebuild_watch::watch(self.reconciler.clone(), name.to_owned(), shutdown.child_token());
         tasks.push(tokio::spawn(watch));
         tasks
+    }
+
+    /// Adds metering's metrics to a registry.
+    pub fn register_metrics(&self, registry: &mut prometheus_client::registry::Registry) {
+        self.metrics.register(registry);
     }
 
     /// Rebuilds the counters from the ledger (`tollgate dev` at start-up).

@@ -21,6 +21,7 @@ use tollgate_store::metering::MeteringStore;
 
 use crate::credits::grant_marker;
 use crate::error::MeteringResult;
+use crate::metrics::MeteringMetrics;
 
 /// What a reconciliation rewrote.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -128,6 +129,7 @@ pub struct Reconciler {
     counters: Arc<dyn CounterRebuild>,
     calendar: Calendar,
     clock: Arc<dyn Clock>,
+    metrics: MeteringMetrics,
 }
 
 impl Reconciler {
@@ -136,13 +138,17 @@ impl Reconciler {
         counters: Arc<dyn CounterRebuild>,
         calendar: Calendar,
         clock: Arc<dyn Clock>,
+        metrics: MeteringMetrics,
     ) -> Self {
-        Self { store, counters, calendar, clock }
+        Self { store, counters, calendar, clock, metrics }
     }
 
     /// [`reconcile`] now.
     pub async fn reconcile(&self) -> MeteringResult<Reconciled> {
-        reconcile(self.store.as_ref(), self.counters.as_ref(), &self.calendar, self.clock.now_micros()).await
+        let done =
+            reconcile(self.store.as_ref(), self.counters.as_ref(), &self.calendar, self.clock.now_micros()).await;
+        self.metrics.reconciled(done.is_ok());
+        done
     }
 
     /// The counters it rebuilds, for the watch that notices they were lost.

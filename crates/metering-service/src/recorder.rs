@@ -8,6 +8,7 @@ use tollgate_core::Violations;
 use tollgate_ports::usage_queue::UsageQueue;
 
 use crate::error::MeteringResult;
+use crate::metrics::MeteringMetrics;
 use crate::payload;
 use crate::pricing::{ModelLookup, Pricer};
 use crate::usage::UsageReport;
@@ -19,11 +20,12 @@ const CHECK_KNOWN_WITHIN: Duration = Duration::from_millis(250);
 pub struct Recorder {
     queue: Arc<dyn UsageQueue>,
     pricer: Arc<Pricer>,
+    metrics: MeteringMetrics,
 }
 
 impl Recorder {
-    pub fn new(queue: Arc<dyn UsageQueue>, pricer: Arc<Pricer>) -> Self {
-        Self { queue, pricer }
+    pub fn new(queue: Arc<dyn UsageQueue>, pricer: Arc<Pricer>, metrics: MeteringMetrics) -> Self {
+        Self { queue, pricer, metrics }
     }
 
     /// Enqueues checked reports durably, all or none; returns how many. A report whose key or
@@ -36,6 +38,7 @@ impl Recorder {
         }
         let payloads: Vec<Vec<u8>> = reports.iter().map(payload::encode).collect();
         self.queue.enqueue(&payloads).await?;
+        self.metrics.accepted.inc_by(payloads.len() as u64);
         Ok(payloads.len())
     }
 

@@ -8,7 +8,6 @@
 //! Acknowledging only after both makes every accepted report applied at least once.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use backon::{BackoffBuilder, ExponentialBackoff, ExponentialBuilder};
@@ -24,6 +23,7 @@ use tollgate_ports::usage_queue::{QueuedReport, UsageQueue};
 use tollgate_store::StoreError;
 use tollgate_store::metering::{MeteringStore, Recorded, UsageEntry};
 
+use crate::metrics::MeteringMetrics;
 use crate::payload;
 use crate::pricing::{ModelLookup, PricedKey, Pricer};
 use crate::usage::{Charge, UsageReport};
@@ -45,29 +45,15 @@ impl Default for WorkerSettings {
     }
 }
 
-/// What the workers of a process have done, logged every minute.
-#[derive(Debug, Default)]
-pub struct WorkerStats {
-    pub applied: AtomicU64,
-    pub duplicates: AtomicU64,
-    pub dead_lettered: AtomicU64,
-    pub batches: AtomicU64,
-}
-
 /// Logs, once a minute when anything happened, what the workers applied, skipped as
 /// duplicates and set aside.
-pub async fn log_stats(stats: Arc<WorkerStats>, shutdown: CancellationToken) {
+pub async fn log_stats(stats: MeteringMetrics, shutdown: CancellationToken) {
     let mut tick = tokio::time::interval(Duration::from_secs(60));
     tick.tick().await;
     let mut last = [0u64; 4];
     loop {
         tokio::select! { _ = shutdown.cancelled() => return, _ = tick.tick() => {} }
-        let now = [
-            stats.applied.load(Ordering::Relaxed),
-            stats.duplicates.load(Ordering::Relaxed),
-            stats.dead_lettered.load(Ordering::Relaxed),
-            stats.batches.load(Ordering::Relaxed),
-        ];
+        let now = [stats.applied.get(), stats.duplicates.get(), stats.dead_lettered.get(), stats.batches.get()];
         if now != last {
             tracing::info!(
                 applied = now[0] - last[0],
@@ -120,7 +106,7 @@ pub struct Worker {
     calendar: Calendar,
     clock: Arc<dyn Clock>,
     settings: WorkerSettings,
-    stats: Arc<WorkerStats>,
+    metrics: MeteringMetrics,
 }
 
 /// A committed batch: what the counters must take, and the entries to acknowledge after.
@@ -128,6 +114,8 @@ struct Committed {
     charges: Vec<Charge>,
     recorded: Vec<Recorded>,
     acks: Vec<String>,
+    /// When the charged entries were enqueued, where the queue knows.
+    enqueued: Vec<i64>,
 }
 
 impl Worker {
@@ -140,9 +128,9 @@ impl Worker {
         calendar: Calendar,
         clock: Arc<dyn Clock>,
         settings: WorkerSettings,
-        stats: Arc<WorkerStats>,
+        metrics: MeteringMetrics,
     ) -> Self {
-        Self { queue, store, counters, pricer, calendar, clock, settings, stats }
+        Self { queue, store, counters, pricer, calendar, clock, settings, metrics }
     }
 
     /// Runs one worker named `consumer` until `shutdown`.
@@ -178,6 +166,7 @@ impl Worker {
                     finishing = Some(tokio::spawn(self.clone().finish(committed, shutdown.clone())));
                 }
                 Err(Retry(reason)) => {
+                    self.metrics.retry("commit");
                     tracing::warn!(%reason, entries = batch.len(), "usage batch not applied; it will be retried");
                     if !wait(&mut delays, MAX_BACKOFF, &shutdown).await {
                         break;
@@ -198,8 +187,9 @@ impl Worker {
         let charges = self.price(batch, &mut acks).await?;
         let recorded = if charges.is_empty() { Vec::new() } else { self.charge(&charges, shutdown).await? };
         acks.extend(charges.iter().map(|c| c.entry_id.clone()));
+        let enqueued = batch.iter().filter_map(|entry| entry.enqueued_at).collect();
         tracing::debug!(entries = batch.len(), charged = charges.len(), elapsed = ?started.elapsed(), "usage batch committed");
-        Ok(Committed { charges, recorded, acks })
+        Ok(Committed { charges, recorded, acks, enqueued })
     }
 
     /// Prices what can be priced; entries that cannot are set aside or left for later.
@@ -226,7 +216,7 @@ impl Worker {
             };
             if !seen.insert((report.account_id.clone(), report.request_id.clone())) {
                 acks.push(entry.id.clone());
-                self.stats.duplicates.fetch_add(1, Ordering::Relaxed);
+                self.metrics.duplicates.inc();
                 continue;
             }
             // Cached keys exist; the others were just read from the keys service, so a key it
@@ -303,7 +293,7 @@ impl Worker {
     /// and the counters' markers skip what was settled.
     async fn finish(self: Arc<Self>, committed: Committed, shutdown: CancellationToken) -> Result<(), Retry> {
         let started = std::time::Instant::now();
-        let Committed { charges, recorded, acks } = committed;
+        let Committed { charges, recorded, acks, enqueued } = committed;
         // A call committed long ago was settled then; its settled marker may be gone, so
         // settling it again could count it twice. (If it never was, every worker was down for
         // that long: `tollgate metering reconcile` puts the counters right.)
@@ -328,12 +318,23 @@ impl Worker {
                 }
             })
             .collect();
-        self.settle_when_not_paused(&settlements, &shutdown).await?;
+        let settled = self.settle_when_not_paused(&settlements, &shutdown).await;
+        let acked = match settled {
+            Ok(()) => self.queue.ack(&acks).await.map_err(|e| Retry(format!("ack: {e}"))),
+            Err(retry) => Err(retry),
+        };
+        if acked.is_err() {
+            self.metrics.retry("settle");
+        }
+        acked?;
         let new = recorded.iter().filter(|r| r.new).count() as u64;
-        self.stats.applied.fetch_add(new, Ordering::Relaxed);
-        self.stats.duplicates.fetch_add(settlements.len() as u64 - new, Ordering::Relaxed);
-        self.stats.batches.fetch_add(1, Ordering::Relaxed);
-        self.queue.ack(&acks).await.map_err(|e| Retry(format!("ack: {e}")))?;
+        self.metrics.applied.inc_by(new);
+        self.metrics.duplicates.inc_by(settlements.len() as u64 - new);
+        self.metrics.batches.inc();
+        let now = self.clock.now_micros();
+        for enqueued_at in enqueued {
+            self.metrics.lag((now - enqueued_at).max(0) as f64 / 1e6);
+        }
         tracing::debug!(settled = settlements.len(), elapsed = ?started.elapsed(), "usage batch settled and acknowledged");
         Ok(())
     }
@@ -374,7 +375,7 @@ impl Worker {
     async fn dead_letter(&self, entry: &QueuedReport, reason: &str) -> Result<(), Retry> {
         tracing::warn!(entry = %entry.id, %reason, "usage report moved to the dead letters");
         self.queue.dead_letter(entry, reason, self.clock.now_micros()).await.map_err(|e| Retry(e.to_string()))?;
-        self.stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
+        self.metrics.dead_lettered.inc();
         Ok(())
     }
 }

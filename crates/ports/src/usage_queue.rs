@@ -28,6 +28,8 @@ pub struct QueuedReport {
     pub payload: Vec<u8>,
     /// How often the entry has been handed out, this time included.
     pub deliveries: u32,
+    /// When it was enqueued, where the queue knows (a Redis Stream's entry id is its time).
+    pub enqueued_at: Option<Micros>,
 }
 
 /// A report that was set aside.

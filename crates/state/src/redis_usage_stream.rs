@@ -75,9 +75,15 @@ fn read_entries(reply: Value) -> Vec<QueuedReport> {
                 payload = Vec::<u8>::from_redis_value(value).unwrap_or_default();
             }
         }
-        reports.push(QueuedReport { id, payload, deliveries: 1 });
+        reports.push(QueuedReport { enqueued_at: entry_time(&id), id, payload, deliveries: 1 });
     }
     reports
+}
+
+/// When a stream entry was added: its id is `<milliseconds>-<sequence>`.
+fn entry_time(id: &str) -> Option<Micros> {
+    let millis: i64 = id.split_once('-')?.0.parse().ok()?;
+    millis.checked_mul(1000)
 }
 
 /// One stream of reports and its dead letters.
@@ -234,6 +240,7 @@ impl UsageStream {
                 id: entry.id.clone(),
                 payload: field_bytes(entry, "r"),
                 deliveries: deliveries.get(&entry.id).copied().unwrap_or(2),
+                enqueued_at: entry_time(&entry.id),
             })
             .collect())
     }

@@ -124,6 +124,7 @@ pub(crate) async fn add(
     let authz = Arc::new(AuthzServer::new(config, shared, bus, counters, source).await);
     authz.add_services(&mut services.routes);
     services.names.extend(AuthzServer::service_names());
+    authz.register_metrics(&mut services.registry);
     authz.spawn_background(shutdown.child_token());
     Ok(authz)
 }

@@ -1,7 +1,7 @@
 //! Command-line flags. Every flag has a `TOLLGATE_…` environment variable; `--help` shows both.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
@@ -66,6 +66,9 @@ pub struct DevArgs {
     /// Address to listen on.
     #[arg(long, env = "TOLLGATE_LISTEN", default_value = "127.0.0.1:50051")]
     pub listen: SocketAddr,
+    /// Address of the HTTP listener (`GET /metrics`).
+    #[arg(long, env = "TOLLGATE_HTTP_LISTEN", default_value = "127.0.0.1:9464")]
+    pub http_listen: SocketAddr,
     /// Directory of the SQLite file and of the generated admin token and key pepper.
     #[arg(long, env = "TOLLGATE_DATA_DIR", default_value = ".tollgate")]
     pub data_dir: PathBuf,
@@ -90,6 +93,9 @@ pub struct ServeArgs {
     /// Address to listen on.
     #[arg(long, env = "TOLLGATE_LISTEN", default_value = "0.0.0.0:50051")]
     pub listen: SocketAddr,
+    /// Address of the HTTP listener (`GET /metrics`).
+    #[arg(long, env = "TOLLGATE_HTTP_LISTEN", default_value = "0.0.0.0:9464")]
+    pub http_listen: SocketAddr,
     /// Postgres URL, e.g. postgres://tollgate@db:5432/tollgate (keys).
     #[arg(long, env = "TOLLGATE_DATABASE_URL")]
     pub database_url: Option<String>,
@@ -158,10 +164,60 @@ pub struct SecretArgs {
     /// Bearer token of every management RPC. `dev` generates one if unset.
     #[arg(long, env = "TOLLGATE_ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<String>,
+    /// A file holding the admin token (a mounted Kubernetes Secret), instead of the value.
+    #[arg(long, env = "TOLLGATE_ADMIN_TOKEN_FILE", conflicts_with = "admin_token")]
+    pub admin_token_file: Option<PathBuf>,
     /// Secret (at least 32 bytes) that keys every stored key hash. Changing it invalidates
     /// every key. `dev` generates one if unset.
     #[arg(long, env = "TOLLGATE_KEY_PEPPER", hide_env_values = true)]
     pub key_pepper: Option<String>,
+    /// A file holding the key pepper, instead of the value.
+    #[arg(long, env = "TOLLGATE_KEY_PEPPER_FILE", conflicts_with = "key_pepper")]
+    pub key_pepper_file: Option<PathBuf>,
+}
+
+/// Fills `value` from `file` when one is given: its content without the trailing newline
+/// that `echo` and editors leave.
+pub fn secret_from_file(value: &mut Option<String>, file: Option<&Path>, variable: &str) -> anyhow::Result<()> {
+    let Some(file) = file else { return Ok(()) };
+    let content = std::fs::read_to_string(file)
+        .map_err(|e| anyhow::anyhow!("{variable}: cannot read {}: {e}", file.display()))?;
+    let secret = content.strip_suffix('\n').map(|s| s.strip_suffix('\r').unwrap_or(s)).unwrap_or(&content);
+    anyhow::ensure!(!secret.is_empty(), "{variable}: {} is empty", file.display());
+    *value = Some(secret.to_owned());
+    Ok(())
+}
+
+impl AuthzArgs {
+    /// Reads the gateway token when given as a file.
+    pub fn load_files(&mut self) -> anyhow::Result<()> {
+        secret_from_file(&mut self.gateway_token, self.gateway_token_file.as_deref(), "TOLLGATE_GATEWAY_TOKEN_FILE")
+    }
+}
+
+impl Cli {
+    /// Reads every secret given as a file (`TOLLGATE_…_FILE`) into its flag.
+    pub fn load_secret_files(&mut self) -> anyhow::Result<()> {
+        match &mut self.command {
+            Command::Dev(args) => {
+                args.secrets.load_files()?;
+                args.authz.load_files()
+            }
+            Command::Serve(args) => {
+                args.secrets.load_files()?;
+                args.authz.load_files()
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+impl SecretArgs {
+    /// Reads the secrets given as files.
+    pub fn load_files(&mut self) -> anyhow::Result<()> {
+        secret_from_file(&mut self.admin_token, self.admin_token_file.as_deref(), "TOLLGATE_ADMIN_TOKEN_FILE")?;
+        secret_from_file(&mut self.key_pepper, self.key_pepper_file.as_deref(), "TOLLGATE_KEY_PEPPER_FILE")
+    }
 }
 
 #[derive(Debug, Args)]
@@ -191,6 +247,9 @@ pub struct AuthzArgs {
     /// else. Authorize also takes the admin token.
     #[arg(long, env = "TOLLGATE_GATEWAY_TOKEN", hide_env_values = true)]
     pub gateway_token: Option<String>,
+    /// A file holding the gateway token, instead of the value.
+    #[arg(long, env = "TOLLGATE_GATEWAY_TOKEN_FILE", conflicts_with = "gateway_token")]
+    pub gateway_token_file: Option<PathBuf>,
     /// Serve Authorize to callers without a token when no gateway token is set (anyone who
     /// reaches the port can then test whether a key is valid). `dev` on a loopback address
     /// is open regardless.
@@ -250,4 +309,45 @@ pub struct MeteringArgs {
     /// lowered count are not read. The same on every metering process.
     #[arg(long, env = "TOLLGATE_METERING_USAGE_STREAMS", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=64))]
     pub usage_streams: u16,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_secret_file_gives_its_content_without_the_trailing_newline() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("token");
+        for (content, expected) in
+            [("s3cret\n", "s3cret"), ("s3cret", "s3cret"), ("s3cret\r\n", "s3cret"), (" a b \n", " a b ")]
+        {
+            std::fs::write(&path, content).unwrap();
+            let mut value = None;
+            secret_from_file(&mut value, Some(&path), "X_FILE").unwrap();
+            assert_eq!(value.as_deref(), Some(expected), "{content:?}");
+        }
+        let mut kept = Some("given".to_owned());
+        secret_from_file(&mut kept, None, "X_FILE").unwrap();
+        assert_eq!(kept.as_deref(), Some("given"), "no file: the value stays");
+    }
+
+    #[test]
+    fn a_missing_or_empty_secret_file_fails_naming_its_variable() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("missing");
+        let error = secret_from_file(&mut None, Some(&missing), "TOLLGATE_ADMIN_TOKEN_FILE").unwrap_err();
+        assert!(error.to_string().starts_with("TOLLGATE_ADMIN_TOKEN_FILE: cannot read"), "{error}");
+        let empty = dir.path().join("empty");
+        std::fs::write(&empty, "\n").unwrap();
+        let error = secret_from_file(&mut None, Some(&empty), "TOLLGATE_KEY_PEPPER_FILE").unwrap_err();
+        assert!(error.to_string().contains("is empty"), "{error}");
+    }
+
+    #[test]
+    fn a_secret_and_its_file_together_are_refused() {
+        let parsed =
+            Cli::try_parse_from(["tollgate", "serve", "keys", "--admin-token", "x", "--admin-token-file", "/f"]);
+        assert!(parsed.is_err());
+    }
 }

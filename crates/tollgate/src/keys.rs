@@ -97,5 +97,6 @@ pub(crate) async fn add(
     }
     keys.add_services(&mut services.routes, tollgate_auth::BearerAuth::new(&secrets.admin_token));
     services.names.extend(KeysServer::service_names());
+    keys.register_metrics(&mut services.registry);
     Ok(keys)
 }

@@ -7,6 +7,7 @@ pub mod cli;
 pub mod dev;
 mod keys;
 mod metering;
+mod metrics;
 pub mod server;
 pub mod telemetry;
 
@@ -63,6 +64,8 @@ pub struct DevConfig {
     pub authz: AuthzSettings,
     pub metering: MeteringSettings,
     pub drain: Duration,
+    /// Where `GET /metrics` is served; `None`: nowhere.
+    pub http_listen: Option<std::net::SocketAddr>,
     pub clock: Arc<dyn Clock>,
 }
 
@@ -78,6 +81,8 @@ pub struct KeysServeConfig {
     pub secrets: Secrets,
     pub keys: KeysSettings,
     pub drain: Duration,
+    /// Where `GET /metrics` is served; `None`: nowhere.
+    pub http_listen: Option<std::net::SocketAddr>,
 }
 
 /// `tollgate serve authz`: Redis, and the keys service for cache misses. No database.
@@ -89,6 +94,8 @@ pub struct AuthzServeConfig {
     pub secrets: Secrets,
     pub authz: AuthzSettings,
     pub drain: Duration,
+    /// Where `GET /metrics` is served; `None`: nowhere.
+    pub http_listen: Option<std::net::SocketAddr>,
     pub clock: Arc<dyn Clock>,
 }
 
@@ -107,6 +114,8 @@ pub struct MeteringServeConfig {
     pub secrets: Secrets,
     pub metering: MeteringSettings,
     pub drain: Duration,
+    /// Where `GET /metrics` is served; `None`: nowhere.
+    pub http_listen: Option<std::net::SocketAddr>,
     pub clock: Arc<dyn Clock>,
 }
 
@@ -171,7 +180,7 @@ pub async fn run_dev(listener: TcpListener, config: DevConfig, shutdown: Cancell
         &shutdown,
     )
     .await?;
-    server::serve(listener, services, config.drain, shutdown).await
+    server::serve(listener, config.http_listen, services, config.drain, shutdown).await
 }
 
 /// Runs `tollgate serve keys` on `listener` until `shutdown` is cancelled.
@@ -193,7 +202,7 @@ pub async fn run_keys(
     let adapters = keys::KeysAdapters { store, cache: redis.clone(), bus: redis, counters };
     let clock = Arc::new(tollgate_core::clock::SystemClock);
     keys::add(&mut services, adapters, &config.secrets, &config.keys, startup, clock, &shutdown).await?;
-    server::serve(listener, services, config.drain, shutdown).await
+    server::serve(listener, config.http_listen, services, config.drain, shutdown).await
 }
 
 /// Runs `tollgate serve authz` on `listener` until `shutdown` is cancelled.
@@ -222,7 +231,7 @@ pub async fn run_authz(
         &shutdown,
     )
     .await?;
-    server::serve(listener, services, config.drain, shutdown).await
+    server::serve(listener, config.http_listen, services, config.drain, shutdown).await
 }
 
 /// Health waits for Redis to answer once: authz and metering cannot do their work without it.
@@ -295,7 +304,7 @@ pub async fn run_metering(
     let adapters =
         MeteringAdapters { store, queue: Arc::new(queue), counters, directory: metering_directory(&config)? };
     metering::add(&mut services, adapters, &config.secrets, &config.metering, config.clock.clone(), &shutdown)?;
-    server::serve(listener, services, config.drain, shutdown).await
+    server::serve(listener, config.http_listen, services, config.drain, shutdown).await
 }
 
 /// What `tollgate metering reconcile` needs: the ledger and the Redis it rebuilds.

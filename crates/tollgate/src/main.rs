@@ -22,8 +22,9 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
+    let mut cli = Cli::parse();
     telemetry::init(cli.log_format);
+    cli.load_secret_files()?;
     let shutdown = CancellationToken::new();
     server::cancel_on_signal(shutdown.clone());
     match cli.command {
@@ -50,6 +51,7 @@ async fn main() -> anyhow::Result<()> {
                 authz: authz_settings(&args.authz),
                 metering: metering_settings(&args.metering, &args.authz),
                 drain: args.shutdown_drain,
+                http_listen: Some(args.http_listen),
                 clock: Arc::new(SystemClock),
             };
             tollgate::run_dev(listener, config, shutdown).await
@@ -102,6 +104,7 @@ async fn serve(args: ServeArgs, shutdown: CancellationToken) -> anyhow::Result<(
                 secrets,
                 keys: keys_settings(&args.keys),
                 drain: args.shutdown_drain,
+                http_listen: Some(args.http_listen),
             };
             tollgate::run_keys(listener, config, shutdown).await
         }
@@ -112,6 +115,7 @@ async fn serve(args: ServeArgs, shutdown: CancellationToken) -> anyhow::Result<(
                 secrets,
                 authz: authz_settings(&args.authz),
                 drain: args.shutdown_drain,
+                http_listen: Some(args.http_listen),
                 clock: Arc::new(SystemClock),
             };
             tollgate::run_authz(listener, config, shutdown).await
@@ -130,6 +134,7 @@ async fn serve(args: ServeArgs, shutdown: CancellationToken) -> anyhow::Result<(
                 secrets,
                 metering: metering_settings(&args.metering, &args.authz),
                 drain: args.shutdown_drain,
+                http_listen: Some(args.http_listen),
                 clock: Arc::new(SystemClock),
             };
             tollgate::run_metering(listener, config, shutdown).await

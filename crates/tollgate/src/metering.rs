@@ -120,6 +120,7 @@ pub(crate) fn add(
     let server = Arc::new(MeteringServer::new(config, adapters));
     server.add_services(&mut services.routes);
     services.names.extend(MeteringServer::service_names());
+    server.register_metrics(&mut services.registry);
     let name = format!("worker-{}", tollgate_core::ids::new_id());
     server.spawn_workers(&name, settings.workers, shutdown);
     Ok(server)

@@ -6,6 +6,7 @@
 use std::pin::Pin;
 use std::time::Duration;
 
+use anyhow::Context;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tonic::service::RoutesBuilder;
@@ -23,6 +24,8 @@ pub type Probe = Box<dyn Fn() -> Pin<Box<dyn Future<Output = bool> + Send>> + Se
 #[derive(Default)]
 pub struct Services {
     pub routes: RoutesBuilder,
+    /// Every service's metrics, served on the HTTP listener.
+    pub registry: prometheus_client::registry::Registry,
     /// Fully-qualified names reported by the health service.
     pub names: Vec<&'static str>,
     /// What must answer once before health says SERVING, by name (e.g. `redis`). The process
@@ -112,6 +115,7 @@ async fn serve_when_ready(
 /// Serves until `shutdown` is cancelled, then drains for `drain` and stops.
 pub async fn serve(
     listener: TcpListener,
+    http_listen: Option<std::net::SocketAddr>,
     mut services: Services,
     drain: Duration,
     shutdown: CancellationToken,
@@ -138,6 +142,17 @@ pub async fn serve(
         .add_service(reflection().build_v1()?)
         .add_service(reflection().build_v1alpha()?);
 
+    let served = services.names.iter().map(|name| name.to_string()).chain(
+        ["grpc.health.v1.Health", "grpc.reflection.v1.ServerReflection", "grpc.reflection.v1alpha.ServerReflection"]
+            .map(String::from),
+    );
+    let grpc_metrics = crate::metrics::GrpcMetrics::new(&mut services.registry, served);
+    if let Some(address) = http_listen {
+        let http = TcpListener::bind(address).await.with_context(|| format!("binding the HTTP listener {address}"))?;
+        tracing::info!(address = %http.local_addr()?, "serving /metrics");
+        let registry = std::sync::Arc::new(std::mem::take(&mut services.registry));
+        tokio::spawn(crate::metrics::serve_http(http, registry, shutdown.child_token()));
+    }
     let names = services.names.clone();
     let signal = async move {
         shutdown.cancelled().await;
@@ -153,6 +168,7 @@ pub async fn serve(
         tracing::info!("stopping: finishing in-flight calls");
     };
     Server::builder()
+        .layer(crate::metrics::GrpcMetricsLayer(grpc_metrics))
         .timeout(REQUEST_TIMEOUT)
         .trace_fn(|request| tracing::debug_span!("grpc", method = %request.uri().path()))
         .add_routes(services.routes.routes())

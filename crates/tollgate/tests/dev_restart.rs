@@ -25,6 +25,7 @@ async fn start(dir: &std::path::Path, secrets: &Secrets) -> (Channel, Cancellati
         authz: AuthzSettings::default(),
         metering: MeteringSettings::default(),
         drain: Duration::ZERO,
+        http_listen: None,
         clock: std::sync::Arc::new(SystemClock),
     };
     let shutdown = CancellationToken::new();

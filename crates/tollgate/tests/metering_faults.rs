@@ -220,6 +220,7 @@ async fn deploy(keys_db: &TestDatabase, metering_db: &str, redis: &TestRedis) ->
         secrets: secrets.clone(),
         keys: KeysSettings::default(),
         drain: Duration::ZERO,
+        http_listen: None,
     };
     let (keys_channel, keys_address) = spawn_in_process(|l, s| tollgate::run_keys(l, keys_config, s), &shutdown).await;
     let key = common::seed(&keys_channel, &secrets.admin_token, "crash", keys::Key::default()).await;
@@ -240,6 +241,7 @@ async fn deploy(keys_db: &TestDatabase, metering_db: &str, redis: &TestRedis) ->
             ..Default::default()
         },
         drain: Duration::ZERO,
+        http_listen: None,
         clock: std::sync::Arc::new(SystemClock),
     };
     let ingest_config = metering.clone();

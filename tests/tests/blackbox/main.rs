@@ -8,6 +8,7 @@ mod cross_account;
 mod key_state;
 mod keys_api;
 mod metering;
+mod metrics;
 mod outages;
 mod secrets;
 mod server;

@@ -45,6 +45,8 @@ impl SqlMeteringStore {
                 id: id.to_string(),
                 payload: row.try_get("payload").map_err(state_error)?,
                 deliveries: deliveries as u32 + 1,
+                // The table does not keep it: dev's queue reports no lag.
+                enqueued_at: None,
             });
         }
         let sql = format!(
