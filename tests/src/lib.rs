@@ -130,7 +130,7 @@ pub struct Harness {
     /// Redis URL and key prefix (production only).
     pub redis: Option<(String, String)>,
     options: Options,
-    secrets: Secrets,
+    pub secrets: Secrets,
     _resources: Resources,
 }
 
@@ -166,6 +166,7 @@ fn secrets() -> Secrets {
     Secrets {
         admin_token: format!("admin-{}", tollgate_core::ids::new_id()),
         key_pepper: format!("pepper-{}-{}", tollgate_core::ids::new_id(), tollgate_core::ids::new_id()),
+        service_token: Some(format!("service-{}", tollgate_core::ids::new_id())),
     }
 }
 

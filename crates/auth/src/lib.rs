@@ -53,6 +53,35 @@ impl Interceptor for BearerAuth {
     }
 }
 
+/// Accepts any one of several tokens (the admin's or a service's, the gateway's or the admin's).
+#[derive(Clone, Debug)]
+pub struct AnyBearer(Vec<BearerAuth>);
+
+impl AnyBearer {
+    pub fn new(tokens: impl IntoIterator<Item = BearerAuth>) -> Self {
+        Self(tokens.into_iter().collect())
+    }
+
+    /// Whether `metadata` carries one of the tokens.
+    pub fn check(&self, metadata: &MetadataMap) -> Result<(), Status> {
+        let mut refused = Status::unauthenticated("missing `authorization: Bearer <token>` metadata");
+        for token in &self.0 {
+            match token.check(metadata) {
+                Ok(()) => return Ok(()),
+                Err(status) => refused = status,
+            }
+        }
+        Err(refused)
+    }
+}
+
+impl Interceptor for AnyBearer {
+    fn call(&mut self, request: Request<()>) -> Result<Request<()>, Status> {
+        self.check(request.metadata())?;
+        Ok(request)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -73,6 +102,16 @@ mod tests {
             let status = auth.call(request(wrong)).unwrap_err();
             assert_eq!(status.code(), tonic::Code::Unauthenticated);
             assert!(!status.message().contains("s3cret"));
+        }
+    }
+
+    #[test]
+    fn any_of_several_tokens_is_accepted_and_nothing_else() {
+        let mut auth = AnyBearer::new([BearerAuth::new("admin-token-value"), BearerAuth::new("service-token-value")]);
+        assert!(auth.call(request(Some("Bearer admin-token-value"))).is_ok());
+        assert!(auth.call(request(Some("Bearer service-token-value"))).is_ok());
+        for wrong in [None, Some("Bearer gateway-token-value")] {
+            assert_eq!(auth.call(request(wrong)).unwrap_err().code(), tonic::Code::Unauthenticated);
         }
     }
 }

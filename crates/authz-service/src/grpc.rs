@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use tollgate_auth::BearerAuth;
+use tollgate_auth::{AnyBearer, BearerAuth};
 use tollgate_core::{Capability, Violations, ip_allowlist, validation};
 use tollgate_proto::authz::v1 as pb;
 use tonic::{Request, Response, Status};
@@ -24,20 +24,15 @@ pub enum AuthorizeAccess {
     /// `--allow-unauthenticated-authorize`. Anyone could then test whether a key is valid.
     Open,
     /// A caller presenting one of these tokens (the gateway token, the admin token).
-    Tokens(Vec<BearerAuth>),
+    Tokens(AnyBearer),
 }
 
 impl AuthorizeAccess {
     fn check(&self, metadata: &tonic::metadata::MetadataMap) -> Result<(), Status> {
-        let AuthorizeAccess::Tokens(tokens) = self else { return Ok(()) };
-        let mut refused = Status::unauthenticated("missing `authorization: Bearer <token>` metadata");
-        for token in tokens {
-            match token.check(metadata) {
-                Ok(()) => return Ok(()),
-                Err(status) => refused = status,
-            }
+        match self {
+            AuthorizeAccess::Open => Ok(()),
+            AuthorizeAccess::Tokens(tokens) => tokens.check(metadata),
         }
-        Err(refused)
     }
 }
 

@@ -26,7 +26,7 @@ use std::time::Duration;
 
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use tollgate_auth::BearerAuth;
+use tollgate_auth::{AnyBearer, BearerAuth};
 use tollgate_ports::counters::CallCounters;
 use tollgate_ports::key_state::{Invalidation, InvalidationBus, KeyStateCache};
 use tollgate_proto::authz::v1 as pb;
@@ -90,8 +90,8 @@ impl AuthzServer {
         let admin = BearerAuth::new(&config.admin_token);
         let access = match &config.gateway_token {
             None if config.open_authorize => AuthorizeAccess::Open,
-            None => AuthorizeAccess::Tokens(vec![admin.clone()]),
-            Some(gateway) => AuthorizeAccess::Tokens(vec![BearerAuth::new(gateway), admin.clone()]),
+            None => AuthorizeAccess::Tokens(AnyBearer::new([admin.clone()])),
+            Some(gateway) => AuthorizeAccess::Tokens(AnyBearer::new([BearerAuth::new(gateway), admin.clone()])),
         };
         let grpc = AuthzGrpc::new(authorizer.clone(), access, admin);
         authorizer.catalog.reload().await;

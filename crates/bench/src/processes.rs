@@ -100,7 +100,8 @@ pub fn tollgate_binary() -> anyhow::Result<PathBuf> {
 /// Starts `tollgate <args>` with `env` and waits until its port accepts connections.
 pub async fn tollgate(args: &[&str], env: &[(&str, String)], port: u16) -> anyhow::Result<Process> {
     let mut command = Command::new(tollgate_binary()?);
-    command.args(args).env("RUST_LOG", "warn").stdout(Stdio::null());
+    // Several processes run side by side: each one's metrics listener on a port of its own.
+    command.args(args).env("RUST_LOG", "warn").env("TOLLGATE_HTTP_LISTEN", "127.0.0.1:0").stdout(Stdio::null());
     for (key, value) in env {
         command.env(key, value);
     }

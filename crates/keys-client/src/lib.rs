@@ -37,12 +37,11 @@ impl Interceptor for Token {
 
 type Authed = InterceptedService<Channel, Token>;
 
-/// A client of the keys service.
+/// A client of the keys service's internal `KeyStateService`, the only one the service
+/// token opens.
 #[derive(Clone)]
 pub struct KeysClient {
     key_state: keys::key_state_service_client::KeyStateServiceClient<Authed>,
-    accounts: keys::account_service_client::AccountServiceClient<Authed>,
-    applications: keys::application_service_client::ApplicationServiceClient<Authed>,
 }
 
 impl std::fmt::Debug for KeysClient {
@@ -61,17 +60,8 @@ impl KeysClient {
             .timeout(timeout)
             .connect_lazy();
         let header = format!("Bearer {token}").parse().map_err(|_| Unavailable("the token is not ASCII".into()))?;
-        let token = Token(header);
         Ok(Self {
-            key_state: keys::key_state_service_client::KeyStateServiceClient::with_interceptor(
-                channel.clone(),
-                token.clone(),
-            ),
-            accounts: keys::account_service_client::AccountServiceClient::with_interceptor(
-                channel.clone(),
-                token.clone(),
-            ),
-            applications: keys::application_service_client::ApplicationServiceClient::with_interceptor(channel, token),
+            key_state: keys::key_state_service_client::KeyStateServiceClient::with_interceptor(channel, Token(header)),
         })
     }
 
@@ -99,11 +89,11 @@ impl KeysClient {
         Ok(self.key_state.clone().get_model_catalog(keys::GetModelCatalogRequest {}).await?.into_inner())
     }
 
-    /// An account; `None` when there is no such account.
-    pub async fn account(&self, account_id: &str) -> Result<Option<keys::Account>, Unavailable> {
-        let request = keys::GetAccountRequest { name: names::account(account_id) };
-        match self.accounts.clone().get_account(request).await {
-            Ok(response) => Ok(response.into_inner().account),
+    /// What metering needs of an account; `None` when there is no such account.
+    pub async fn account(&self, account_id: &str) -> Result<Option<keys::GetAccountStateResponse>, Unavailable> {
+        let request = keys::GetAccountStateRequest { account: names::account(account_id) };
+        match self.key_state.clone().get_account_state(request).await {
+            Ok(response) => Ok(Some(response.into_inner())),
             Err(status) if status.code() == Code::NotFound => Ok(None),
             Err(status) => Err(status.into()),
         }
@@ -111,8 +101,8 @@ impl KeysClient {
 
     /// Whether the account has this application.
     pub async fn application_exists(&self, account_id: &str, application_id: &str) -> Result<bool, Unavailable> {
-        let request = keys::GetApplicationRequest { name: names::application(account_id, application_id) };
-        match self.applications.clone().get_application(request).await {
+        let request = keys::GetApplicationStateRequest { application: names::application(account_id, application_id) };
+        match self.key_state.clone().get_application_state(request).await {
             Ok(_) => Ok(true),
             Err(status) if status.code() == Code::NotFound => Ok(false),
             Err(status) => Err(status.into()),

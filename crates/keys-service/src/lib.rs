@@ -101,10 +101,12 @@ impl KeysServer {
         self.service.clone()
     }
 
-    /// Adds every keys.v1 service to a router, each behind `auth`.
-    pub fn add_services<A>(&self, routes: &mut RoutesBuilder, auth: A)
+    /// Adds every keys.v1 service to a router: the management services behind `auth`, the
+    /// internal `KeyStateService` behind `internal` (the service token, or the admin token).
+    pub fn add_services<A, I>(&self, routes: &mut RoutesBuilder, auth: A, internal: I)
     where
         A: Interceptor + Clone + Send + Sync + 'static,
+        I: Interceptor + Clone + Send + Sync + 'static,
     {
         use pb::account_service_server::AccountServiceServer;
         use pb::application_service_server::ApplicationServiceServer;
@@ -120,8 +122,8 @@ impl KeysServer {
             .add_service(GroupServiceServer::with_interceptor(grpc.clone(), auth.clone()))
             .add_service(ModelServiceServer::with_interceptor(grpc.clone(), auth.clone()))
             .add_service(KeyServiceServer::with_interceptor(grpc.clone(), auth.clone()))
-            .add_service(AuditServiceServer::with_interceptor(grpc.clone(), auth.clone()))
-            .add_service(KeyStateServiceServer::with_interceptor(grpc.clone(), auth));
+            .add_service(AuditServiceServer::with_interceptor(grpc.clone(), auth))
+            .add_service(KeyStateServiceServer::with_interceptor(grpc.clone(), internal));
     }
 
     /// Fully-qualified names of the services [`KeysServer::add_services`] adds, for health.

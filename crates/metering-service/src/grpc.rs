@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use tollgate_auth::BearerAuth;
+use tollgate_auth::{AnyBearer, BearerAuth};
 use tollgate_core::Violations;
 use tollgate_core::clock::Clock;
 use tollgate_proto::metering::v1 as pb;
@@ -40,7 +40,8 @@ pub struct MeteringGrpc {
     /// Gives a report without end time the time it arrived.
     clock: Arc<dyn Clock>,
     admin: BearerAuth,
-    gateway: Option<BearerAuth>,
+    /// Usage reports: the admin token, or the gateway's.
+    reporters: AnyBearer,
 }
 
 impl MeteringGrpc {
@@ -52,20 +53,16 @@ impl MeteringGrpc {
         admin: BearerAuth,
         gateway: Option<BearerAuth>,
     ) -> Self {
-        Self { recorder, credits, queries, clock, admin, gateway }
+        let reporters = AnyBearer::new([admin.clone()].into_iter().chain(gateway));
+        Self { recorder, credits, queries, clock, admin, reporters }
     }
 
     fn admin<T>(&self, request: &Request<T>) -> Result<(), Status> {
         self.admin.check(request.metadata())
     }
 
-    /// The admin token, or the gateway's.
     fn reporter<T>(&self, request: &Request<T>) -> Result<(), Status> {
-        match (self.admin.check(request.metadata()), &self.gateway) {
-            (Ok(()), _) => Ok(()),
-            (Err(_), Some(gateway)) => gateway.check(request.metadata()),
-            (Err(status), None) => Err(status),
-        }
+        self.reporters.check(request.metadata())
     }
 
     /// Checks reports, each named by `field`, and records them all or none.

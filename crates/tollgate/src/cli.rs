@@ -174,6 +174,13 @@ pub struct SecretArgs {
     /// A file holding the key pepper, instead of the value.
     #[arg(long, env = "TOLLGATE_KEY_PEPPER_FILE", conflicts_with = "key_pepper")]
     pub key_pepper_file: Option<PathBuf>,
+    /// Internal token (16+ characters): the keys service accepts it for `KeyStateService`
+    /// only, and authz and metering call it with it. Without one they use the admin token.
+    #[arg(long, env = "TOLLGATE_SERVICE_TOKEN", hide_env_values = true)]
+    pub service_token: Option<String>,
+    /// A file holding the service token, instead of the value.
+    #[arg(long, env = "TOLLGATE_SERVICE_TOKEN_FILE", conflicts_with = "service_token")]
+    pub service_token_file: Option<PathBuf>,
 }
 
 /// Fills `value` from `file` when one is given: its content without the trailing newline
@@ -216,7 +223,8 @@ impl SecretArgs {
     /// Reads the secrets given as files.
     pub fn load_files(&mut self) -> anyhow::Result<()> {
         secret_from_file(&mut self.admin_token, self.admin_token_file.as_deref(), "TOLLGATE_ADMIN_TOKEN_FILE")?;
-        secret_from_file(&mut self.key_pepper, self.key_pepper_file.as_deref(), "TOLLGATE_KEY_PEPPER_FILE")
+        secret_from_file(&mut self.key_pepper, self.key_pepper_file.as_deref(), "TOLLGATE_KEY_PEPPER_FILE")?;
+        secret_from_file(&mut self.service_token, self.service_token_file.as_deref(), "TOLLGATE_SERVICE_TOKEN_FILE")
     }
 }
 

@@ -95,7 +95,10 @@ pub(crate) async fn add(
             services.dependencies.push(("postgres", probe));
         }
     }
-    keys.add_services(&mut services.routes, tollgate_auth::BearerAuth::new(&secrets.admin_token));
+    let admin = tollgate_auth::BearerAuth::new(&secrets.admin_token);
+    let service = secrets.service_token.as_deref().map(tollgate_auth::BearerAuth::new);
+    let internal = tollgate_auth::AnyBearer::new([admin.clone()].into_iter().chain(service));
+    keys.add_services(&mut services.routes, admin, internal);
     services.names.extend(KeysServer::service_names());
     keys.register_metrics(&mut services.registry);
     Ok(keys)

@@ -49,10 +49,28 @@ const METERING_KEYS_TIMEOUT: Duration = Duration::from_secs(5);
 /// The secrets every service shares.
 #[derive(Debug, Clone)]
 pub struct Secrets {
-    /// Bearer token of management RPCs (and of authz's calls to the keys service).
+    /// Bearer token of management RPCs.
     pub admin_token: String,
     /// Keys every stored secret hash; identical on every keys and authz replica.
     pub key_pepper: String,
+    /// The internal token authz and metering call the keys service's `KeyStateService` with;
+    /// it opens nothing else. Without one they use the admin token.
+    pub service_token: Option<String>,
+}
+
+impl Secrets {
+    /// The token to call the keys service with.
+    fn keys_token(&self) -> &str {
+        match &self.service_token {
+            Some(token) => token,
+            None => {
+                tracing::warn!(
+                    "no TOLLGATE_SERVICE_TOKEN: calling the keys service with the admin token; set a service token so authz and metering do not hold it"
+                );
+                &self.admin_token
+            }
+        }
+    }
 }
 
 /// `tollgate dev`: every service, one port, SQLite and in-process state.
@@ -213,7 +231,7 @@ pub async fn run_authz(
 ) -> anyhow::Result<()> {
     let redis = Arc::new(RedisState::connect(&config.redis).await.context("TOLLGATE_REDIS_URL")?);
     let counters = Arc::new(RedisCounters::new(&redis, config.redis.op_timeout));
-    let keys = KeysClient::new(&config.keys_url, &config.secrets.admin_token, AUTHZ_KEYS_TIMEOUT)
+    let keys = KeysClient::new(&config.keys_url, config.secrets.keys_token(), AUTHZ_KEYS_TIMEOUT)
         .context("TOLLGATE_KEYS_URL")?;
     let source = Arc::new(tollgate_authz_service::source::GrpcKeyStateSource(keys));
     let mut services = Services::default();
@@ -259,7 +277,7 @@ async fn metering_backends(
 }
 
 fn metering_directory(config: &MeteringServeConfig) -> anyhow::Result<Arc<GrpcKeyDirectory>> {
-    let keys = KeysClient::new(&config.keys_url, &config.secrets.admin_token, METERING_KEYS_TIMEOUT)
+    let keys = KeysClient::new(&config.keys_url, config.secrets.keys_token(), METERING_KEYS_TIMEOUT)
         .context("TOLLGATE_KEYS_URL")?;
     Ok(Arc::new(GrpcKeyDirectory(keys)))
 }

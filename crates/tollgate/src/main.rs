@@ -38,6 +38,8 @@ async fn main() -> anyhow::Result<()> {
                     Some(pepper) => pepper,
                     None => dev::load_or_generate(&args.data_dir, "key-pepper")?,
                 },
+                // Every service is in this process: none calls the keys service over gRPC.
+                service_token: args.secrets.service_token.clone(),
             };
             let listener = TcpListener::bind(args.listen).await.with_context(|| format!("binding {}", args.listen))?;
             let address = listener.local_addr()?;
@@ -146,7 +148,12 @@ fn required_secrets(secrets: &SecretArgs) -> anyhow::Result<Secrets> {
     let admin_token = secrets.admin_token.clone().context("TOLLGATE_ADMIN_TOKEN (--admin-token) is required")?;
     anyhow::ensure!(admin_token.len() >= 16, "TOLLGATE_ADMIN_TOKEN must be at least 16 characters");
     let key_pepper = secrets.key_pepper.clone().context("TOLLGATE_KEY_PEPPER (--key-pepper) is required")?;
-    Ok(Secrets { admin_token, key_pepper })
+    let service_token = secrets.service_token.clone();
+    if let Some(token) = &service_token {
+        anyhow::ensure!(token.len() >= 16, "TOLLGATE_SERVICE_TOKEN must be at least 16 characters");
+        anyhow::ensure!(*token != admin_token, "TOLLGATE_SERVICE_TOKEN must differ from the admin token");
+    }
+    Ok(Secrets { admin_token, key_pepper, service_token })
 }
 
 fn keys_settings(args: &KeysArgs) -> KeysSettings {

@@ -50,6 +50,7 @@ async fn a_restart_keeps_what_keys_spent() {
     let secrets = Secrets {
         admin_token: "dev-restart-admin-token".into(),
         key_pepper: "dev-restart-pepper-0123456789abcdef0123456789".into(),
+        service_token: None,
     };
     let auth = Bearer::token(&secrets.admin_token);
     let (channel, shutdown, task) = start(dir.path(), &secrets).await;

@@ -37,6 +37,7 @@ fn secrets() -> Secrets {
     Secrets {
         admin_token: format!("admin-{}", tollgate_core::ids::new_id()),
         key_pepper: format!("pepper-{}-{}", tollgate_core::ids::new_id(), tollgate_core::ids::new_id()),
+        service_token: Some(format!("service-{}", tollgate_core::ids::new_id())),
     }
 }
 
@@ -153,8 +154,12 @@ async fn assert_exactly_once(metering_db: &str, redis: &TestRedis, key: &str, n:
 
 /// A `tollgate serve metering` process.
 fn worker_process(config: &MeteringServeConfig, port: u16) -> tokio::process::Child {
-    tokio::process::Command::new(env!("CARGO_BIN_EXE_tollgate"))
-        .args(["serve", "metering", "--listen", &format!("127.0.0.1:{port}")])
+    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_tollgate"));
+    if let Some(token) = &config.secrets.service_token {
+        command.env("TOLLGATE_SERVICE_TOKEN", token);
+    }
+    command
+        .args(["serve", "metering", "--listen", &format!("127.0.0.1:{port}"), "--http-listen", "127.0.0.1:0"])
         .env("TOLLGATE_DATABASE_URL", &config.database_url)
         .env("TOLLGATE_REDIS_URL", &config.redis.url)
         .env("TOLLGATE_REDIS_PREFIX", &config.redis.prefix)

@@ -12,6 +12,7 @@ mod metrics;
 mod outages;
 mod secrets;
 mod server;
+mod service_token;
 mod undecodable;
 mod validation;
 

@@ -4,6 +4,7 @@ use tonic::{Request, Response, Status};
 
 use super::KeysGrpc;
 use crate::error::KeysError;
+use crate::validate;
 
 #[tonic::async_trait]
 impl pb::key_state_service_server::KeyStateService for KeysGrpc {
@@ -41,5 +42,32 @@ impl pb::key_state_service_server::KeyStateService for KeysGrpc {
         _request: Request<pb::GetModelCatalogRequest>,
     ) -> Result<Response<pb::GetModelCatalogResponse>, Status> {
         Ok(Response::new(self.service.model_catalog().await?))
+    }
+
+    async fn get_account_state(
+        &self,
+        request: Request<pb::GetAccountStateRequest>,
+    ) -> Result<Response<pb::GetAccountStateResponse>, Status> {
+        let mut v = Violations::new();
+        let account_id = validate::account_name(&mut v, "account", &request.get_ref().account);
+        v.into_result().map_err(KeysError::InvalidArgument)?;
+        let account = self.service.get_account(&account_id).await?;
+        Ok(Response::new(pb::GetAccountStateResponse {
+            account: names::account(&account_id),
+            unlimited_credit: account.unlimited_credit,
+            credit_limit: account.credit_limit,
+        }))
+    }
+
+    async fn get_application_state(
+        &self,
+        request: Request<pb::GetApplicationStateRequest>,
+    ) -> Result<Response<pb::GetApplicationStateResponse>, Status> {
+        let mut v = Violations::new();
+        let name = &request.get_ref().application;
+        let (account_id, id) = validate::child_name(&mut v, "application", name, "applications");
+        v.into_result().map_err(KeysError::InvalidArgument)?;
+        self.service.get_application(&account_id, &id).await?;
+        Ok(Response::new(pb::GetApplicationStateResponse { application: names::application(&account_id, &id) }))
     }
 }
