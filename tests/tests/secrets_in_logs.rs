@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use prost_types::FieldMask;
 use tollgate_proto::keys::v1 as pb;
 use tollgate_proto::metering::v1 as metering;
-use tollgate_tests::fixtures::{create_key, world};
+use tollgate_tests::fixtures::{create_key, postpaid_world};
 use tollgate_tests::{Harness, Options};
 use tracing_subscriber::EnvFilter;
 
@@ -33,7 +33,8 @@ async fn no_secret_reaches_the_logs() {
     let writer = captured.clone();
     tracing_subscriber::fmt()
         .with_env_filter(EnvFilter::new(
-            "debug,tollgate=trace,tollgate_keys_service=trace,tollgate_store=trace,tollgate_metering_service=trace",
+            "debug,tollgate=trace,tollgate_keys_service=trace,tollgate_store=trace,tollgate_metering_service=trace,\
+             tollgate_authz_service=trace,tollgate_state=trace,tollgate_keys_client=trace,tollgate_auth=trace",
         ))
         .with_writer(move || writer.clone())
         .with_ansi(false)
@@ -45,9 +46,15 @@ async fn no_secret_reaches_the_logs() {
         harnesses.push(production);
     }
     for h in harnesses {
-        let w = world(&h, "logged").await;
+        let w = postpaid_world(&h, "logged").await;
         let (key, secret) = create_key(&h, &w, w.key("Logged")).await;
         secrets.push(secret.clone());
+        // Authorize with the key (allowed, then a near miss), and its usage applied.
+        let allowed = h.authz().authorize(w.call(&secret)).await.unwrap().into_inner();
+        assert_eq!(allowed.decision(), tollgate_proto::authz::v1::Decision::Allow);
+        let _ = h.authz().authorize(w.call(&format!("{secret}x"))).await;
+        let report = w.report(&key, "logged-call", 10);
+        h.metering().record_usage(metering::RecordUsageRequest { report: Some(report) }).await.unwrap();
         let rotated = h.keys().rotate_key(pb::RotateKeyRequest { name: key.name.clone(), grace_period: None }).await;
         secrets.push(rotated.unwrap().into_inner().created.unwrap().secret);
         let update = pb::UpdateKeyRequest {
@@ -70,9 +77,11 @@ async fn no_secret_reaches_the_logs() {
         let _ = unauthenticated.clone().list_accounts(pb::ListAccountsRequest::default()).await;
         let admin_token = h.admin_token.clone();
         let pepper = h.key_pepper.clone();
+        let service_token = h.secrets.service_token.clone();
         h.stop().await;
         secrets.push(admin_token);
         secrets.push(pepper);
+        secrets.extend(service_token);
     }
 
     let logs = String::from_utf8_lossy(&captured.0.lock().unwrap()).into_owned();

@@ -130,6 +130,11 @@ pub struct ServeArgs {
     /// How long health reports NOT_SERVING before the server stops on SIGTERM.
     #[arg(long, env = "TOLLGATE_SHUTDOWN_DRAIN", default_value = "5s", value_parser = humantime::parse_duration)]
     pub shutdown_drain: Duration,
+    /// How long Postgres (keys, metering) or Redis (metering) may not answer before readiness
+    /// says NOT_SERVING; it says SERVING again as soon as they answer. Authz stays SERVING,
+    /// answering from its caches.
+    #[arg(long, env = "TOLLGATE_READINESS_GRACE", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub readiness_grace: Duration,
     #[command(flatten)]
     pub secrets: SecretArgs,
     #[command(flatten)]

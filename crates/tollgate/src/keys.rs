@@ -23,6 +23,8 @@ pub struct KeysSettings {
     pub max_tpm: Option<i64>,
     pub credits_per_usd: i64,
     pub rotation_grace: Duration,
+    /// How long Postgres may not answer before readiness says NOT_SERVING (`serve` only).
+    pub readiness_grace: Duration,
 }
 
 impl Default for KeysSettings {
@@ -32,6 +34,7 @@ impl Default for KeysSettings {
             max_tpm: None,
             credits_per_usd: tollgate_core::money::DEFAULT_CREDITS_PER_USD,
             rotation_grace: Duration::from_secs(24 * 3600),
+            readiness_grace: crate::DEFAULT_READINESS_GRACE,
         }
     }
 }

@@ -73,6 +73,10 @@ impl Secrets {
     }
 }
 
+/// How long a watched dependency may not answer before readiness says NOT_SERVING, unless
+/// configured.
+pub const DEFAULT_READINESS_GRACE: Duration = Duration::from_secs(10);
+
 /// `tollgate dev`: every service, one port, SQLite and in-process state.
 #[derive(Debug, Clone)]
 pub struct DevConfig {
@@ -215,6 +219,8 @@ pub async fn run_keys(
     let redis = Arc::new(RedisState::connect(&config.redis).await.context("TOLLGATE_REDIS_URL")?);
 
     let mut services = Services::default();
+    services.watched.push(postgres_probe(store.database()));
+    services.readiness_grace = config.keys.readiness_grace;
     let counters = Arc::new(RedisCounters::new(&redis, config.redis.op_timeout));
     let startup = keys::Startup::InBackground { migrate: config.migrate_on_start.then(|| store.clone()) };
     let adapters = keys::KeysAdapters { store, cache: redis.clone(), bus: redis, counters };
@@ -250,6 +256,16 @@ pub async fn run_authz(
     )
     .await?;
     server::serve(listener, config.http_listen, services, config.drain, shutdown).await
+}
+
+/// Whether Postgres answers a query now.
+fn postgres_probe(database: &Database) -> (&'static str, server::Probe) {
+    let database = database.clone();
+    let probe: server::Probe = Box::new(move || {
+        let database = database.clone();
+        Box::pin(async move { database.ping().await.is_ok() })
+    });
+    ("postgres", probe)
 }
 
 /// Health waits for Redis to answer once: authz and metering cannot do their work without it.
@@ -319,6 +335,11 @@ pub async fn run_metering(
         Box::pin(async move { counters.counters_intact().await.unwrap_or(false) })
     });
     services.dependencies.push(("counters rebuilt from the ledger", probe));
+    // Authz answers from its caches while a dependency is away; metering cannot take or apply
+    // reports without Postgres and Redis.
+    services.watched.push(postgres_probe(store.database()));
+    services.watched.push(redis_probe(&redis));
+    services.readiness_grace = config.metering.readiness_grace;
     let adapters =
         MeteringAdapters { store, queue: Arc::new(queue), counters, directory: metering_directory(&config)? };
     metering::add(&mut services, adapters, &config.secrets, &config.metering, config.clock.clone(), &shutdown)?;

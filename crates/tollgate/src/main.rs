@@ -104,7 +104,7 @@ async fn serve(args: ServeArgs, shutdown: CancellationToken) -> anyhow::Result<(
                 migrate_on_start: args.migrate_on_start,
                 redis: redis(Duration::from_secs(1)),
                 secrets,
-                keys: keys_settings(&args.keys),
+                keys: KeysSettings { readiness_grace: args.readiness_grace, ..keys_settings(&args.keys) },
                 drain: args.shutdown_drain,
                 http_listen: Some(args.http_listen),
             };
@@ -134,7 +134,10 @@ async fn serve(args: ServeArgs, shutdown: CancellationToken) -> anyhow::Result<(
                 redis: redis(Duration::from_secs(2)),
                 keys_url: args.keys_url.clone().context("TOLLGATE_KEYS_URL (--keys-url) is required")?,
                 secrets,
-                metering: metering_settings(&args.metering, &args.authz),
+                metering: MeteringSettings {
+                    readiness_grace: args.readiness_grace,
+                    ..metering_settings(&args.metering, &args.authz)
+                },
                 drain: args.shutdown_drain,
                 http_listen: Some(args.http_listen),
                 clock: Arc::new(SystemClock),
@@ -162,6 +165,7 @@ fn keys_settings(args: &KeysArgs) -> KeysSettings {
         max_tpm: args.max_tpm,
         credits_per_usd: args.credits_per_usd,
         rotation_grace: args.rotation_grace,
+        ..KeysSettings::default()
     }
 }
 
@@ -175,6 +179,7 @@ fn metering_settings(args: &MeteringArgs, authz: &AuthzArgs) -> MeteringSettings
         gateway_token: authz.gateway_token.clone(),
         key_balance_per_minute: args.key_balance_rpm,
         usage_streams: usize::from(args.usage_streams),
+        ..MeteringSettings::default()
     }
 }
 

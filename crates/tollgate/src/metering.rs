@@ -36,6 +36,8 @@ pub struct MeteringSettings {
     pub key_balance_per_minute: u32,
     /// Redis Streams the usage queue spreads over (production); only ever raise it.
     pub usage_streams: usize,
+    /// How long Postgres or Redis may not answer before readiness says NOT_SERVING (`serve`).
+    pub readiness_grace: Duration,
 }
 
 impl Default for MeteringSettings {
@@ -49,6 +51,7 @@ impl Default for MeteringSettings {
             gateway_token: None,
             key_balance_per_minute: 60,
             usage_streams: 1,
+            readiness_grace: crate::DEFAULT_READINESS_GRACE,
         }
     }
 }

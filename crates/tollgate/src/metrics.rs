@@ -146,6 +146,12 @@ where
 
     fn call(&mut self, request: http::Request<ReqBody>) -> Self::Future {
         let labels = self.metrics.labels(request.uri().path());
+        let request_id = request
+            .headers()
+            .get("x-request-id")
+            .and_then(|value| value.to_str().ok())
+            .filter(|id| id.len() <= 128 && id.bytes().all(|b| b.is_ascii_graphic()))
+            .map(str::to_owned);
         self.metrics.started.get_or_create(&labels).inc();
         let started = Instant::now();
         let metrics = self.metrics.clone();
@@ -168,6 +174,16 @@ where
                 grpc_code: code_name(code),
             };
             metrics.handled.get_or_create(&handled).inc();
+            // The access log: what was called and how it ended, never a header's secret.
+            tracing::info!(
+                target: "tollgate::access",
+                service = %handled.grpc_service,
+                method = %handled.grpc_method,
+                code = handled.grpc_code,
+                duration_ms = started.elapsed().as_secs_f64() * 1000.0,
+                request_id = request_id.as_deref().unwrap_or("-"),
+                "rpc"
+            );
             response
         })
     }

@@ -26,6 +26,10 @@ pub struct Services {
     pub routes: RoutesBuilder,
     /// Every service's metrics, served on the HTTP listener.
     pub registry: prometheus_client::registry::Registry,
+    /// Dependencies watched once serving: when one fails to answer for longer than
+    /// `readiness_grace`, health says NOT_SERVING until it answers again.
+    pub watched: Vec<(&'static str, Probe)>,
+    pub readiness_grace: Duration,
     /// Fully-qualified names reported by the health service.
     pub names: Vec<&'static str>,
     /// What must answer once before health says SERVING, by name (e.g. `redis`). The process
@@ -78,10 +82,76 @@ where
 const DEPENDENCY_RETRY: Duration = Duration::from_millis(50);
 
 /// Reports SERVING once every dependency has answered, unless shutdown came first.
+/// How often watched dependencies are probed once serving.
+const WATCH_EVERY: Duration = Duration::from_secs(1);
+/// Longest one probe may take before it counts as failed.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+
+async fn answers(probe: &Probe) -> bool {
+    tokio::time::timeout(PROBE_TIMEOUT, probe()).await.unwrap_or(false)
+}
+
+async fn set_status(health: &tonic_health::server::HealthReporter, names: &[&'static str], status: ServingStatus) {
+    for name in names.iter().copied().chain([""]) {
+        health.set_service_status(name, status).await;
+    }
+}
+
+/// Once serving: NOT_SERVING after a watched dependency failed to answer for longer than
+/// `grace`, SERVING again as soon as every one answers. Returns on shutdown.
+async fn watch(
+    health: &tonic_health::server::HealthReporter,
+    names: &[&'static str],
+    watched: &[(&'static str, Probe)],
+    grace: Duration,
+    shutdown: &CancellationToken,
+) {
+    if watched.is_empty() {
+        return;
+    }
+    let mut failing_since: Option<std::time::Instant> = None;
+    let mut serving = true;
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(WATCH_EVERY) => {}
+        }
+        let mut down = None;
+        for (name, probe) in watched {
+            if !answers(probe).await {
+                down = Some(*name);
+                break;
+            }
+        }
+        if shutdown.is_cancelled() {
+            return;
+        }
+        match down {
+            None => {
+                failing_since = None;
+                if !serving {
+                    set_status(health, names, ServingStatus::Serving).await;
+                    serving = true;
+                    tracing::info!("every watched dependency answers again: serving");
+                }
+            }
+            Some(dependency) => {
+                let since = *failing_since.get_or_insert_with(std::time::Instant::now);
+                if serving && since.elapsed() >= grace {
+                    set_status(health, names, ServingStatus::NotServing).await;
+                    serving = false;
+                    tracing::warn!(dependency, down_for = ?since.elapsed(), "a dependency does not answer: NOT_SERVING until it does");
+                }
+            }
+        }
+    }
+}
+
 async fn serve_when_ready(
     health: tonic_health::server::HealthReporter,
     names: Vec<&'static str>,
     dependencies: Vec<(&'static str, Probe)>,
+    watched: (Vec<(&'static str, Probe)>, Duration),
     shutdown: CancellationToken,
 ) {
     let started = std::time::Instant::now();
@@ -104,12 +174,11 @@ async fn serve_when_ready(
     if shutdown.is_cancelled() {
         return;
     }
-    for name in names.iter().copied().chain([""]) {
-        health.set_service_status(name, ServingStatus::Serving).await;
-    }
+    set_status(&health, &names, ServingStatus::Serving).await;
     if last_warning.is_some() {
         tracing::info!(waited = ?started.elapsed(), "every dependency answers: serving");
     }
+    watch(&health, &names, &watched.0, watched.1, &shutdown).await;
 }
 
 /// Serves until `shutdown` is cancelled, then drains for `drain` and stops.
@@ -128,6 +197,7 @@ pub async fn serve(
         health.clone(),
         services.names.clone(),
         std::mem::take(&mut services.dependencies),
+        (std::mem::take(&mut services.watched), services.readiness_grace),
         shutdown.clone(),
     ));
     // v1 for current grpcurl and Postman, v1alpha for older clients such as evans.

@@ -1,4 +1,5 @@
-//! Structured logs: `RUST_LOG` filters, text or JSON lines on stderr.
+//! Structured logs: `RUST_LOG` filters, text or JSON lines on stderr. One INFO line per RPC
+//! goes to the `tollgate::access` target (`RUST_LOG=info,tollgate::access=off` silences it).
 
 use clap::ValueEnum;
 use tracing_subscriber::EnvFilter;
@@ -18,7 +19,9 @@ const DEFAULT_FILTER: &str = "info,sqlx=warn,h2=warn,hyper=warn,tower=warn";
 /// Installs the global subscriber.
 pub fn init(format: LogFormat) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_FILTER));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    // Colour only on a terminal: collectors would store the escape codes.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi);
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().flatten_event(true).with_current_span(false).init(),

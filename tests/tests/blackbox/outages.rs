@@ -338,3 +338,48 @@ async fn reports_are_taken_while_the_keys_service_is_down() {
     assert!(started.elapsed() < Duration::from_secs(1), "held up {:?}", started.elapsed());
     h.stop().await;
 }
+
+/// Readiness tells the truth: the keys and metering services go NOT_SERVING when Postgres has
+/// not answered for longer than the readiness grace, and SERVING again by themselves once it
+/// answers; authz keeps SERVING, answering from its caches.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readiness_follows_postgres_and_authz_keeps_serving() {
+    let Some(mut postgres) = PrivatePostgres::start().await else { return };
+    let grace = Duration::from_millis(500);
+    let options = Options {
+        database_url: Some(postgres.url()),
+        keys: tollgate::KeysSettings { readiness_grace: grace, ..Default::default() },
+        metering: tollgate::MeteringSettings { readiness_grace: grace, ..Default::default() },
+        ..Default::default()
+    };
+    let Some(h) = Harness::production(options).await else { return };
+    let status = |channel: tonic::transport::Channel| async move {
+        let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
+        let request = tonic_health::pb::HealthCheckRequest { service: String::new() };
+        health.check(request).await.map(|r| r.get_ref().status).unwrap_or(-1)
+    };
+    let (serving, not_serving) = (1, 2);
+    let wait_for = |expected: i32, what: &'static str| {
+        let keys = h.channel.clone();
+        let metering = h.metering_server().channel.clone();
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(15);
+            loop {
+                let now = (status(keys.clone()).await, status(metering.clone()).await);
+                if now == (expected, expected) {
+                    return;
+                }
+                assert!(Instant::now() < deadline, "{what}: keys and metering report {now:?}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    };
+    postgres.stop();
+    let stopped = Instant::now();
+    wait_for(not_serving, "Postgres stopped").await;
+    assert!(stopped.elapsed() >= grace, "NOT_SERVING before the grace: {:?}", stopped.elapsed());
+    assert_eq!(status(h.authz_server().channel.clone()).await, serving, "authz keeps serving");
+    postgres.restart().await.unwrap();
+    wait_for(serving, "Postgres back").await;
+    h.stop().await;
+}
