@@ -49,10 +49,11 @@ async fn commands_during<F: Future<Output = ()>>(redis: &PrivateRedis, work: F) 
     let mut commands = Vec::new();
     while let Ok(Some(line)) = lines.next_line().await {
         // `1700000000.123456 [0 127.0.0.1:5555] "EVALSHA" …`; scripts' own calls say `[0 lua]`.
-        // The metering workers' polls of the usage stream (`{usage}` keys) and its watch of
-        // the counters' rebuilt markers are not authz's.
+        // The metering workers' polls of the usage stream (`{usage}` keys), its watch of the
+        // counters' rebuilt markers and its readiness probe (PING) are not authz's.
         let watch = line.contains("\"EXISTS\"") && (line.contains(":rebuilt") || line.contains("{rebuild}"));
-        if !line.contains(" lua] ") && !line.contains("{usage}") && !watch {
+        let probe = line.contains("\"PING\"");
+        if !line.contains(" lua] ") && !line.contains("{usage}") && !watch && !probe {
             commands.push(line.split_whitespace().nth(3).unwrap_or_default().trim_matches('"').to_uppercase());
         }
     }
