@@ -18,7 +18,7 @@ use tollgate_ports::key_state::{Invalidation, KeyStateCache};
 use tollgate_proto::keys::v1 as keys;
 
 use crate::compiled::CompiledKey;
-use crate::metrics::AuthzMetrics;
+use crate::metrics::{AuthzMetrics, CacheOutcome};
 use crate::source::{KeyStateSource, SourceError};
 
 /// What a secret resolved to.
@@ -82,12 +82,12 @@ impl KeyResolver {
     pub async fn resolve(&self, hash: SecretHash) -> Result<Lookup, SourceError> {
         if let Some(entry) = self.cache.get(&hash).await {
             self.metrics.key_cache(match entry.lookup {
-                Lookup::Found(_) => "hit",
-                Lookup::Unknown => "negative_hit",
+                Lookup::Found(_) => CacheOutcome::Hit,
+                Lookup::Unknown => CacheOutcome::NegativeHit,
             });
             return Ok(entry.lookup);
         }
-        self.metrics.key_cache("miss");
+        self.metrics.key_cache(CacheOutcome::Miss);
         let started = self.generation.load(Ordering::Acquire);
         let entry = self
             .cache

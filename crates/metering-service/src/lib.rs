@@ -99,25 +99,25 @@ impl MeteringServer {
         let metrics = MeteringMetrics::default();
         let recorder = Arc::new(Recorder::new(queue.clone(), pricer.clone(), metrics.clone()));
         let credits = Arc::new(Credits::new(store.clone(), counters.clone(), directory.clone(), config.clock.clone()));
-        let queries = Arc::new(Queries::new(
-            store.clone(),
-            queue.clone(),
+        let queries = Arc::new(Queries {
+            store: store.clone(),
+            queue: queue.clone(),
             directory,
-            config.calendar.clone(),
-            config.clock.clone(),
-            config.pepper,
-            KeyHolderLimit::new(config.key_balance_per_minute),
-        ));
-        let worker = Arc::new(Worker::new(
+            calendar: config.calendar.clone(),
+            clock: config.clock.clone(),
+            pepper: config.pepper,
+            key_holder_limit: KeyHolderLimit::new(config.key_balance_per_minute),
+        });
+        let worker = Arc::new(Worker {
             queue,
-            store.clone(),
-            counters.clone(),
+            store: store.clone(),
+            counters: counters.clone(),
             pricer,
-            config.calendar.clone(),
-            config.clock.clone(),
-            config.workers,
-            metrics.clone(),
-        ));
+            calendar: config.calendar.clone(),
+            clock: config.clock.clone(),
+            settings: config.workers,
+            metrics: metrics.clone(),
+        });
         let reconciler =
             Arc::new(Reconciler::new(store.clone(), counters, config.calendar, config.clock.clone(), metrics.clone()));
         let metering = MeteringGrpc::new(

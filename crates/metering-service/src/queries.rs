@@ -70,28 +70,18 @@ pub(crate) async fn credit_limit(directory: &dyn KeyDirectory, account_id: &str)
 
 /// Answers the reading RPCs.
 pub struct Queries {
-    store: Arc<dyn MeteringStore>,
-    queue: Arc<dyn UsageQueue>,
-    directory: Arc<dyn KeyDirectory>,
-    calendar: Calendar,
-    clock: Arc<dyn Clock>,
-    pepper: KeyPepper,
-    key_holder_limit: KeyHolderLimit,
+    pub store: Arc<dyn MeteringStore>,
+    /// For the dead letters.
+    pub queue: Arc<dyn UsageQueue>,
+    pub directory: Arc<dyn KeyDirectory>,
+    pub calendar: Calendar,
+    pub clock: Arc<dyn Clock>,
+    /// Hashes a key holder's secret to find their key.
+    pub pepper: KeyPepper,
+    pub key_holder_limit: KeyHolderLimit,
 }
 
 impl Queries {
-    pub fn new(
-        store: Arc<dyn MeteringStore>,
-        queue: Arc<dyn UsageQueue>,
-        directory: Arc<dyn KeyDirectory>,
-        calendar: Calendar,
-        clock: Arc<dyn Clock>,
-        pepper: KeyPepper,
-        key_holder_limit: KeyHolderLimit,
-    ) -> Self {
-        Self { store, queue, directory, calendar, clock, pepper, key_holder_limit }
-    }
-
     /// An account's balance and credit limit.
     pub async fn account_balance(&self, account_id: &str) -> MeteringResult<AccountBalance> {
         let credit_limit = credit_limit(self.directory.as_ref(), account_id).await?;

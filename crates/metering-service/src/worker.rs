@@ -99,14 +99,14 @@ const RECONCILE_POLL: Duration = Duration::from_millis(100);
 
 /// Applies usage reports from the queue.
 pub struct Worker {
-    queue: Arc<dyn UsageQueue>,
-    store: Arc<dyn MeteringStore>,
-    counters: Arc<dyn MoneyCounters>,
-    pricer: Arc<Pricer>,
-    calendar: Calendar,
-    clock: Arc<dyn Clock>,
-    settings: WorkerSettings,
-    metrics: MeteringMetrics,
+    pub queue: Arc<dyn UsageQueue>,
+    pub store: Arc<dyn MeteringStore>,
+    pub counters: Arc<dyn MoneyCounters>,
+    pub pricer: Arc<Pricer>,
+    pub calendar: Calendar,
+    pub clock: Arc<dyn Clock>,
+    pub settings: WorkerSettings,
+    pub metrics: MeteringMetrics,
 }
 
 /// A committed batch: what the counters must take, and the entries to acknowledge after.
@@ -119,20 +119,6 @@ struct Committed {
 }
 
 impl Worker {
-    #[allow(clippy::too_many_arguments)]
-    pub fn new(
-        queue: Arc<dyn UsageQueue>,
-        store: Arc<dyn MeteringStore>,
-        counters: Arc<dyn MoneyCounters>,
-        pricer: Arc<Pricer>,
-        calendar: Calendar,
-        clock: Arc<dyn Clock>,
-        settings: WorkerSettings,
-        metrics: MeteringMetrics,
-    ) -> Self {
-        Self { queue, store, counters, pricer, calendar, clock, settings, metrics }
-    }
-
     /// Runs one worker named `consumer` until `shutdown`.
     ///
     /// While the counters of one batch are brought up to date and it is acknowledged (Redis),

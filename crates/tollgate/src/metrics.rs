@@ -6,9 +6,9 @@
 //! Label values are bounded: a method outside the services this process serves is counted as
 //! `unknown`, never by the path a caller sent.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock, RwLock};
 use std::task::{Context, Poll};
 use std::time::Instant;
 
@@ -43,6 +43,19 @@ fn latency_buckets() -> Histogram {
 
 type LatencyFamily = Family<MethodLabels, Histogram, fn() -> Histogram>;
 
+/// Every code's number, for the per-method counters (tonic codes are 0 to 16).
+const CODES: usize = 17;
+
+/// One method's metrics, looked up once per path: a call then only counts, with no label
+/// built, hashed or allocated.
+struct MethodMetrics {
+    labels: MethodLabels,
+    started: Counter,
+    handling: Histogram,
+    /// By code, made on first use so that only codes that happened are exported.
+    handled: [OnceLock<Counter>; CODES],
+}
+
 /// The gRPC server metrics of one server.
 #[derive(Clone)]
 pub struct GrpcMetrics {
@@ -51,35 +64,76 @@ pub struct GrpcMetrics {
     handling: LatencyFamily,
     /// Fully-qualified names of the services served; anything else is `unknown`.
     services: Arc<HashSet<String>>,
+    /// Served methods by path (only those: the map cannot grow with what callers send).
+    by_path: Arc<RwLock<HashMap<String, Arc<MethodMetrics>>>>,
+    unknown: Arc<MethodMetrics>,
 }
 
 impl GrpcMetrics {
     /// Registers the metrics for calls of `services` (fully-qualified names).
     pub fn new(registry: &mut Registry, services: impl IntoIterator<Item = String>) -> Self {
-        let metrics = Self {
-            started: Family::default(),
-            handled: Family::default(),
-            handling: LatencyFamily::new_with_constructor(latency_buckets),
+        let started = Family::default();
+        let handling = LatencyFamily::new_with_constructor(latency_buckets);
+        registry.register("grpc_server_started", "RPCs started on the server", started.clone());
+        let handled = Family::default();
+        registry.register("grpc_server_handled", "RPCs completed on the server, by code", handled.clone());
+        registry.register("grpc_server_handling_seconds", "Time from an RPC's start to its answer", handling.clone());
+        let unknown = Arc::new(MethodMetrics::new(&started, &handling, MethodLabels::unknown()));
+        Self {
+            started,
+            handled,
+            handling,
             services: Arc::new(services.into_iter().collect()),
-        };
-        registry.register("grpc_server_started", "RPCs started on the server", metrics.started.clone());
-        registry.register("grpc_server_handled", "RPCs completed on the server, by code", metrics.handled.clone());
-        registry.register(
-            "grpc_server_handling_seconds",
-            "Time from an RPC's start to its answer",
-            metrics.handling.clone(),
-        );
-        metrics
+            by_path: Arc::default(),
+            unknown,
+        }
     }
 
-    /// The labels of a request path `/package.Service/Method`.
-    fn labels(&self, path: &str) -> MethodLabels {
+    /// The metrics of a request path `/package.Service/Method`.
+    fn method(&self, path: &str) -> Arc<MethodMetrics> {
+        if let Some(found) = self.by_path.read().expect("metrics lock").get(path) {
+            return found.clone();
+        }
         let known = path
             .strip_prefix('/')
             .and_then(|rest| rest.split_once('/'))
             .filter(|(service, method)| self.services.contains(*service) && is_method_name(method));
-        let (service, method) = known.unwrap_or(("unknown", "unknown"));
-        MethodLabels { grpc_service: service.to_owned(), grpc_method: method.to_owned(), grpc_type: "unary" }
+        let Some((service, method)) = known else { return self.unknown.clone() };
+        let labels =
+            MethodLabels { grpc_service: service.to_owned(), grpc_method: method.to_owned(), grpc_type: "unary" };
+        let made = Arc::new(MethodMetrics::new(&self.started, &self.handling, labels));
+        self.by_path.write().expect("metrics lock").entry(path.to_owned()).or_insert(made).clone()
+    }
+
+    /// Counts a call of `method` that ended with `code`.
+    fn handled(&self, method: &MethodMetrics, code: Code) {
+        let counter = method.handled[(code as usize).min(CODES - 1)].get_or_init(|| {
+            let labels = HandledLabels {
+                grpc_service: method.labels.grpc_service.clone(),
+                grpc_method: method.labels.grpc_method.clone(),
+                grpc_type: method.labels.grpc_type,
+                grpc_code: code_name(code),
+            };
+            self.handled.get_or_create(&labels).clone()
+        });
+        counter.inc();
+    }
+}
+
+impl MethodMetrics {
+    fn new(started: &Family<MethodLabels, Counter>, handling: &LatencyFamily, labels: MethodLabels) -> Self {
+        MethodMetrics {
+            started: started.get_or_create(&labels).clone(),
+            handling: handling.get_or_create(&labels).clone(),
+            handled: Default::default(),
+            labels,
+        }
+    }
+}
+
+impl MethodLabels {
+    fn unknown() -> Self {
+        MethodLabels { grpc_service: "unknown".into(), grpc_method: "unknown".into(), grpc_type: "unary" }
     }
 }
 
@@ -145,14 +199,14 @@ where
     }
 
     fn call(&mut self, request: http::Request<ReqBody>) -> Self::Future {
-        let labels = self.metrics.labels(request.uri().path());
+        let method = self.metrics.method(request.uri().path());
         let request_id = request
             .headers()
             .get("x-request-id")
             .and_then(|value| value.to_str().ok())
             .filter(|id| id.len() <= 128 && id.bytes().all(|b| b.is_ascii_graphic()))
             .map(str::to_owned);
-        self.metrics.started.get_or_create(&labels).inc();
+        method.started.inc();
         let started = Instant::now();
         let metrics = self.metrics.clone();
         let answer = self.inner.call(request);
@@ -166,21 +220,16 @@ where
                 }
                 Err(_) => Code::Unknown,
             };
-            metrics.handling.get_or_create(&labels).observe(started.elapsed().as_secs_f64());
-            let handled = HandledLabels {
-                grpc_service: labels.grpc_service,
-                grpc_method: labels.grpc_method,
-                grpc_type: labels.grpc_type,
-                grpc_code: code_name(code),
-            };
-            metrics.handled.get_or_create(&handled).inc();
+            let elapsed = started.elapsed();
+            method.handling.observe(elapsed.as_secs_f64());
+            metrics.handled(&method, code);
             // The access log: what was called and how it ended, never a header's secret.
             tracing::info!(
                 target: "tollgate::access",
-                service = %handled.grpc_service,
-                method = %handled.grpc_method,
-                code = handled.grpc_code,
-                duration_ms = started.elapsed().as_secs_f64() * 1000.0,
+                service = %method.labels.grpc_service,
+                method = %method.labels.grpc_method,
+                code = code_name(code),
+                duration_ms = elapsed.as_secs_f64() * 1000.0,
                 request_id = request_id.as_deref().unwrap_or("-"),
                 "rpc"
             );
