@@ -193,6 +193,7 @@ impl Harness {
             metering: options.metering.clone(),
             drain: options.drain,
             http_listen: Some(http),
+            tls: None,
             clock: options.clock(),
         };
         let database = dir.path().join("keys.db").display().to_string();
@@ -242,6 +243,7 @@ impl Harness {
             keys: options.keys.clone(),
             drain: options.drain,
             http_listen: Some(http),
+            tls: None,
         };
         let server = Server::start(http, |listener, shutdown| tollgate::run_keys(listener, config, shutdown)).await;
         let mut harness = Harness {
@@ -296,6 +298,8 @@ impl Harness {
             metering: self.options.metering.clone(),
             drain: self.options.drain,
             http_listen: Some(http),
+            tls: None,
+            keys_ca: None,
             clock: self.options.clock(),
         };
         let server = Server::start(http, |listener, shutdown| tollgate::run_metering(listener, config, shutdown)).await;
@@ -316,6 +320,8 @@ impl Harness {
             authz: self.options.authz.clone(),
             drain: self.options.drain,
             http_listen: Some(http),
+            tls: None,
+            keys_ca: None,
             clock: self.options.clock(),
         };
         let server = Server::start(http, |listener, shutdown| tollgate::run_authz(listener, config, shutdown)).await;

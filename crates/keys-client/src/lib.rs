@@ -11,7 +11,7 @@ use tonic::Code;
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::service::Interceptor;
 use tonic::service::interceptor::InterceptedService;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 
 /// The keys service could not answer (unreachable, timed out, or refused the call).
 #[derive(Debug, Clone, thiserror::Error)]
@@ -51,14 +51,22 @@ impl std::fmt::Debug for KeysClient {
 }
 
 impl KeysClient {
-    /// A client of the keys service at `url` (`http://keys:50051`), connecting lazily, each
-    /// call bounded by `timeout`.
-    pub fn new(url: &str, token: &str, timeout: Duration) -> Result<Self, Unavailable> {
-        let channel = Endpoint::from_shared(url.to_owned())
+    /// A client of the keys service at `url` (`http://keys:50051`, or `https://…` whose
+    /// certificate chains to the system roots or to `ca`, PEM), connecting lazily, each call
+    /// bounded by `timeout`.
+    pub fn new(url: &str, token: &str, timeout: Duration, ca: Option<Vec<u8>>) -> Result<Self, Unavailable> {
+        let mut endpoint = Endpoint::from_shared(url.to_owned())
             .map_err(|e| Unavailable(format!("keys service URL: {e}")))?
             .connect_timeout(timeout)
-            .timeout(timeout)
-            .connect_lazy();
+            .timeout(timeout);
+        if url.starts_with("https://") {
+            let mut tls = ClientTlsConfig::new().with_native_roots();
+            if let Some(ca) = ca {
+                tls = tls.ca_certificate(Certificate::from_pem(ca));
+            }
+            endpoint = endpoint.tls_config(tls).map_err(|e| Unavailable(format!("keys service TLS: {e}")))?;
+        }
+        let channel = endpoint.connect_lazy();
         let header = format!("Bearer {token}").parse().map_err(|_| Unavailable("the token is not ASCII".into()))?;
         Ok(Self {
             key_state: keys::key_state_service_client::KeyStateServiceClient::with_interceptor(channel, Token(header)),

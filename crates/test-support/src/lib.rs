@@ -6,12 +6,14 @@
 
 mod redis_cluster;
 pub mod seed;
+mod tls;
 
 use std::time::Duration;
 
 use sqlx::{AssertSqlSafe, Connection, PgConnection};
 
 pub use redis_cluster::{PrivateRedisCluster, shared_redis_cluster_url};
+pub use tls::TestCertificates;
 
 /// Where the shared Postgres is; the tests create and drop their own databases on it.
 pub fn postgres_admin_url() -> String {

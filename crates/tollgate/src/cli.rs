@@ -78,6 +78,8 @@ pub struct DevArgs {
     #[command(flatten)]
     pub secrets: SecretArgs,
     #[command(flatten)]
+    pub tls: TlsArgs,
+    #[command(flatten)]
     pub keys: KeysArgs,
     #[command(flatten)]
     pub authz: AuthzArgs,
@@ -127,6 +129,10 @@ pub struct ServeArgs {
     /// e.g. http://tollgate-keys:50051 (authz, metering).
     #[arg(long, env = "TOLLGATE_KEYS_URL")]
     pub keys_url: Option<String>,
+    /// CA certificate (PEM) an `https://` keys service's certificate must chain to, besides
+    /// the system roots (authz, metering).
+    #[arg(long, env = "TOLLGATE_KEYS_CA_FILE")]
+    pub keys_ca: Option<PathBuf>,
     /// How long health reports NOT_SERVING before the server stops on SIGTERM.
     #[arg(long, env = "TOLLGATE_SHUTDOWN_DRAIN", default_value = "5s", value_parser = humantime::parse_duration)]
     pub shutdown_drain: Duration,
@@ -137,6 +143,8 @@ pub struct ServeArgs {
     pub readiness_grace: Duration,
     #[command(flatten)]
     pub secrets: SecretArgs,
+    #[command(flatten)]
+    pub tls: TlsArgs,
     #[command(flatten)]
     pub keys: KeysArgs,
     #[command(flatten)]
@@ -162,6 +170,31 @@ pub struct MigrateArgs {
     /// Postgres URL.
     #[arg(long, env = "TOLLGATE_DATABASE_URL")]
     pub database_url: String,
+}
+
+/// TLS of the gRPC listener.
+#[derive(Debug, Args)]
+pub struct TlsArgs {
+    /// Certificate chain (PEM) the gRPC listener serves TLS with; with `--tls-key`. Without
+    /// both, the listener speaks plaintext HTTP/2.
+    #[arg(long, env = "TOLLGATE_TLS_CERT_FILE", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// The certificate's private key (PEM).
+    #[arg(long, env = "TOLLGATE_TLS_KEY_FILE", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// CA certificate (PEM) clients must present a certificate from (mutual TLS).
+    #[arg(long, env = "TOLLGATE_TLS_CLIENT_CA_FILE", requires = "tls_cert")]
+    pub tls_client_ca: Option<PathBuf>,
+}
+
+impl TlsArgs {
+    pub fn server_tls(&self) -> Option<crate::server::ServerTls> {
+        Some(crate::server::ServerTls {
+            cert: self.tls_cert.clone()?,
+            key: self.tls_key.clone()?,
+            client_ca: self.tls_client_ca.clone(),
+        })
+    }
 }
 
 #[derive(Debug, Args)]

@@ -88,6 +88,8 @@ pub struct DevConfig {
     pub drain: Duration,
     /// Where `GET /metrics` is served; `None`: nowhere.
     pub http_listen: Option<std::net::SocketAddr>,
+    /// TLS of the gRPC listener; `None`: plaintext.
+    pub tls: Option<server::ServerTls>,
     pub clock: Arc<dyn Clock>,
 }
 
@@ -105,6 +107,8 @@ pub struct KeysServeConfig {
     pub drain: Duration,
     /// Where `GET /metrics` is served; `None`: nowhere.
     pub http_listen: Option<std::net::SocketAddr>,
+    /// TLS of the gRPC listener; `None`: plaintext.
+    pub tls: Option<server::ServerTls>,
 }
 
 /// `tollgate serve authz`: Redis, and the keys service for cache misses. No database.
@@ -118,6 +122,10 @@ pub struct AuthzServeConfig {
     pub drain: Duration,
     /// Where `GET /metrics` is served; `None`: nowhere.
     pub http_listen: Option<std::net::SocketAddr>,
+    /// TLS of the gRPC listener; `None`: plaintext.
+    pub tls: Option<server::ServerTls>,
+    /// CA certificate (PEM) the keys service's `https://` certificate must chain to, besides the system roots.
+    pub keys_ca: Option<std::path::PathBuf>,
     pub clock: Arc<dyn Clock>,
 }
 
@@ -138,6 +146,10 @@ pub struct MeteringServeConfig {
     pub drain: Duration,
     /// Where `GET /metrics` is served; `None`: nowhere.
     pub http_listen: Option<std::net::SocketAddr>,
+    /// TLS of the gRPC listener; `None`: plaintext.
+    pub tls: Option<server::ServerTls>,
+    /// CA certificate (PEM) the keys service's `https://` certificate must chain to, besides the system roots.
+    pub keys_ca: Option<std::path::PathBuf>,
     pub clock: Arc<dyn Clock>,
 }
 
@@ -202,7 +214,7 @@ pub async fn run_dev(listener: TcpListener, config: DevConfig, shutdown: Cancell
         &shutdown,
     )
     .await?;
-    server::serve(listener, config.http_listen, services, config.drain, shutdown).await
+    server::serve(listener, config.http_listen, config.tls.as_ref(), services, config.drain, shutdown).await
 }
 
 /// Runs `tollgate serve keys` on `listener` until `shutdown` is cancelled.
@@ -226,7 +238,7 @@ pub async fn run_keys(
     let adapters = keys::KeysAdapters { store, cache: redis.clone(), bus: redis, counters };
     let clock = Arc::new(tollgate_core::clock::SystemClock);
     keys::add(&mut services, adapters, &config.secrets, &config.keys, startup, clock, &shutdown).await?;
-    server::serve(listener, config.http_listen, services, config.drain, shutdown).await
+    server::serve(listener, config.http_listen, config.tls.as_ref(), services, config.drain, shutdown).await
 }
 
 /// Runs `tollgate serve authz` on `listener` until `shutdown` is cancelled.
@@ -237,7 +249,7 @@ pub async fn run_authz(
 ) -> anyhow::Result<()> {
     let redis = Arc::new(RedisState::connect(&config.redis).await.context("TOLLGATE_REDIS_URL")?);
     let counters = Arc::new(RedisCounters::new(&redis, config.redis.op_timeout));
-    let keys = KeysClient::new(&config.keys_url, config.secrets.keys_token(), AUTHZ_KEYS_TIMEOUT)
+    let keys = KeysClient::new(&config.keys_url, config.secrets.keys_token(), AUTHZ_KEYS_TIMEOUT, read_ca(&config.keys_ca)?)
         .context("TOLLGATE_KEYS_URL")?;
     let source = Arc::new(tollgate_authz_service::source::GrpcKeyStateSource(keys));
     let mut services = Services::default();
@@ -255,7 +267,14 @@ pub async fn run_authz(
         &shutdown,
     )
     .await?;
-    server::serve(listener, config.http_listen, services, config.drain, shutdown).await
+    server::serve(listener, config.http_listen, config.tls.as_ref(), services, config.drain, shutdown).await
+}
+
+/// A CA certificate file's PEM, if one is configured.
+fn read_ca(path: &Option<std::path::PathBuf>) -> anyhow::Result<Option<Vec<u8>>> {
+    path.as_ref()
+        .map(|path| std::fs::read(path).with_context(|| format!("TOLLGATE_KEYS_CA_FILE: reading {}", path.display())))
+        .transpose()
 }
 
 /// Whether Postgres answers a query now.
@@ -293,7 +312,8 @@ async fn metering_backends(
 }
 
 fn metering_directory(config: &MeteringServeConfig) -> anyhow::Result<Arc<GrpcKeyDirectory>> {
-    let keys = KeysClient::new(&config.keys_url, config.secrets.keys_token(), METERING_KEYS_TIMEOUT)
+    let keys =
+        KeysClient::new(&config.keys_url, config.secrets.keys_token(), METERING_KEYS_TIMEOUT, read_ca(&config.keys_ca)?)
         .context("TOLLGATE_KEYS_URL")?;
     Ok(Arc::new(GrpcKeyDirectory(keys)))
 }
@@ -343,7 +363,7 @@ pub async fn run_metering(
     let adapters =
         MeteringAdapters { store, queue: Arc::new(queue), counters, directory: metering_directory(&config)? };
     metering::add(&mut services, adapters, &config.secrets, &config.metering, config.clock.clone(), &shutdown)?;
-    server::serve(listener, config.http_listen, services, config.drain, shutdown).await
+    server::serve(listener, config.http_listen, config.tls.as_ref(), services, config.drain, shutdown).await
 }
 
 /// What `tollgate metering reconcile` needs: the ledger and the Redis it rebuilds.

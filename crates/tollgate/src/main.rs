@@ -54,6 +54,7 @@ async fn main() -> anyhow::Result<()> {
                 metering: metering_settings(&args.metering, &args.authz),
                 drain: args.shutdown_drain,
                 http_listen: Some(args.http_listen),
+                tls: args.tls.server_tls(),
                 clock: Arc::new(SystemClock),
             };
             tollgate::run_dev(listener, config, shutdown).await
@@ -107,6 +108,7 @@ async fn serve(args: ServeArgs, shutdown: CancellationToken) -> anyhow::Result<(
                 keys: KeysSettings { readiness_grace: args.readiness_grace, ..keys_settings(&args.keys) },
                 drain: args.shutdown_drain,
                 http_listen: Some(args.http_listen),
+                tls: args.tls.server_tls(),
             };
             tollgate::run_keys(listener, config, shutdown).await
         }
@@ -118,6 +120,8 @@ async fn serve(args: ServeArgs, shutdown: CancellationToken) -> anyhow::Result<(
                 authz: authz_settings(&args.authz),
                 drain: args.shutdown_drain,
                 http_listen: Some(args.http_listen),
+                tls: args.tls.server_tls(),
+                keys_ca: args.keys_ca.clone(),
                 clock: Arc::new(SystemClock),
             };
             tollgate::run_authz(listener, config, shutdown).await
@@ -140,6 +144,8 @@ async fn serve(args: ServeArgs, shutdown: CancellationToken) -> anyhow::Result<(
                 },
                 drain: args.shutdown_drain,
                 http_listen: Some(args.http_listen),
+                tls: args.tls.server_tls(),
+                keys_ca: args.keys_ca.clone(),
                 clock: Arc::new(SystemClock),
             };
             tollgate::run_metering(listener, config, shutdown).await

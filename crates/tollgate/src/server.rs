@@ -20,6 +20,34 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// Whether a dependency answers now.
 pub type Probe = Box<dyn Fn() -> Pin<Box<dyn Future<Output = bool> + Send>> + Send + Sync>;
 
+/// The files of the gRPC listener's TLS.
+#[derive(Debug, Clone)]
+pub struct ServerTls {
+    /// Certificate chain, PEM.
+    pub cert: std::path::PathBuf,
+    /// Its private key, PEM.
+    pub key: std::path::PathBuf,
+    /// When set, clients must present a certificate this CA (PEM) signed.
+    pub client_ca: Option<std::path::PathBuf>,
+}
+
+impl ServerTls {
+    fn config(&self) -> anyhow::Result<tonic::transport::ServerTlsConfig> {
+        let read = |path: &std::path::Path, what: &str| {
+            std::fs::read(path).with_context(|| format!("{what}: reading {}", path.display()))
+        };
+        let identity = tonic::transport::Identity::from_pem(
+            read(&self.cert, "TOLLGATE_TLS_CERT_FILE")?,
+            read(&self.key, "TOLLGATE_TLS_KEY_FILE")?,
+        );
+        let mut config = tonic::transport::ServerTlsConfig::new().identity(identity);
+        if let Some(ca) = &self.client_ca {
+            config = config.client_ca_root(tonic::transport::Certificate::from_pem(read(ca, "TOLLGATE_TLS_CLIENT_CA_FILE")?));
+        }
+        Ok(config)
+    }
+}
+
 /// What one process serves.
 #[derive(Default)]
 pub struct Services {
@@ -185,6 +213,7 @@ async fn serve_when_ready(
 pub async fn serve(
     listener: TcpListener,
     http_listen: Option<std::net::SocketAddr>,
+    tls: Option<&ServerTls>,
     mut services: Services,
     drain: Duration,
     shutdown: CancellationToken,
@@ -237,7 +266,11 @@ pub async fn serve(
         }
         tracing::info!("stopping: finishing in-flight calls");
     };
-    Server::builder()
+    let mut builder = Server::builder();
+    if let Some(tls) = tls {
+        builder = builder.tls_config(tls.config()?).context("the gRPC listener's TLS")?;
+    }
+    builder
         .layer(crate::metrics::GrpcMetricsLayer(grpc_metrics))
         .timeout(REQUEST_TIMEOUT)
         .trace_fn(|request| tracing::debug_span!("grpc", method = %request.uri().path()))

@@ -26,6 +26,7 @@ async fn start(dir: &std::path::Path, secrets: &Secrets) -> (Channel, Cancellati
         metering: MeteringSettings::default(),
         drain: Duration::ZERO,
         http_listen: None,
+        tls: None,
         clock: std::sync::Arc::new(SystemClock),
     };
     let shutdown = CancellationToken::new();

@@ -226,6 +226,7 @@ async fn deploy(keys_db: &TestDatabase, metering_db: &str, redis: &TestRedis) ->
         keys: KeysSettings::default(),
         drain: Duration::ZERO,
         http_listen: None,
+        tls: None,
     };
     let (keys_channel, keys_address) = spawn_in_process(|l, s| tollgate::run_keys(l, keys_config, s), &shutdown).await;
     let key = common::seed(&keys_channel, &secrets.admin_token, "crash", keys::Key::default()).await;
@@ -247,6 +248,8 @@ async fn deploy(keys_db: &TestDatabase, metering_db: &str, redis: &TestRedis) ->
         },
         drain: Duration::ZERO,
         http_listen: None,
+        tls: None,
+        keys_ca: None,
         clock: std::sync::Arc::new(SystemClock),
     };
     let ingest_config = metering.clone();
