@@ -101,7 +101,8 @@ impl LazyCluster {
 /// Where Redis is: one server, or a cluster reached through seed nodes.
 #[derive(Debug, Clone)]
 pub enum Topology {
-    Standalone(Client),
+    /// Boxed: with TLS compiled in a client is large, and topologies are made once.
+    Standalone(Box<Client>),
     Cluster {
         /// Every seed node, for commands one node answers for all (Pub/Sub).
         seeds: Vec<Client>,
@@ -116,7 +117,7 @@ impl Topology {
         let clients = urls.iter().map(|url| Client::open(*url).map_err(unavailable)).collect::<Result<Vec<_>, _>>()?;
         match clients.len() {
             0 => Err(StateError::Unavailable("no Redis URL given".into())),
-            1 if !cluster => Ok(Topology::Standalone(clients.into_iter().next().expect("one"))),
+            1 if !cluster => Ok(Topology::Standalone(Box::new(clients.into_iter().next().expect("one")))),
             _ => Ok(Topology::Cluster { seeds: clients }),
         }
     }
@@ -155,7 +156,7 @@ impl Topology {
     /// seed nodes in turn.
     pub async fn subscribe_target(&self, channel: &str, attempt: usize) -> Client {
         match self {
-            Topology::Standalone(client) => client.clone(),
+            Topology::Standalone(client) => client.as_ref().clone(),
             Topology::Cluster { seeds } => {
                 let seed = &seeds[attempt % seeds.len()];
                 let owner = tokio::time::timeout(Duration::from_secs(2), slot_owner(seed, channel)).await;

@@ -49,12 +49,26 @@ impl TestCertificates {
         let mut args = vec!["req", "-subj", "/CN=localhost", "-keyout", "server.key", "-out", "server.csr"];
         args.extend(key);
         openssl(path, &args)?;
-        std::fs::write(path.join("san.ext"), "subjectAltName=DNS:localhost,IP:127.0.0.1\n").map_err(|e| e.to_string())?;
+        std::fs::write(path.join("san.ext"), "subjectAltName=DNS:localhost,IP:127.0.0.1\n")
+            .map_err(|e| e.to_string())?;
         openssl(
             path,
             &[
-                "x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial", "-days", "2",
-                "-extfile", "san.ext", "-out", "server.pem",
+                "x509",
+                "-req",
+                "-in",
+                "server.csr",
+                "-CA",
+                "ca.pem",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-days",
+                "2",
+                "-extfile",
+                "san.ext",
+                "-out",
+                "server.pem",
             ],
         )?;
         Ok(Self {

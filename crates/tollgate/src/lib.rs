@@ -249,8 +249,9 @@ pub async fn run_authz(
 ) -> anyhow::Result<()> {
     let redis = Arc::new(RedisState::connect(&config.redis).await.context("TOLLGATE_REDIS_URL")?);
     let counters = Arc::new(RedisCounters::new(&redis, config.redis.op_timeout));
-    let keys = KeysClient::new(&config.keys_url, config.secrets.keys_token(), AUTHZ_KEYS_TIMEOUT, read_ca(&config.keys_ca)?)
-        .context("TOLLGATE_KEYS_URL")?;
+    let keys =
+        KeysClient::new(&config.keys_url, config.secrets.keys_token(), AUTHZ_KEYS_TIMEOUT, read_ca(&config.keys_ca)?)
+            .context("TOLLGATE_KEYS_URL")?;
     let source = Arc::new(tollgate_authz_service::source::GrpcKeyStateSource(keys));
     let mut services = Services::default();
     services.dependencies.push(redis_probe(&redis));
@@ -312,9 +313,13 @@ async fn metering_backends(
 }
 
 fn metering_directory(config: &MeteringServeConfig) -> anyhow::Result<Arc<GrpcKeyDirectory>> {
-    let keys =
-        KeysClient::new(&config.keys_url, config.secrets.keys_token(), METERING_KEYS_TIMEOUT, read_ca(&config.keys_ca)?)
-        .context("TOLLGATE_KEYS_URL")?;
+    let keys = KeysClient::new(
+        &config.keys_url,
+        config.secrets.keys_token(),
+        METERING_KEYS_TIMEOUT,
+        read_ca(&config.keys_ca)?,
+    )
+    .context("TOLLGATE_KEYS_URL")?;
     Ok(Arc::new(GrpcKeyDirectory(keys)))
 }
 

@@ -42,7 +42,8 @@ impl ServerTls {
         );
         let mut config = tonic::transport::ServerTlsConfig::new().identity(identity);
         if let Some(ca) = &self.client_ca {
-            config = config.client_ca_root(tonic::transport::Certificate::from_pem(read(ca, "TOLLGATE_TLS_CLIENT_CA_FILE")?));
+            config = config
+                .client_ca_root(tonic::transport::Certificate::from_pem(read(ca, "TOLLGATE_TLS_CLIENT_CA_FILE")?));
         }
         Ok(config)
     }

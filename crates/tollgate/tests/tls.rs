@@ -47,7 +47,8 @@ async fn start(tls: ServerTls, shutdown: &CancellationToken) -> u16 {
 
 /// Lists accounts with the admin token over `channel`.
 async fn list_accounts(channel: Channel) -> Result<(), tonic::Status> {
-    let mut accounts = keys::account_service_client::AccountServiceClient::with_interceptor(channel, Bearer::token(ADMIN_TOKEN));
+    let mut accounts =
+        keys::account_service_client::AccountServiceClient::with_interceptor(channel, Bearer::token(ADMIN_TOKEN));
     accounts.list_accounts(keys::ListAccountsRequest::default()).await.map(|_| ())
 }
 
@@ -60,7 +61,9 @@ async fn connect(port: u16, tls: ClientTlsConfig) -> Result<Channel, String> {
         match endpoint.connect().await {
             Ok(channel) => return Ok(channel),
             // The server may not listen yet: a refused connection is retried, a TLS failure not.
-            Err(error) if format!("{error:?}").contains("ConnectionRefused") && tokio::time::Instant::now() < deadline => {
+            Err(error)
+                if format!("{error:?}").contains("ConnectionRefused") && tokio::time::Instant::now() < deadline =>
+            {
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
             Err(error) => return Err(format!("{error:?}")),
@@ -95,7 +98,8 @@ async fn the_listener_serves_tls_and_refuses_what_does_not_verify() {
     .unwrap();
     client.catalog().await.expect("the keys client verifies the server with the CA file");
     let wrong_ca = Some(std::fs::read(&certs.other_ca).unwrap());
-    let client = KeysClient::new(&format!("https://localhost:{port}"), ADMIN_TOKEN, Duration::from_secs(2), wrong_ca).unwrap();
+    let client =
+        KeysClient::new(&format!("https://localhost:{port}"), ADMIN_TOKEN, Duration::from_secs(2), wrong_ca).unwrap();
     assert!(client.catalog().await.is_err(), "the keys client refuses a server its CAs did not sign");
     shutdown.cancel();
 }
@@ -108,7 +112,8 @@ async fn mutual_tls_needs_a_client_certificate_from_the_ca() {
     let port = start(tls, &shutdown).await;
 
     let identity = Identity::from_pem(std::fs::read(&certs.cert).unwrap(), std::fs::read(&certs.key).unwrap());
-    let channel = connect(port, trusting(&certs.ca).identity(identity)).await.expect("a client with a certificate connects");
+    let channel =
+        connect(port, trusting(&certs.ca).identity(identity)).await.expect("a client with a certificate connects");
     list_accounts(channel).await.expect("and is served");
     let without = connect(port, trusting(&certs.ca)).await;
     let refused = match without {

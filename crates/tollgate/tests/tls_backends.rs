@@ -1,0 +1,106 @@
+//! TLS to Postgres and Redis, through the real binary: `tollgate migrate` reaches a Postgres
+//! that serves TLS with `sslmode=verify-full` and the CA, and fails with another CA;
+//! `tollgate metering reconcile` reaches a `redis-server --tls-port` over `rediss://` when the
+//! CA is trusted (`SSL_CERT_FILE`, as for any system root) and fails when it is not.
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use sqlx::{Connection, Row};
+use tollgate_test_support::{PrivatePostgres, TestCertificates, TestDatabase};
+
+/// Runs `tollgate <args>` with `env`; whether it exited 0, and its stderr.
+async fn tollgate(args: &[&str], env: &[(&str, &str)]) -> (bool, String) {
+    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_tollgate"));
+    command.args(args).env("RUST_LOG", "warn").stdout(Stdio::null()).stderr(Stdio::piped());
+    for (key, value) in env {
+        command.env(key, value);
+    }
+    let output = tokio::time::timeout(Duration::from_secs(60), command.output()).await.expect("tollgate ends").unwrap();
+    (output.status.success(), String::from_utf8_lossy(&output.stderr).into_owned())
+}
+
+/// Lets Postgres, which runs as `postgres` when the tests run as root, read the server key
+/// (which it wants private to it).
+fn readable_by_postgres(certs: &TestCertificates) {
+    let root = std::process::Command::new("id").arg("-u").output().is_ok_and(|o| o.stdout.starts_with(b"0\n"));
+    if root {
+        let status = std::process::Command::new("chown").args(["-R", "postgres:postgres"]).arg(certs.dir()).status();
+        assert!(status.is_ok_and(|s| s.success()));
+    }
+    let status = std::process::Command::new("chmod").arg("600").arg(&certs.key).status();
+    assert!(status.is_ok_and(|s| s.success()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_over_tls_verifies_the_server() {
+    let Some(certs) = TestCertificates::make() else { return };
+    readable_by_postgres(&certs);
+    let options =
+        format!("-c ssl=on -c ssl_cert_file={} -c ssl_key_file={}", certs.cert.display(), certs.key.display());
+    let Some(postgres) = PrivatePostgres::start_with(&options).await else { return };
+    let url = |ca: &std::path::Path| {
+        format!(
+            "postgres://postgres@localhost:{}/postgres?sslmode=verify-full&sslrootcert={}",
+            postgres.port,
+            ca.display()
+        )
+    };
+    let verified = url(&certs.ca);
+    let (ok, stderr) = tollgate(&["migrate", "--database-url", &verified], &[]).await;
+    assert!(ok, "migrating over verified TLS: {stderr}");
+    let mut conn = sqlx::PgConnection::connect(&verified).await.unwrap();
+    let row =
+        sqlx::query("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()").fetch_one(&mut conn).await.unwrap();
+    assert!(row.get::<bool, _>("ssl"), "the connection is encrypted");
+    let (ok, _) = tollgate(&["migrate", "--database-url", &url(&certs.other_ca)], &[]).await;
+    assert!(!ok, "a server another CA signed is refused");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_over_tls_verifies_the_server() {
+    let Some(certs) = TestCertificates::make() else { return };
+    let Some(database) = TestDatabase::create().await else { return };
+    let (ok, stderr) = tollgate(&["migrate", "--database-url", &database.url], &[]).await;
+    assert!(ok, "{stderr}");
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let mut redis = tokio::process::Command::new("redis-server")
+        .args([
+            "--port",
+            "0",
+            "--tls-port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ])
+        .arg("--tls-cert-file")
+        .arg(&certs.cert)
+        .arg("--tls-key-file")
+        .arg(&certs.key)
+        .arg("--tls-ca-cert-file")
+        .arg(&certs.ca)
+        .args(["--tls-auth-clients", "no"])
+        .stdout(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("redis-server is installed");
+    for _ in 0..100 {
+        if tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let url = format!("rediss://localhost:{port}");
+    let reconcile = ["metering", "reconcile", "--database-url", &database.url, "--redis-url", &url];
+    let ca = certs.ca.display().to_string();
+    let (ok, stderr) = tollgate(&reconcile, &[("SSL_CERT_FILE", &ca)]).await;
+    assert!(ok, "rebuilding counters over verified TLS: {stderr}");
+    let other = certs.other_ca.display().to_string();
+    let (ok, _) = tollgate(&reconcile, &[("SSL_CERT_FILE", &other)]).await;
+    assert!(!ok, "a server another CA signed is refused");
+    redis.kill().await.unwrap();
+}
