@@ -72,32 +72,39 @@ impl Server {
         body.to_owned()
     }
 
-    /// Starts `run` on an ephemeral port and waits until its health says SERVING.
-    async fn start<F, Fut>(http: SocketAddr, run: F) -> Server
+    /// Starts `run` on an ephemeral port, with its HTTP listener on a port free a moment
+    /// before, and waits until its health says SERVING. Another process may take that port
+    /// in between: the server then fails to bind it, and starts again on another.
+    async fn start<F, Fut>(run: F) -> Server
     where
-        F: FnOnce(TcpListener, CancellationToken) -> Fut,
+        F: Fn(SocketAddr, TcpListener, CancellationToken) -> Fut,
         Fut: Future<Output = anyhow::Result<()>> + Send + 'static,
     {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let address = listener.local_addr().expect("local addr");
-        let shutdown = CancellationToken::new();
-        let task = tokio::spawn(run(listener, shutdown.clone()));
-        let channel = Channel::from_shared(format!("http://{address}")).expect("uri").connect_lazy();
-        let mut health = tonic_health::pb::health_client::HealthClient::new(channel.clone());
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-        loop {
-            if task.is_finished() {
-                let outcome = task.await;
-                panic!("the server stopped while starting: {outcome:?}");
+        for _ in 0..5 {
+            let http = free_address();
+            let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+            let address = listener.local_addr().expect("local addr");
+            let shutdown = CancellationToken::new();
+            let task = tokio::spawn(run(http, listener, shutdown.clone()));
+            let channel = Channel::from_shared(format!("http://{address}")).expect("uri").connect_lazy();
+            let mut health = tonic_health::pb::health_client::HealthClient::new(channel.clone());
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+            loop {
+                if task.is_finished() {
+                    match task.await {
+                        Ok(Err(error)) if format!("{error:#}").contains("binding the HTTP listener") => break,
+                        outcome => panic!("the server stopped while starting: {outcome:?}"),
+                    }
+                }
+                let check = health.check(tonic_health::pb::HealthCheckRequest { service: String::new() }).await;
+                if check.is_ok_and(|r| r.get_ref().status == 1) {
+                    return Server { address, channel, http, shutdown, task };
+                }
+                assert!(tokio::time::Instant::now() < deadline, "the server did not become ready");
+                tokio::time::sleep(Duration::from_millis(20)).await;
             }
-            let check = health.check(tonic_health::pb::HealthCheckRequest { service: String::new() }).await;
-            if check.is_ok_and(|r| r.get_ref().status == 1) {
-                break;
-            }
-            assert!(tokio::time::Instant::now() < deadline, "the server did not become ready");
-            tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        Server { address, channel, http, shutdown, task }
+        panic!("no free port for the HTTP listener in five tries")
     }
 
     /// Shuts down and waits for the server to stop.
@@ -184,7 +191,6 @@ impl Harness {
         init_logs();
         let dir = tempfile::tempdir().expect("temp dir");
         let secrets = secrets();
-        let http = free_address();
         let config = DevConfig {
             data_dir: dir.path().to_path_buf(),
             secrets: secrets.clone(),
@@ -192,12 +198,15 @@ impl Harness {
             authz: options.authz.clone(),
             metering: options.metering.clone(),
             drain: options.drain,
-            http_listen: Some(http),
+            http_listen: None,
             tls: None,
             clock: options.clock(),
         };
         let database = dir.path().join("keys.db").display().to_string();
-        let server = Server::start(http, |listener, shutdown| tollgate::run_dev(listener, config, shutdown)).await;
+        let server = Server::start(|http, listener, shutdown| {
+            tollgate::run_dev(listener, DevConfig { http_listen: Some(http), ..config.clone() }, shutdown)
+        })
+        .await;
         Harness {
             backend: Backend::Embedded,
             keys_address: server.address,
@@ -227,7 +236,6 @@ impl Harness {
         let redis = TestRedis::create().await?;
         let secrets = secrets();
         let redis_url = options.redis_url.clone().unwrap_or_else(|| redis.url.clone());
-        let http = free_address();
         let config = KeysServeConfig {
             database_url: database_url.clone(),
             db_max_connections: 8,
@@ -242,10 +250,13 @@ impl Harness {
             secrets: secrets.clone(),
             keys: options.keys.clone(),
             drain: options.drain,
-            http_listen: Some(http),
+            http_listen: None,
             tls: None,
         };
-        let server = Server::start(http, |listener, shutdown| tollgate::run_keys(listener, config, shutdown)).await;
+        let server = Server::start(|http, listener, shutdown| {
+            tollgate::run_keys(listener, KeysServeConfig { http_listen: Some(http), ..config.clone() }, shutdown)
+        })
+        .await;
         let mut harness = Harness {
             backend: Backend::Production,
             keys_address: server.address,
@@ -286,7 +297,6 @@ impl Harness {
     /// Redis and keys service.
     pub async fn start_metering(&mut self) -> Channel {
         let (url, prefix) = self.redis.clone().expect("metering servers run on the production backend");
-        let http = free_address();
         let config = MeteringServeConfig {
             database_url: self.database.clone(),
             db_max_connections: 8,
@@ -297,12 +307,19 @@ impl Harness {
             secrets: self.secrets.clone(),
             metering: self.options.metering.clone(),
             drain: self.options.drain,
-            http_listen: Some(http),
+            http_listen: None,
             tls: None,
             keys_ca: None,
             clock: self.options.clock(),
         };
-        let server = Server::start(http, |listener, shutdown| tollgate::run_metering(listener, config, shutdown)).await;
+        let server = Server::start(|http, listener, shutdown| {
+            tollgate::run_metering(
+                listener,
+                MeteringServeConfig { http_listen: Some(http), ..config.clone() },
+                shutdown,
+            )
+        })
+        .await;
         let channel = server.channel.clone();
         self.metering_servers.push(server);
         channel
@@ -312,19 +329,21 @@ impl Harness {
     /// returns its channel.
     pub async fn start_authz_replica(&mut self) -> Channel {
         let (url, prefix) = self.redis.clone().expect("authz replicas run on the production backend");
-        let http = free_address();
         let config = AuthzServeConfig {
             redis: RedisConfig { url, prefix, cluster: false, op_timeout: Duration::from_millis(200) },
             keys_url: format!("http://{}", self.keys_address),
             secrets: self.secrets.clone(),
             authz: self.options.authz.clone(),
             drain: self.options.drain,
-            http_listen: Some(http),
+            http_listen: None,
             tls: None,
             keys_ca: None,
             clock: self.options.clock(),
         };
-        let server = Server::start(http, |listener, shutdown| tollgate::run_authz(listener, config, shutdown)).await;
+        let server = Server::start(|http, listener, shutdown| {
+            tollgate::run_authz(listener, AuthzServeConfig { http_listen: Some(http), ..config.clone() }, shutdown)
+        })
+        .await;
         let channel = server.channel.clone();
         self.authz_servers.push(server);
         channel
