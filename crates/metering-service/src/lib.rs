@@ -90,6 +90,7 @@ pub struct MeteringServer {
     metrics: MeteringMetrics,
     reconciler: Arc<Reconciler>,
     store: Arc<dyn MeteringStore>,
+    queue: Arc<dyn UsageQueue>,
 }
 
 impl MeteringServer {
@@ -109,7 +110,7 @@ impl MeteringServer {
             key_holder_limit: KeyHolderLimit::new(config.key_balance_per_minute),
         });
         let worker = Arc::new(Worker {
-            queue,
+            queue: queue.clone(),
             store: store.clone(),
             counters: counters.clone(),
             pricer,
@@ -128,7 +129,7 @@ impl MeteringServer {
             BearerAuth::new(&config.admin_token),
             config.gateway_token.as_deref().map(BearerAuth::new),
         );
-        Self { metering, key_holder: KeyHolderGrpc::new(queries), worker, metrics, reconciler, store }
+        Self { metering, key_holder: KeyHolderGrpc::new(queries), worker, metrics, reconciler, store, queue }
     }
 
     /// Adds `MeteringService` (admin token; the gateway token for usage reports) and
@@ -156,6 +157,11 @@ impl MeteringServer {
             tasks.push(tokio::spawn(worker::log_stats(self.metrics.clone(), shutdown.child_token())));
             tasks.push(tokio::spawn(housekeeping::run(self.store.clone(), shutdown.child_token())));
         }
+        tasks.push(tokio::spawn(housekeeping::sample_queue(
+            self.queue.clone(),
+            self.metrics.clone(),
+            shutdown.child_token(),
+        )));
         let watch = rebuild_watch::watch(self.reconciler.clone(), name.to_owned(), shutdown.child_token());
         tasks.push(tokio::spawn(watch));
         tasks

@@ -4,8 +4,10 @@
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
+use tollgate_ports::usage_queue::QueueDepth;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct StageLabels {
@@ -25,6 +27,9 @@ pub struct MeteringMetrics {
     pub duplicates: Counter,
     pub dead_lettered: Counter,
     pub batches: Counter,
+    queue_entries: Gauge,
+    queue_pending: Gauge,
+    dead_letters: Gauge,
     retries: Family<StageLabels, Counter>,
     reconciles: Family<OutcomeLabels, Counter>,
     lag: Histogram,
@@ -38,6 +43,9 @@ impl Default for MeteringMetrics {
             duplicates: Counter::default(),
             dead_lettered: Counter::default(),
             batches: Counter::default(),
+            queue_entries: Gauge::default(),
+            queue_pending: Gauge::default(),
+            dead_letters: Gauge::default(),
             retries: Family::default(),
             reconciles: Family::default(),
             // 1 ms to about 65 s.
@@ -67,6 +75,21 @@ impl MeteringMetrics {
         );
         registry.register("batches", "Batches applied and acknowledged", self.batches.clone());
         registry.register(
+            "queue_entries",
+            "Usage reports in the queue: waiting, or handed out and not acknowledged (sampled every 5 s)",
+            self.queue_entries.clone(),
+        );
+        registry.register(
+            "queue_pending",
+            "Usage reports handed out to a worker and not yet acknowledged (sampled every 5 s)",
+            self.queue_pending.clone(),
+        );
+        registry.register(
+            "dead_letters",
+            "Dead letters waiting to be replayed (sampled every 5 s)",
+            self.dead_letters.clone(),
+        );
+        registry.register(
             "batch_retries",
             "Batches left to come back, by stage: commit (pricing, the database) or settle (the counters, the acknowledgement)",
             self.retries.clone(),
@@ -81,6 +104,13 @@ impl MeteringMetrics {
             "Time from a report's acceptance to its acknowledgement, once applied (Redis queues only)",
             self.lag.clone(),
         );
+    }
+
+    pub(crate) fn queue(&self, depth: QueueDepth) {
+        let gauge = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+        self.queue_entries.set(gauge(depth.entries));
+        self.queue_pending.set(gauge(depth.pending));
+        self.dead_letters.set(gauge(depth.dead_letters));
     }
 
     pub(crate) fn retry(&self, stage: &'static str) {

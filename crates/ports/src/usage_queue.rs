@@ -42,6 +42,18 @@ pub struct DeadLetter {
     pub time: Micros,
 }
 
+/// How much the queue holds, for gauges.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct QueueDepth {
+    /// Entries in the queue: waiting for a worker, or handed out and not yet acknowledged (on
+    /// Redis, acknowledged entries are trimmed off within about a second).
+    pub entries: u64,
+    /// Of those, handed out and not yet acknowledged.
+    pub pending: u64,
+    /// Dead letters waiting to be replayed.
+    pub dead_letters: u64,
+}
+
 /// The queue of usage reports.
 #[async_trait]
 pub trait UsageQueue: Send + Sync {
@@ -60,4 +72,6 @@ pub trait UsageQueue: Send + Sync {
     /// Puts dead letters back on the queue (all of them when `ids` is empty); returns how
     /// many.
     async fn replay(&self, ids: &[String]) -> Result<u32, StateError>;
+    /// How much the queue holds now.
+    async fn depth(&self) -> Result<QueueDepth, StateError>;
 }

@@ -23,7 +23,7 @@ use crate::redis::RedisState;
 use crate::redis_conn::RedisConn;
 use crate::redis_usage_stream::{UsageStream, due};
 use tollgate_ports::StateError;
-use tollgate_ports::usage_queue::{DeadLetter, QueuedReport, UsageQueue};
+use tollgate_ports::usage_queue::{DeadLetter, QueueDepth, QueuedReport, UsageQueue};
 
 /// The usage queue on the Redis behind a [`RedisState`].
 #[derive(Clone)]
@@ -217,5 +217,16 @@ impl UsageQueue for RedisUsageQueue {
             }
         }
         Ok(replayed)
+    }
+
+    async fn depth(&self) -> Result<QueueDepth, StateError> {
+        let mut total = QueueDepth::default();
+        for shard in self.shards.iter() {
+            let depth = shard.depth().await?;
+            total.entries += depth.entries;
+            total.pending += depth.pending;
+            total.dead_letters += depth.dead_letters;
+        }
+        Ok(total)
     }
 }

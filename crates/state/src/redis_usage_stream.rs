@@ -16,7 +16,7 @@ use tollgate_core::time::Micros;
 
 use crate::redis_conn::{RedisConn, unavailable};
 use tollgate_ports::StateError;
-use tollgate_ports::usage_queue::{DeadLetter, QueuedReport};
+use tollgate_ports::usage_queue::{DeadLetter, QueueDepth, QueuedReport};
 
 const GROUP: &str = "metering";
 
@@ -161,6 +161,23 @@ impl UsageStream {
                 self.ensure_group().await?;
                 Ok(Vec::new())
             }
+            Err(error) => Err(unavailable(error)),
+        }
+    }
+
+    /// The stream's length, its entries pending in the group, and its dead letters: one MULTI.
+    pub(crate) async fn depth(&self) -> Result<QueueDepth, StateError> {
+        let mut conn = self.conn.clone();
+        let mut pipe = redis::pipe();
+        pipe.atomic().xlen(&self.stream).xpending(&self.stream, GROUP).xlen(&self.dead);
+        let reply: redis::RedisResult<(u64, StreamPendingReply, u64)> =
+            self.bounded(pipe.query_async(&mut conn)).await?;
+        match reply {
+            Ok((entries, pending, dead_letters)) => {
+                Ok(QueueDepth { entries, pending: pending.count() as u64, dead_letters })
+            }
+            // Not made yet: nothing queued.
+            Err(error) if error.code() == Some("NOGROUP") => Ok(QueueDepth::default()),
             Err(error) => Err(unavailable(error)),
         }
     }

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use tollgate_ports::usage_queue::{QueuedReport, UsageQueue};
+use tollgate_ports::usage_queue::{QueueDepth, QueuedReport, UsageQueue};
 use tollgate_state::redis::{RedisConfig, RedisState};
 use tollgate_state::redis_usage_queue::RedisUsageQueue;
 use tollgate_store::metering::SqlMeteringStore;
@@ -51,6 +51,7 @@ tollgate_test_support::conformance_suite!(
         entries_are_received_in_order_and_acked_once,
         unacknowledged_entries_come_back_with_their_delivery_count,
         dead_letters_list_and_replay,
+        depth_counts_entries_pending_and_dead_letters,
     ],
     adapters: {
         sqlite => super::sqlite_queue(),
@@ -88,6 +89,18 @@ async fn unacknowledged_entries_come_back_with_their_delivery_count(queue: Box<d
     assert_eq!(again.iter().map(|e| e.payload.clone()).collect::<Vec<_>>(), payloads(2));
     assert!(again.iter().all(|e| e.deliveries == 2), "{again:?}");
     queue.ack(&again.iter().map(|e| e.id.clone()).collect::<Vec<_>>()).await.unwrap();
+}
+
+async fn depth_counts_entries_pending_and_dead_letters(queue: Box<dyn UsageQueue>) {
+    let depth = |entries, pending, dead_letters| QueueDepth { entries, pending, dead_letters };
+    assert_eq!(queue.depth().await.unwrap(), depth(0, 0, 0), "an empty queue");
+    queue.enqueue(&payloads(3)).await.unwrap();
+    assert_eq!(queue.depth().await.unwrap(), depth(3, 0, 0), "enqueued, not handed out");
+    let taken = queue.receive("c1", 2, Duration::from_millis(100)).await.unwrap();
+    assert_eq!(taken.len(), 2);
+    assert_eq!(queue.depth().await.unwrap(), depth(3, 2, 0), "two handed out");
+    queue.dead_letter(&taken[0], "unknown key", 42).await.unwrap();
+    assert_eq!(queue.depth().await.unwrap(), depth(2, 1, 1), "one moved to the dead letters");
 }
 
 async fn dead_letters_list_and_replay(queue: Box<dyn UsageQueue>) {

@@ -88,6 +88,11 @@ async fn a_workload_moves_the_counters_by_what_it_did(h: &Harness) {
     assert_eq!(deltas, [4.0, 4.0], "accepted, applied");
 
     let text = h.authz_server().scrape_metrics().await + &metering_server.scrape_metrics().await;
+    for gauge in
+        ["tollgate_metering_queue_entries", "tollgate_metering_queue_pending", "tollgate_metering_dead_letters"]
+    {
+        assert!(text.contains(&format!("# TYPE {gauge} gauge")), "{gauge} is exported");
+    }
     for id in [key.name.as_str(), w.account_id.as_str(), "metrics-0"] {
         assert!(!text.contains(id), "a label carries {id:?}");
     }

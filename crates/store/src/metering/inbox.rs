@@ -11,7 +11,7 @@ use async_trait::async_trait;
 use sqlx::{AssertSqlSafe, Row};
 use tollgate_core::time::{Micros, now_micros};
 use tollgate_ports::StateError;
-use tollgate_ports::usage_queue::{DeadLetter, QueuedReport, UsageQueue};
+use tollgate_ports::usage_queue::{DeadLetter, QueueDepth, QueuedReport, UsageQueue};
 
 use super::{SqlMeteringStore, placeholders};
 use crate::error::StoreError;
@@ -185,5 +185,18 @@ impl UsageQueue for SqlMeteringStore {
         tx.commit().await.map_err(state_error)?;
         self.arrivals.notify_waiters();
         Ok(moved as u32)
+    }
+
+    async fn depth(&self) -> Result<QueueDepth, StateError> {
+        let row = sqlx::query(
+            "SELECT (SELECT count(*) FROM usage_inbox) AS entries, \
+             (SELECT count(*) FROM usage_inbox WHERE deliveries > 0) AS pending, \
+             (SELECT count(*) FROM usage_dead_letters) AS dead_letters",
+        )
+        .fetch_one(&self.db.pool)
+        .await
+        .map_err(state_error)?;
+        let count = |column: &str| row.try_get::<i64, _>(column).map(|n| n.max(0) as u64).map_err(state_error);
+        Ok(QueueDepth { entries: count("entries")?, pending: count("pending")?, dead_letters: count("dead_letters")? })
     }
 }
