@@ -91,6 +91,7 @@ struct PropagationArgs {
 
 const ADMIN_TOKEN: &str = "bench-admin-token-0123456789";
 const PEPPER: &str = "bench-pepper-0123456789abcdef0123456789";
+const SERVICE_TOKEN: &str = "bench-service-token-0123456789";
 
 /// Redis, a database, the keys service and `authz_replicas` authz services.
 struct Deployment {
@@ -102,24 +103,28 @@ struct Deployment {
     authz: Vec<(Process, u16)>,
 }
 
+/// The settings every service process of a deployment shares, and `extra`.
+fn service_env(redis_port: u16, extra: &[(&'static str, String)]) -> Vec<(&'static str, String)> {
+    let mut env = vec![
+        ("TOLLGATE_ADMIN_TOKEN", ADMIN_TOKEN.to_owned()),
+        ("TOLLGATE_KEY_PEPPER", PEPPER.to_owned()),
+        ("TOLLGATE_SERVICE_TOKEN", SERVICE_TOKEN.to_owned()),
+        ("TOLLGATE_REDIS_URL", format!("redis://127.0.0.1:{redis_port}")),
+        ("TOLLGATE_SHUTDOWN_DRAIN", "0s".to_owned()),
+        // The load calls Authorize without a token, as the no-op baseline is called, so the
+        // ratio compares like with like.
+        ("TOLLGATE_ALLOW_UNAUTHENTICATED_AUTHORIZE", "true".to_owned()),
+    ];
+    env.extend(extra.iter().cloned());
+    env
+}
+
 impl Deployment {
     /// `hold_ttl`: how long authz keeps a hold no usage report settles.
     async fn start(postgres: &str, authz_replicas: usize, hold_ttl: &str) -> anyhow::Result<Self> {
         let (redis, redis_port) = processes::redis().await?;
         let database = Database::create(postgres).await?;
-        let env = |extra: &[(&'static str, String)]| -> Vec<(&'static str, String)> {
-            let mut env = vec![
-                ("TOLLGATE_ADMIN_TOKEN", ADMIN_TOKEN.to_owned()),
-                ("TOLLGATE_KEY_PEPPER", PEPPER.to_owned()),
-                ("TOLLGATE_REDIS_URL", format!("redis://127.0.0.1:{redis_port}")),
-                ("TOLLGATE_SHUTDOWN_DRAIN", "0s".to_owned()),
-                // The load calls Authorize without a token, as the no-op baseline is called,
-                // so the ratio compares like with like.
-                ("TOLLGATE_ALLOW_UNAUTHENTICATED_AUTHORIZE", "true".to_owned()),
-            ];
-            env.extend(extra.iter().map(|(k, v)| (*k, v.clone())));
-            env
-        };
+        let env = |extra: &[(&'static str, String)]| service_env(redis_port, extra);
         let keys_port = free_port();
         let keys = processes::tollgate(
             &["serve", "keys", "--migrate-on-start"],
@@ -135,22 +140,28 @@ impl Deployment {
         let database_env = env(&[("TOLLGATE_DATABASE_URL", database.url.clone())]);
         processes::tollgate_once(&["migrate"], &database_env)?;
         processes::tollgate_once(&["metering", "reconcile"], &database_env)?;
-        let mut authz = Vec::new();
+        let mut deployment = Self { redis, redis_port, database, keys, keys_port, authz: Vec::new() };
         for _ in 0..authz_replicas {
-            let port = free_port();
-            let process = processes::tollgate(
-                &["serve", "authz", "--bench-endpoints"],
-                &env(&[
-                    ("TOLLGATE_KEYS_URL", format!("http://127.0.0.1:{keys_port}")),
-                    ("TOLLGATE_LISTEN", format!("127.0.0.1:{port}")),
-                    ("TOLLGATE_HOLD_TTL", hold_ttl.to_owned()),
-                ]),
-                port,
-            )
-            .await?;
-            authz.push((process, port));
+            let replica = deployment.spawn_authz(hold_ttl, &[]).await?;
+            deployment.authz.push(replica);
         }
-        Ok(Self { redis, redis_port, database, keys, keys_port, authz })
+        Ok(deployment)
+    }
+
+    /// Starts another authz process with `extra` settings.
+    async fn spawn_authz(&self, hold_ttl: &str, extra: &[(&'static str, String)]) -> anyhow::Result<(Process, u16)> {
+        let port = free_port();
+        let mut env = service_env(
+            self.redis_port,
+            &[
+                ("TOLLGATE_KEYS_URL", format!("http://127.0.0.1:{}", self.keys_port)),
+                ("TOLLGATE_LISTEN", format!("127.0.0.1:{port}")),
+                ("TOLLGATE_HOLD_TTL", hold_ttl.to_owned()),
+            ],
+        );
+        env.extend(extra.iter().cloned());
+        let process = processes::tollgate(&["serve", "authz", "--bench-endpoints"], &env, port).await?;
+        Ok((process, port))
     }
 
     fn admin(&self) -> anyhow::Result<Admin> {
@@ -161,6 +172,9 @@ impl Deployment {
         processes::commandstats(self.redis_port, "calls").await
     }
 }
+
+/// Scenario A against an authz without the gRPC metrics layer and access log.
+const UNMETERED: &str = "A (no gRPC metrics)";
 
 /// Holds of the authz benchmark's calls, which no usage report settles: short, so they do not
 /// pile up.
@@ -307,6 +321,7 @@ async fn settled_transactions(database: &Database) -> anyhow::Result<i64> {
 
 async fn measure(
     deployment: &Deployment,
+    authz_pid: u32,
     scenario: Arc<Scenario>,
     channels: &[RawClient],
     warm_channel: &Channel,
@@ -314,7 +329,7 @@ async fn measure(
 ) -> anyhow::Result<Round> {
     warm(&scenario, warm_channel).await?;
     let pids: Vec<(&'static str, u32)> = vec![
-        ("authz", deployment.authz[0].0.pid()),
+        ("authz", authz_pid),
         ("keys", deployment.keys.pid()),
         ("redis", deployment.redis.pid()),
         ("load generator", std::process::id()),
@@ -354,16 +369,26 @@ async fn authz_bench(postgres: &str, args: AuthzArgs) -> anyhow::Result<()> {
             channels.push(RawClient::connect(deployment.authz[0].1).await?);
         }
         let warm_channel = channel(deployment.authz[0].1)?;
+        let authz_pid = deployment.authz[0].0.pid();
+        // The same authz without the gRPC metrics layer and access log: what they cost.
+        let (unmetered, unmetered_port) =
+            deployment.spawn_authz(HOLD_TTL, &[("TOLLGATE_NO_GRPC_METRICS", "true".to_owned())]).await?;
+        let mut unmetered_channels = Vec::with_capacity(args.connections);
+        for _ in 0..args.connections {
+            unmetered_channels.push(RawClient::connect(unmetered_port).await?);
+        }
+        let unmetered_warm = channel(unmetered_port)?;
         if let Some(only) = &args.only {
             let scenario = scenarios.iter().find(|s| s.name == only).context("no such scenario")?;
-            let measured = measure(&deployment, scenario.clone(), &channels, &warm_channel, &args).await?;
+            let measured = measure(&deployment, authz_pid, scenario.clone(), &channels, &warm_channel, &args).await?;
             eprintln!("{only}: {:.0} calls/s; CPU µs/call: {:?}", measured.rate(), measured.cpu);
             return Ok(());
         }
         let mut rounds: HashMap<&'static str, Vec<Round>> = HashMap::new();
         for round in 1..=args.rounds {
             for scenario in &scenarios {
-                let measured = measure(&deployment, scenario.clone(), &channels, &warm_channel, &args).await?;
+                let measured =
+                    measure(&deployment, authz_pid, scenario.clone(), &channels, &warm_channel, &args).await?;
                 eprintln!(
                     "round {round} {:>2}: {:>8.0} calls/s ({} failed)",
                     scenario.name,
@@ -372,6 +397,11 @@ async fn authz_bench(postgres: &str, args: AuthzArgs) -> anyhow::Result<()> {
                 );
                 rounds.entry(scenario.name).or_default().push(measured);
             }
+            let a = scenarios.iter().find(|s| s.name == "A").context("scenario A")?;
+            let measured =
+                measure(&deployment, unmetered.pid(), a.clone(), &unmetered_channels, &unmetered_warm, &args).await?;
+            eprintln!("round {round} A without gRPC metrics: {:>8.0} calls/s", measured.rate());
+            rounds.entry(UNMETERED).or_default().push(measured);
         }
         let rate = |name: &str| median(&mut rounds[name].iter().map(Round::rate).collect::<Vec<_>>());
         let p_max = rate("P");
@@ -447,6 +477,14 @@ fn report(
     println!("| A ≥ 0.90 × P | A/P = {:.2} | {} |", a / p, verdict(a / p >= 0.90));
     println!("| A0 ≥ 0.85 × E | A0/E = {:.2} | {} |", a0 / e, verdict(a0 / e >= 0.85));
     println!("| D/E | {:.2} | — |", d / e);
+    let unmetered = rate(UNMETERED);
+    let cpu_a = per_call("A", &|r| r.cpu.get("authz").copied().unwrap_or(0) as f64);
+    let cpu_unmetered = per_call(UNMETERED, &|r| r.cpu.get("authz").copied().unwrap_or(0) as f64);
+    println!(
+        "| gRPC metrics and access log cost ≤ 3 % of A | A {a:.0} vs {unmetered:.0} calls/s without: {:.1} %; authz CPU {cpu_a:.1} vs {cpu_unmetered:.1} µs a call | {} |",
+        (1.0 - a / unmetered) * 100.0,
+        verdict(a >= 0.97 * unmetered)
+    );
     let evalsha_a0 = per_call("A0", &|r| r.evalsha as f64);
     let redis_d = per_call("D", &|r| r.redis_calls as f64);
     let pg_d = per_call("D", &|r| r.pg_transactions as f64);

@@ -43,6 +43,9 @@ pub struct AuthzSettings {
     pub on_redis_error: RedisErrorPolicy,
     /// Also serve `tollgate.bench.v1.BenchService`, the benchmark's baselines.
     pub bench_endpoints: bool,
+    /// Count and log every RPC (the gRPC metrics layer and the access log); off only to
+    /// measure what they cost (`tollgate-bench authz`).
+    pub grpc_metrics: bool,
 }
 
 /// How long a hold lasts when no usage report settles it, unless configured: the one source
@@ -61,6 +64,7 @@ impl Default for AuthzSettings {
             cache_capacity: 1_000_000,
             on_redis_error: RedisErrorPolicy::default(),
             bench_endpoints: false,
+            grpc_metrics: true,
         }
     }
 }
@@ -99,6 +103,7 @@ pub(crate) async fn add(
 ) -> anyhow::Result<Arc<AuthzServer>> {
     let pepper = KeyPepper::new(secrets.key_pepper.as_bytes().to_vec()).context("TOLLGATE_KEY_PEPPER")?;
     let calendar = Calendar::new(&settings.time_zone).context("TOLLGATE_TIME_ZONE")?;
+    services.grpc_metrics_off = !settings.grpc_metrics;
     if settings.bench_endpoints {
         let bench = BenchGrpc::new(pepper.clone(), counters.clone(), clock.clone(), calendar.clone());
         services.routes.add_service(BenchServiceServer::new(bench));

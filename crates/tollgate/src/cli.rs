@@ -324,6 +324,9 @@ pub struct AuthzArgs {
     /// Also serve the benchmark's baselines (`tollgate.bench.v1.BenchService`).
     #[arg(long, env = "TOLLGATE_BENCH_ENDPOINTS", hide = true)]
     pub bench_endpoints: bool,
+    /// Serve without the gRPC metrics layer and access log (to measure their cost).
+    #[arg(long, env = "TOLLGATE_NO_GRPC_METRICS", hide = true)]
+    pub no_grpc_metrics: bool,
 }
 
 #[derive(Debug, Args)]

@@ -200,5 +200,6 @@ fn authz_settings(args: &AuthzArgs) -> AuthzSettings {
         cache_capacity: args.key_cache_capacity,
         on_redis_error: args.on_redis_error,
         bench_endpoints: args.bench_endpoints,
+        grpc_metrics: !args.no_grpc_metrics,
     }
 }

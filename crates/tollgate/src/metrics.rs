@@ -165,15 +165,19 @@ fn code_name(code: Code) -> &'static str {
     }
 }
 
-/// The tower layer that counts every RPC of a server.
+/// The tower layer that counts and logs every RPC of a server.
 #[derive(Clone)]
-pub struct GrpcMetricsLayer(pub GrpcMetrics);
+pub struct GrpcMetricsLayer {
+    pub metrics: GrpcMetrics,
+    /// Off only to measure what counting and logging cost.
+    pub enabled: bool,
+}
 
 impl<S> tower::Layer<S> for GrpcMetricsLayer {
     type Service = GrpcMetricsService<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        GrpcMetricsService { inner, metrics: self.0.clone() }
+        GrpcMetricsService { inner, metrics: self.metrics.clone(), enabled: self.enabled }
     }
 }
 
@@ -181,6 +185,7 @@ impl<S> tower::Layer<S> for GrpcMetricsLayer {
 pub struct GrpcMetricsService<S> {
     inner: S,
     metrics: GrpcMetrics,
+    enabled: bool,
 }
 
 type BoxFuture<T, E> = Pin<Box<dyn Future<Output = Result<T, E>> + Send>>;
@@ -199,6 +204,9 @@ where
     }
 
     fn call(&mut self, request: http::Request<ReqBody>) -> Self::Future {
+        if !self.enabled {
+            return Box::pin(self.inner.call(request));
+        }
         let method = self.metrics.method(request.uri().path());
         let request_id = request
             .headers()

@@ -59,6 +59,8 @@ pub struct Services {
     /// `readiness_grace`, health says NOT_SERVING until it answers again.
     pub watched: Vec<(&'static str, Probe)>,
     pub readiness_grace: Duration,
+    /// Serve without the gRPC metrics layer and access log (benchmarks of their cost).
+    pub grpc_metrics_off: bool,
     /// Fully-qualified names reported by the health service.
     pub names: Vec<&'static str>,
     /// What must answer once before health says SERVING, by name (e.g. `redis`). The process
@@ -272,7 +274,7 @@ pub async fn serve(
         builder = builder.tls_config(tls.config()?).context("the gRPC listener's TLS")?;
     }
     builder
-        .layer(crate::metrics::GrpcMetricsLayer(grpc_metrics))
+        .layer(crate::metrics::GrpcMetricsLayer { metrics: grpc_metrics, enabled: !services.grpc_metrics_off })
         .timeout(REQUEST_TIMEOUT)
         .trace_fn(|request| tracing::debug_span!("grpc", method = %request.uri().path()))
         .add_routes(services.routes.routes())
