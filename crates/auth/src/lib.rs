@@ -53,6 +53,21 @@ impl Interceptor for BearerAuth {
     }
 }
 
+/// Metadata naming the person or system behind an admin call, for the audit trail.
+pub const ACTOR_HEADER: &str = "x-tollgate-actor";
+
+/// The actor a call names in [`ACTOR_HEADER`] (at most 100 printable characters), else
+/// `admin`.
+pub fn actor(metadata: &MetadataMap) -> String {
+    metadata
+        .get(ACTOR_HEADER)
+        .and_then(|value| value.to_str().ok())
+        .map(str::trim)
+        .filter(|name| !name.is_empty() && name.len() <= 100 && name.bytes().all(|b| b.is_ascii_graphic() || b == b' '))
+        .unwrap_or("admin")
+        .to_owned()
+}
+
 /// Accepts any one of several tokens (the admin's or a service's, the gateway's or the admin's).
 #[derive(Clone, Debug)]
 pub struct AnyBearer(Vec<BearerAuth>);

@@ -3,11 +3,10 @@
 
 use std::sync::Arc;
 
-use tollgate_auth::{AnyBearer, BearerAuth};
+use tollgate_auth::{AnyBearer, BearerAuth, actor};
 use tollgate_core::Violations;
 use tollgate_core::clock::Clock;
 use tollgate_proto::metering::v1 as pb;
-use tonic::metadata::MetadataMap;
 use tonic::{Request, Response, Status};
 
 use crate::convert;
@@ -16,19 +15,6 @@ use crate::error::MeteringError;
 use crate::queries::Queries;
 use crate::recorder::Recorder;
 use crate::validate::{self, MAX_BATCH};
-
-/// Optional metadata naming the person behind an admin call, for the audit trail.
-const ACTOR_HEADER: &str = "x-tollgate-actor";
-
-fn actor(metadata: &MetadataMap) -> String {
-    metadata
-        .get(ACTOR_HEADER)
-        .and_then(|value| value.to_str().ok())
-        .map(str::trim)
-        .filter(|name| !name.is_empty() && name.len() <= 100 && name.bytes().all(|b| b.is_ascii_graphic() || b == b' '))
-        .unwrap_or("admin")
-        .to_owned()
-}
 
 /// `tollgate.metering.v1.MeteringService`. Every RPC takes the admin token; usage reports
 /// also take the gateway's token when one is configured, so the gateway needs no admin power.

@@ -31,5 +31,7 @@ impl UsageReport {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Charge {
     pub entry_id: String,
+    /// When the entry was enqueued, where the queue knows (for the lag).
+    pub enqueued_at: Option<Micros>,
     pub usage: UsageEntry,
 }

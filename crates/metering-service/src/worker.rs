@@ -114,8 +114,6 @@ struct Committed {
     charges: Vec<Charge>,
     recorded: Vec<Recorded>,
     acks: Vec<String>,
-    /// When the charged entries were enqueued, where the queue knows.
-    enqueued: Vec<i64>,
 }
 
 impl Worker {
@@ -173,9 +171,8 @@ impl Worker {
         let charges = self.price(batch, &mut acks).await?;
         let recorded = if charges.is_empty() { Vec::new() } else { self.charge(&charges, shutdown).await? };
         acks.extend(charges.iter().map(|c| c.entry_id.clone()));
-        let enqueued = batch.iter().filter_map(|entry| entry.enqueued_at).collect();
         tracing::debug!(entries = batch.len(), charged = charges.len(), elapsed = ?started.elapsed(), "usage batch committed");
-        Ok(Committed { charges, recorded, acks, enqueued })
+        Ok(Committed { charges, recorded, acks })
     }
 
     /// Prices what can be priced; entries that cannot are set aside or left for later.
@@ -250,7 +247,7 @@ impl Worker {
                 model: report.model,
                 request_id: report.request_id,
             };
-            charges.push(Charge { entry_id: entry.id.clone(), usage });
+            charges.push(Charge { entry_id: entry.id.clone(), enqueued_at: entry.enqueued_at, usage });
         }
         Ok(charges)
     }
@@ -279,7 +276,7 @@ impl Worker {
     /// and the counters' markers skip what was settled.
     async fn finish(self: Arc<Self>, committed: Committed, shutdown: CancellationToken) -> Result<(), Retry> {
         let started = std::time::Instant::now();
-        let Committed { charges, recorded, acks, enqueued } = committed;
+        let Committed { charges, recorded, acks } = committed;
         // A call committed long ago was settled then; its settled marker may be gone, so
         // settling it again could count it twice. (If it never was, every worker was down for
         // that long: `tollgate metering reconcile` puts the counters right.)
@@ -304,22 +301,23 @@ impl Worker {
                 }
             })
             .collect();
-        let settled = self.settle_when_not_paused(&settlements, &shutdown).await;
-        let acked = match settled {
-            Ok(()) => self.queue.ack(&acks).await.map_err(|e| Retry(format!("ack: {e}"))),
-            Err(retry) => Err(retry),
+        let done = async {
+            self.settle_when_not_paused(&settlements, &shutdown).await?;
+            self.queue.ack(&acks).await.map_err(|e| Retry(format!("ack: {e}")))
         };
-        if acked.is_err() {
+        if let Err(retry) = done.await {
             self.metrics.retry("settle");
+            return Err(retry);
         }
-        acked?;
         let new = recorded.iter().filter(|r| r.new).count() as u64;
         self.metrics.applied.inc_by(new);
         self.metrics.duplicates.inc_by(settlements.len() as u64 - new);
         self.metrics.batches.inc();
-        let now = self.clock.now_micros();
-        for enqueued_at in enqueued {
-            self.metrics.lag((now - enqueued_at).max(0) as f64 / 1e6);
+        // The lag of the reports this batch applied, from acceptance to acknowledgement.
+        let acknowledged = self.clock.now_micros();
+        let applied = charges.iter().zip(&recorded).filter(|(_, r)| r.new).map(|(charge, _)| charge);
+        for enqueued_at in applied.filter_map(|charge| charge.enqueued_at) {
+            self.metrics.lag((acknowledged - enqueued_at).max(0) as f64 / 1e6);
         }
         tracing::debug!(settled = settlements.len(), elapsed = ?started.elapsed(), "usage batch settled and acknowledged");
         Ok(())

@@ -30,6 +30,12 @@ pub fn required() -> bool {
     std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
 }
 
+/// Whether the tests run as root: a private Postgres then runs as `postgres`, which refuses
+/// to run as root, and what it reads must belong to that user.
+fn running_as_root() -> bool {
+    std::process::Command::new("id").arg("-u").output().is_ok_and(|o| o.stdout.starts_with(b"0\n"))
+}
+
 fn unavailable(what: &str, error: impl std::fmt::Display) {
     if required() {
         panic!("{what} is required when CI=true but is not reachable: {error}");
@@ -250,8 +256,7 @@ impl PrivatePostgres {
             return None;
         };
         let dir = tempfile::tempdir().expect("temp dir");
-        let as_postgres =
-            std::process::Command::new("id").arg("-u").output().is_ok_and(|o| o.stdout.starts_with(b"0\n"));
+        let as_postgres = running_as_root();
         if as_postgres {
             let status = std::process::Command::new("chown").args(["-R", "postgres:postgres"]).arg(dir.path()).status();
             assert!(status.is_ok_and(|s| s.success()), "chown the cluster dir to postgres");

@@ -80,8 +80,14 @@ impl TestCertificates {
         })
     }
 
-    /// The directory they are in.
-    pub fn dir(&self) -> &Path {
-        self.dir.path()
+    /// Lets a private Postgres, which runs as `postgres` when the tests run as root, read the
+    /// server key, which it wants private to it (mode 0600).
+    pub fn readable_by_postgres(&self) {
+        if crate::running_as_root() {
+            let status = Command::new("chown").args(["-R", "postgres:postgres"]).arg(self.dir.path()).status();
+            assert!(status.is_ok_and(|s| s.success()), "chown the certificates to postgres");
+        }
+        let status = Command::new("chmod").arg("600").arg(&self.key).status();
+        assert!(status.is_ok_and(|s| s.success()), "chmod the server key");
     }
 }

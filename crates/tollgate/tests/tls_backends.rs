@@ -20,22 +20,10 @@ async fn tollgate(args: &[&str], env: &[(&str, &str)]) -> (bool, String) {
     (output.status.success(), String::from_utf8_lossy(&output.stderr).into_owned())
 }
 
-/// Lets Postgres, which runs as `postgres` when the tests run as root, read the server key
-/// (which it wants private to it).
-fn readable_by_postgres(certs: &TestCertificates) {
-    let root = std::process::Command::new("id").arg("-u").output().is_ok_and(|o| o.stdout.starts_with(b"0\n"));
-    if root {
-        let status = std::process::Command::new("chown").args(["-R", "postgres:postgres"]).arg(certs.dir()).status();
-        assert!(status.is_ok_and(|s| s.success()));
-    }
-    let status = std::process::Command::new("chmod").arg("600").arg(&certs.key).status();
-    assert!(status.is_ok_and(|s| s.success()));
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_over_tls_verifies_the_server() {
     let Some(certs) = TestCertificates::make() else { return };
-    readable_by_postgres(&certs);
+    certs.readable_by_postgres();
     let options =
         format!("-c ssl=on -c ssl_cert_file={} -c ssl_key_file={}", certs.cert.display(), certs.key.display());
     let Some(postgres) = PrivatePostgres::start_with(&options).await else { return };

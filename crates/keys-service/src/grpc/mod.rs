@@ -18,9 +18,6 @@ use tonic::metadata::MetadataMap;
 use crate::error::KeysError;
 use crate::service::{Actor, KeysService};
 
-/// Metadata naming the person or system behind a change, for the audit log.
-pub const ACTOR_HEADER: &str = "x-tollgate-actor";
-
 /// The keys.v1 services over gRPC.
 #[derive(Clone)]
 pub struct KeysGrpc {
@@ -33,12 +30,9 @@ impl KeysGrpc {
     }
 }
 
-/// The actor named in metadata (at most 100 printable characters), else `admin`.
+/// The actor named in metadata, for the audit log.
 fn actor(metadata: &MetadataMap) -> Actor {
-    let named = metadata.get(ACTOR_HEADER).and_then(|value| value.to_str().ok()).map(str::trim).filter(|name| {
-        !name.is_empty() && name.len() <= 100 && name.bytes().all(|b| b.is_ascii_graphic() || b == b' ')
-    });
-    Actor(named.unwrap_or("admin").to_owned())
+    Actor(tollgate_auth::actor(metadata))
 }
 
 /// Fails with every violation collected so far.
