@@ -1,5 +1,6 @@
 //! TLS to Postgres and Redis, through the real binary: `tollgate migrate` reaches a Postgres
-//! that serves TLS with `sslmode=verify-full` and the CA, and fails with another CA;
+//! that serves TLS with `sslmode=verify-full` and the CA, fails with another CA, and reaches
+//! it with `sslmode=require` whoever signed;
 //! `tollgate metering reconcile` reaches a `redis-server --tls-port` over `rediss://` when the
 //! CA is trusted (`SSL_CERT_FILE`, as for any system root) and fails when it is not.
 
@@ -43,6 +44,10 @@ async fn postgres_over_tls_verifies_the_server() {
     assert!(row.get::<bool, _>("ssl"), "the connection is encrypted");
     let (ok, _) = tollgate(&["migrate", "--database-url", &url(&certs.other_ca)], &[]).await;
     assert!(!ok, "a server another CA signed is refused");
+    // `require` encrypts without checking who signed the certificate.
+    let unchecked = format!("postgres://postgres@localhost:{}/postgres?sslmode=require", postgres.port);
+    let (ok, stderr) = tollgate(&["migrate", "--database-url", &unchecked], &[]).await;
+    assert!(ok, "sslmode=require: {stderr}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
