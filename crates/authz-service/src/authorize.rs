@@ -14,7 +14,6 @@ use tollgate_core::windows::{Calendar, Windows};
 use tollgate_core::{Capability, KeyPepper, key_format};
 use tollgate_ports::counters::{CallCounters, CounterCall};
 
-use crate::catalog::{Catalog, CatalogHolder, Price};
 use crate::compiled::CompiledKey;
 use crate::decision::{Allowed, Decision, Denied, Explanation, Headroom, RateStatus, Reason, RuleResult};
 use crate::error::AuthzError;
@@ -22,6 +21,7 @@ use crate::failure::RedisErrorPolicy;
 use crate::metrics::AuthzMetrics;
 use crate::policy::{self, Call, STATIC_RULES};
 use crate::resolver::{KeyResolver, Lookup};
+use tollgate_keys_client::catalog::{Loaded, ModelCatalog, Price};
 
 /// A checked Authorize request.
 #[derive(Debug, Clone)]
@@ -37,7 +37,7 @@ pub struct AuthorizeInput {
 /// Decides on calls.
 pub struct Authorizer {
     pub(crate) resolver: KeyResolver,
-    pub(crate) catalog: CatalogHolder,
+    pub(crate) catalog: ModelCatalog,
     counters: Arc<dyn CallCounters>,
     pepper: KeyPepper,
     clock: Arc<dyn Clock>,
@@ -127,7 +127,7 @@ fn headroom(outcome: CounterOutcome, price: Option<&Price>, multiplier_micros: i
 impl Authorizer {
     pub fn new(
         resolver: KeyResolver,
-        catalog: CatalogHolder,
+        catalog: ModelCatalog,
         counters: Arc<dyn CallCounters>,
         settings: AuthorizerSettings,
         metrics: AuthzMetrics,
@@ -177,16 +177,13 @@ impl Authorizer {
     }
 
     /// The catalog, reloaded first if it does not know `model` (a model added a moment ago).
-    async fn catalog(&self, model: &str) -> Result<arc_swap::Guard<Arc<Option<Catalog>>>, AuthzError> {
-        let mut catalog = self.catalog.get();
-        let knows = |c: &Option<Catalog>| c.as_ref().is_some_and(|c| c.price(model).is_some());
-        if !knows(&catalog) && self.catalog.reload_for_unknown_model().await {
-            catalog = self.catalog.get();
+    async fn catalog(&self, model: &str) -> Result<Arc<Loaded>, AuthzError> {
+        let mut loaded = self.catalog.current();
+        let knows = |l: &Option<Arc<Loaded>>| l.as_ref().is_some_and(|l| l.catalog.price(model).is_some());
+        if !knows(&loaded) && self.catalog.reload_for_unknown_model().await {
+            loaded = self.catalog.current();
         }
-        if catalog.is_none() {
-            return Err(AuthzError::Unavailable("the model catalog is not loaded yet".into()));
-        }
-        Ok(catalog)
+        loaded.ok_or_else(|| AuthzError::Unavailable("the model catalog is not loaded yet".into()))
     }
 
     fn counter_call<'a>(
@@ -226,8 +223,8 @@ impl Authorizer {
             Ok(key) => key,
             Err(denied) => return Ok(Decision::Deny(denied)),
         };
-        let guard = self.catalog(&input.model).await?;
-        let catalog = guard.as_ref().as_ref().expect("checked by catalog()");
+        let loaded = self.catalog(&input.model).await?;
+        let catalog = &loaded.catalog;
         let now = self.clock.now_micros();
         // The model's price (and capability), looked up once for the rules and the counters.
         let price = catalog.price(&input.model);
@@ -301,8 +298,8 @@ impl Authorizer {
                 return Ok(Explanation { rules, identity: None, headroom: None });
             }
         };
-        let guard = self.catalog(&input.model).await?;
-        let catalog = guard.as_ref().as_ref().expect("checked by catalog()");
+        let loaded = self.catalog(&input.model).await?;
+        let catalog = &loaded.catalog;
         let now = self.clock.now_micros();
         let price = catalog.price(&input.model);
         let call = Call { model: &input.model, price, capability: input.capability, client_ip: input.client_ip, now };

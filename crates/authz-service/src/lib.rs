@@ -9,7 +9,6 @@
 
 pub mod authorize;
 pub mod bench;
-pub mod catalog;
 pub mod compiled;
 pub mod convert;
 pub mod decision;
@@ -19,7 +18,6 @@ pub mod grpc;
 pub mod metrics;
 pub mod policy;
 pub mod resolver;
-pub mod source;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -38,11 +36,11 @@ pub use decision::{Decision, Explanation, Reason};
 pub use failure::RedisErrorPolicy;
 pub use resolver::CacheTtls;
 
-use crate::catalog::CatalogHolder;
 use crate::grpc::{AuthorizeAccess, AuthzGrpc};
 use crate::metrics::AuthzMetrics;
 use crate::resolver::KeyResolver;
-use crate::source::KeyStateSource;
+use tollgate_keys_client::KeyStateApi;
+use tollgate_keys_client::catalog::ModelCatalog;
 
 /// How often the catalog is reloaded even without an invalidation.
 const CATALOG_REFRESH: Duration = Duration::from_secs(30);
@@ -80,12 +78,12 @@ impl AuthzServer {
         shared: Arc<dyn KeyStateCache>,
         bus: Arc<dyn InvalidationBus>,
         counters: Arc<dyn CallCounters>,
-        source: Arc<dyn KeyStateSource>,
+        keys: Arc<dyn KeyStateApi>,
     ) -> Self {
         let metrics = AuthzMetrics::default();
         let resolver =
-            KeyResolver::new(config.cache_capacity, config.cache_ttls, shared.clone(), source.clone(), metrics.clone());
-        let catalog = CatalogHolder::new(shared, source);
+            KeyResolver::new(config.cache_capacity, config.cache_ttls, shared.clone(), keys.clone(), metrics.clone());
+        let catalog = ModelCatalog::new(keys, Some(shared));
         let authorizer = Arc::new(Authorizer::new(resolver, catalog, counters, config.settings, metrics.clone()));
         let admin = BearerAuth::new(&config.admin_token);
         let access = match &config.gateway_token {
@@ -94,7 +92,7 @@ impl AuthzServer {
             Some(gateway) => AuthorizeAccess::Tokens(AnyBearer::new([BearerAuth::new(gateway), admin.clone()])),
         };
         let grpc = AuthzGrpc::new(authorizer.clone(), access, admin);
-        authorizer.catalog.reload().await;
+        authorizer.catalog.refresh().await;
         Self { authorizer, grpc, bus, metrics }
     }
 
@@ -137,10 +135,10 @@ impl AuthzServer {
                         server.metrics.invalidation();
                         server.authorizer.resolver.invalidate(&invalidation).await;
                         if matches!(invalidation, Invalidation::Catalog | Invalidation::Everything) {
-                            server.authorizer.catalog.reload().await;
+                            server.authorizer.catalog.refresh().await;
                         }
                     }
-                    _ = refresh.tick() => server.authorizer.catalog.reload().await,
+                    _ = refresh.tick() => server.authorizer.catalog.refresh().await,
                 }
             }
         })

@@ -8,9 +8,9 @@ use tollgate_core::Capability;
 use tollgate_core::ip_allowlist;
 use tollgate_core::time::Micros;
 
-use crate::catalog::Price;
 use crate::compiled::CompiledKey;
 use crate::decision::Reason;
+use tollgate_keys_client::catalog::Price;
 
 /// A check of the key and the call alone, before any counter.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -108,7 +108,7 @@ mod tests {
     use tollgate_proto::keys::v1 as keys;
 
     use super::*;
-    use crate::catalog::Catalog;
+    use tollgate_keys_client::catalog::Catalog;
 
     fn catalog() -> Catalog {
         let model = |id: &str, capability: keys::Capability| keys::CatalogModel {

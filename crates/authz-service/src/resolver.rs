@@ -19,7 +19,7 @@ use tollgate_proto::keys::v1 as keys;
 
 use crate::compiled::CompiledKey;
 use crate::metrics::{AuthzMetrics, CacheOutcome};
-use crate::source::{KeyStateSource, SourceError};
+use tollgate_keys_client::{KeyStateApi, Unavailable};
 
 /// What a secret resolved to.
 #[derive(Debug, Clone)]
@@ -60,7 +60,7 @@ impl Expiry<SecretHash, Entry> for EntryExpiry {
 pub struct KeyResolver {
     cache: Cache<SecretHash, Entry>,
     shared: Arc<dyn KeyStateCache>,
-    source: Arc<dyn KeyStateSource>,
+    keys: Arc<dyn KeyStateApi>,
     /// Bumped by every invalidation.
     generation: AtomicU64,
     metrics: AuthzMetrics,
@@ -71,15 +71,15 @@ impl KeyResolver {
         capacity: u64,
         ttls: CacheTtls,
         shared: Arc<dyn KeyStateCache>,
-        source: Arc<dyn KeyStateSource>,
+        keys: Arc<dyn KeyStateApi>,
         metrics: AuthzMetrics,
     ) -> Self {
         let cache = Cache::builder().max_capacity(capacity).expire_after(EntryExpiry(ttls)).build();
-        Self { cache, shared, source, generation: AtomicU64::new(0), metrics }
+        Self { cache, shared, keys, generation: AtomicU64::new(0), metrics }
     }
 
     /// The compiled state of a secret hash.
-    pub async fn resolve(&self, hash: SecretHash) -> Result<Lookup, SourceError> {
+    pub async fn resolve(&self, hash: SecretHash) -> Result<Lookup, Unavailable> {
         if let Some(entry) = self.cache.get(&hash).await {
             self.metrics.key_cache(match entry.lookup {
                 Lookup::Found(_) => CacheOutcome::Hit,
@@ -93,7 +93,7 @@ impl KeyResolver {
             .cache
             .try_get_with(hash, async {
                 let lookup = self.load(&hash).await?;
-                Ok::<_, SourceError>(Entry { lookup, settled: self.generation.load(Ordering::Acquire) == started })
+                Ok::<_, Unavailable>(Entry { lookup, settled: self.generation.load(Ordering::Acquire) == started })
             })
             .await
             .map_err(|error| (*error).clone())?;
@@ -101,7 +101,8 @@ impl KeyResolver {
     }
 
     /// Shared cache first; the keys service when it misses or is unreachable.
-    async fn load(&self, hash: &SecretHash) -> Result<Lookup, SourceError> {
+    #[tracing::instrument(name = "key-state look-up", level = "debug", skip_all)]
+    async fn load(&self, hash: &SecretHash) -> Result<Lookup, Unavailable> {
         match self.shared.get_key_state(hash).await {
             Ok(Some(bytes)) => match keys::KeyState::decode(bytes.as_slice()) {
                 Ok(state) => return Ok(compile(&state)),
@@ -111,7 +112,7 @@ impl KeyResolver {
             // Fail over to the keys service: known keys keep working while Redis is down.
             Err(error) => tracing::debug!(%error, "shared key-state cache unavailable"),
         }
-        let found = self.source.key_state(hash).await;
+        let found = self.keys.key_state(hash).await;
         self.metrics.keys_lookup(match &found {
             Ok(Some(_)) => "found",
             Ok(None) => "not_found",

@@ -539,7 +539,7 @@ pub async fn run(args: MeteringArgs) -> anyhow::Result<()> {
         .await
         .context("a private Postgres (initdb and pg_ctl must be installed)")?;
     // Holds taken before a round must outlive the time to take them and drain the round.
-    let d = Deployment::start(&postgres.url(), 1, if args.holds { "10m" } else { HOLD_TTL }).await?;
+    let d = Deployment::start(&postgres.url(), 1, if args.holds { "10m" } else { HOLD_TTL }, &[]).await?;
     let postmaster = postgres.postmaster_pid().context("the private Postgres's pid")?;
     let (_ingest_process, ingest_port) = metering_process(&d, 0, args.batch_size).await?;
     let ingest = client(ingest_port)?;

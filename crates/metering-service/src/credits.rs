@@ -27,7 +27,7 @@ pub struct GrantRequest {
 pub struct Credits {
     store: Arc<dyn MeteringStore>,
     counters: Arc<dyn MoneyCounters>,
-    directory: Arc<dyn KeyDirectory>,
+    directory: KeyDirectory,
     clock: Arc<dyn Clock>,
 }
 
@@ -35,7 +35,7 @@ impl Credits {
     pub fn new(
         store: Arc<dyn MeteringStore>,
         counters: Arc<dyn MoneyCounters>,
-        directory: Arc<dyn KeyDirectory>,
+        directory: KeyDirectory,
         clock: Arc<dyn Clock>,
     ) -> Self {
         Self { store, counters, directory, clock }
@@ -43,7 +43,7 @@ impl Credits {
 
     /// Adds (or takes) credits once per request id; returns the balance after.
     pub async fn add(&self, request: GrantRequest) -> MeteringResult<AccountBalance> {
-        let credit_limit = credit_limit(self.directory.as_ref(), &request.account_id).await?;
+        let credit_limit = credit_limit(&self.directory, &request.account_id).await?;
         let grant = CreditGrant {
             account_id: request.account_id,
             request_id: request.request_id,

@@ -18,7 +18,6 @@ pub mod error;
 pub mod grpc;
 pub mod housekeeping;
 pub mod key_holder_limit;
-pub mod keys_client;
 pub mod metrics;
 pub mod payload;
 pub mod pricing;
@@ -57,6 +56,8 @@ use crate::directory::KeyDirectory;
 use crate::grpc::{KeyHolderGrpc, MeteringGrpc};
 use crate::key_holder_limit::KeyHolderLimit;
 use crate::pricing::Pricer;
+use tollgate_keys_client::KeyStateApi;
+use tollgate_keys_client::catalog::ModelCatalog;
 
 /// Settings of the metering service besides its adapters.
 #[derive(Debug, Clone)]
@@ -79,7 +80,8 @@ pub struct MeteringAdapters {
     pub queue: Arc<dyn UsageQueue>,
     /// Settled and credited by metering, rebuilt by the reconciler.
     pub counters: Arc<dyn Counters>,
-    pub directory: Arc<dyn KeyDirectory>,
+    /// The keys service.
+    pub keys: Arc<dyn KeyStateApi>,
 }
 
 /// The metering service, ready to be served.
@@ -95,8 +97,9 @@ pub struct MeteringServer {
 
 impl MeteringServer {
     pub fn new(config: MeteringConfig, adapters: MeteringAdapters) -> Self {
-        let MeteringAdapters { store, queue, counters, directory } = adapters;
-        let pricer = Arc::new(Pricer::new(directory.clone()));
+        let MeteringAdapters { store, queue, counters, keys } = adapters;
+        let directory = KeyDirectory::new(keys.clone());
+        let pricer = Arc::new(Pricer::new(directory.clone(), ModelCatalog::new(keys, None)));
         let metrics = MeteringMetrics::default();
         let recorder = Arc::new(Recorder::new(queue.clone(), pricer.clone(), metrics.clone()));
         let credits = Arc::new(Credits::new(store.clone(), counters.clone(), directory.clone(), config.clock.clone()));

@@ -1,22 +1,23 @@
 //! What a worker needs to price a call, read from the keys service and cached: a key's
-//! application and price multiplier, and the catalog's prices.
+//! application and price multiplier (here), and the catalog's prices (the one catalog cache,
+//! [`ModelCatalog`]).
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
 use foldhash::quality::RandomState;
 use moka::future::Cache;
-use tollgate_core::money::TokenPrices;
+use tollgate_keys_client::catalog::{Loaded, ModelCatalog};
 
-use crate::directory::{DirectoryError, KeyDirectory, Prices};
+pub use tollgate_keys_client::catalog::ModelLookup;
+
+use crate::directory::{DirectoryError, KeyDirectory};
 
 /// How long a key's multiplier is reused: a group's new multiplier prices calls within this.
 const KEY_TTL: Duration = Duration::from_secs(60);
-/// How often the catalog is reloaded even when every model is known.
+/// How old a catalog prices calls: metering hears no invalidations, so it reads it again.
 const CATALOG_TTL: Duration = Duration::from_secs(30);
-/// Least time between reloads forced by an unknown model.
-const RELOAD_GAP: Duration = Duration::from_secs(1);
 
 /// A key as pricing sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -25,27 +26,24 @@ pub struct PricedKey {
     pub multiplier_micros: i64,
 }
 
-/// The catalog's prices and when they were loaded (`None`: never).
-type LoadedPrices = (Option<Instant>, Arc<Prices>);
-
 /// Prices calls, caching what it reads.
 pub struct Pricer {
-    directory: Arc<dyn KeyDirectory>,
+    directory: KeyDirectory,
     /// Hashed with foldhash: a batch looks up each of its keys, and SipHash showed up in
     /// profiles of the worker.
     keys: Cache<(String, String), Arc<PricedKey>, RandomState>,
-    catalog: Mutex<LoadedPrices>,
+    catalog: ModelCatalog,
 }
 
 impl Pricer {
-    pub fn new(directory: Arc<dyn KeyDirectory>) -> Self {
+    pub fn new(directory: KeyDirectory, catalog: ModelCatalog) -> Self {
         Self {
             directory,
             keys: Cache::builder()
                 .max_capacity(100_000)
                 .time_to_live(KEY_TTL)
                 .build_with_hasher(RandomState::default()),
-            catalog: Mutex::new((None, Arc::default())),
+            catalog,
         }
     }
 
@@ -93,59 +91,20 @@ impl Pricer {
         Ok(found)
     }
 
-    /// Reads the catalog from the keys service and keeps it.
-    async fn reload(&self) -> Result<Arc<Prices>, DirectoryError> {
-        let fresh = Arc::new(self.directory.prices().await?);
-        *self.catalog.lock().expect("catalog lock") = (Some(Instant::now()), fresh.clone());
-        Ok(fresh)
-    }
-
-    /// The catalog's prices, reloaded when older than the catalog's time to live.
-    pub async fn catalog(&self) -> Result<Arc<Prices>, DirectoryError> {
-        let (loaded, catalog) = self.catalog.lock().expect("catalog lock").clone();
-        if loaded.is_some_and(|at| at.elapsed() <= CATALOG_TTL) {
-            return Ok(catalog);
-        }
-        self.reload().await
+    /// The catalog, read again when older than its time to live.
+    pub async fn catalog(&self) -> Result<Arc<Loaded>, DirectoryError> {
+        Ok(self.catalog.fresh(CATALOG_TTL).await?)
     }
 
     /// A model's prices from a catalog read now: for a report that comes back (each does at
     /// most once per claim time), so its verdict is final.
     pub async fn model_now(&self, model: &str) -> Result<ModelLookup, DirectoryError> {
-        Ok(match self.reload().await?.get(model) {
-            Some(prices) => ModelLookup::Priced(*prices),
-            None => ModelLookup::Unknown,
-        })
+        Ok(self.catalog.lookup_now(model).await?)
     }
 
     /// A model's prices, reading the catalog again when it does not have them (at most once
     /// a second, so unknown models cannot flood the keys service).
     pub async fn model(&self, model: &str) -> Result<ModelLookup, DirectoryError> {
-        let (loaded, catalog) = self.catalog.lock().expect("catalog lock").clone();
-        let stale = loaded.is_none_or(|at| at.elapsed() > CATALOG_TTL);
-        let may_reload = loaded.is_none_or(|at| at.elapsed() > RELOAD_GAP);
-        if let Some(prices) = catalog.get(model)
-            && !stale
-        {
-            return Ok(ModelLookup::Priced(*prices));
-        }
-        if !stale && !may_reload {
-            return Ok(ModelLookup::NotYetKnown);
-        }
-        Ok(match self.reload().await?.get(model) {
-            Some(prices) => ModelLookup::Priced(*prices),
-            None => ModelLookup::Unknown,
-        })
+        Ok(self.catalog.lookup(model, CATALOG_TTL).await?)
     }
-}
-
-/// What the catalog says of a model.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ModelLookup {
-    Priced(TokenPrices),
-    /// The catalog, read just now, does not have it.
-    Unknown,
-    /// The catalog read a moment ago does not have it, and it is too soon to read it again:
-    /// it may be a model added since.
-    NotYetKnown,
 }

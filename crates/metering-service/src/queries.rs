@@ -64,7 +64,7 @@ pub struct KeyBalance {
 pub type Page<T> = (Vec<T>, bool);
 
 /// An account's credit limit; NOT_FOUND when there is no such account.
-pub(crate) async fn credit_limit(directory: &dyn KeyDirectory, account_id: &str) -> MeteringResult<Option<i64>> {
+pub(crate) async fn credit_limit(directory: &KeyDirectory, account_id: &str) -> MeteringResult<Option<i64>> {
     directory.credit_limit(account_id).await?.ok_or(MeteringError::NotFound("account"))
 }
 
@@ -73,7 +73,7 @@ pub struct Queries {
     pub store: Arc<dyn MeteringStore>,
     /// For the dead letters.
     pub queue: Arc<dyn UsageQueue>,
-    pub directory: Arc<dyn KeyDirectory>,
+    pub directory: KeyDirectory,
     pub calendar: Calendar,
     pub clock: Arc<dyn Clock>,
     /// Hashes a key holder's secret to find their key.
@@ -84,7 +84,7 @@ pub struct Queries {
 impl Queries {
     /// An account's balance and credit limit.
     pub async fn account_balance(&self, account_id: &str) -> MeteringResult<AccountBalance> {
-        let credit_limit = credit_limit(self.directory.as_ref(), account_id).await?;
+        let credit_limit = credit_limit(&self.directory, account_id).await?;
         let balance = self.store.balance(account_id).await?;
         Ok(AccountBalance { account_id: account_id.to_owned(), balance, credit_limit })
     }
@@ -96,7 +96,7 @@ impl Queries {
         after: Option<(Micros, String)>,
         limit: u32,
     ) -> MeteringResult<Page<CreditGrant>> {
-        credit_limit(self.directory.as_ref(), account_id).await?;
+        credit_limit(&self.directory, account_id).await?;
         Ok(self.store.list_credit_grants(account_id, after, limit).await?)
     }
 
@@ -108,7 +108,7 @@ impl Queries {
         application_id: Option<&str>,
         key_id: Option<&str>,
     ) -> MeteringResult<()> {
-        credit_limit(self.directory.as_ref(), account_id).await?;
+        credit_limit(&self.directory, account_id).await?;
         if let Some(application_id) = application_id
             && !self.directory.application_exists(account_id, application_id).await?
         {

@@ -165,6 +165,7 @@ impl Worker {
 
     /// Prices and commits a batch. Entries that cannot be priced are set aside or left for
     /// later; in-batch duplicates are acknowledged with it.
+    #[tracing::instrument(name = "usage batch", level = "debug", skip_all, fields(entries = batch.len()))]
     async fn commit(&self, batch: &[QueuedReport], shutdown: &CancellationToken) -> Result<Committed, Retry> {
         let started = std::time::Instant::now();
         let mut acks = Vec::new();
@@ -208,8 +209,8 @@ impl Worker {
                 self.dead_letter(entry, &format!("unknown key {}", report.key_name())).await?;
                 continue;
             };
-            let prices = match catalog.get(&report.model) {
-                Some(prices) => *prices,
+            let prices = match catalog.catalog.price(&report.model) {
+                Some(price) => price.token_prices(),
                 // Maybe a model added since the catalog was read: read it again (at most once
                 // a second; a report that comes back reads it now, so its verdict is final).
                 None => match if entry.deliveries > 1 {
@@ -217,7 +218,7 @@ impl Worker {
                 } else {
                     self.pricer.model(&report.model).await
                 } {
-                    Ok(ModelLookup::Priced(prices)) => prices,
+                    Ok(ModelLookup::Priced(price)) => price.token_prices(),
                     Ok(ModelLookup::Unknown) => {
                         self.dead_letter(entry, &format!("unknown model {:?}", report.model)).await?;
                         continue;
@@ -274,6 +275,7 @@ impl Worker {
     /// Brings the counters authz reads up to date with a committed batch, then acknowledges
     /// it. If either fails the entries stay pending and come back: the ledger skips them then,
     /// and the counters' markers skip what was settled.
+    #[tracing::instrument(name = "usage batch settle", level = "debug", skip_all, fields(charges = committed.charges.len()))]
     async fn finish(self: Arc<Self>, committed: Committed, shutdown: CancellationToken) -> Result<(), Retry> {
         let started = std::time::Instant::now();
         let Committed { charges, recorded, acks } = committed;

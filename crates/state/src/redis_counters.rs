@@ -64,6 +64,7 @@ impl RedisCounters {
         }
     }
 
+    #[tracing::instrument(name = "counter script", level = "debug", skip_all, fields(otel.kind = "client", db.system = "redis"))]
     async fn run(&self, call: &CounterCall<'_>, take: bool) -> Result<CounterOutcome, StateError> {
         let limits = &call.request.limits;
         let opt = |value: Option<i64>| value.map(|v| v.to_string()).unwrap_or_default();

@@ -4,19 +4,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use async_trait::async_trait;
 use tokio_util::sync::CancellationToken;
 use tollgate_authz_service::bench::BenchGrpc;
-use tollgate_authz_service::source::{KeyStateSource, SourceError};
 use tollgate_authz_service::{AuthorizerSettings, AuthzConfig, AuthzServer, CacheTtls, RedisErrorPolicy};
+use tollgate_core::KeyPepper;
 use tollgate_core::clock::Clock;
 use tollgate_core::windows::Calendar;
-use tollgate_core::{KeyPepper, SecretHash};
-use tollgate_keys_service::{KeysError, KeysService};
+use tollgate_keys_client::KeyStateApi;
 use tollgate_ports::counters::CallCounters;
 use tollgate_ports::key_state::{InvalidationBus, KeyStateCache};
 use tollgate_proto::bench::v1::bench_service_server::BenchServiceServer;
-use tollgate_proto::keys::v1 as keys;
 
 use crate::Secrets;
 use crate::server::Services;
@@ -69,24 +66,6 @@ impl Default for AuthzSettings {
     }
 }
 
-/// The keys service in the same process (`tollgate dev`).
-pub(crate) struct InProcessKeys(pub Arc<KeysService>);
-
-#[async_trait]
-impl KeyStateSource for InProcessKeys {
-    async fn key_state(&self, hash: &SecretHash) -> Result<Option<keys::KeyState>, SourceError> {
-        match self.0.key_state(hash).await {
-            Ok(state) => Ok(Some(state)),
-            Err(KeysError::NotFound(_)) => Ok(None),
-            Err(error) => Err(SourceError(error.to_string())),
-        }
-    }
-
-    async fn model_catalog(&self) -> Result<keys::GetModelCatalogResponse, SourceError> {
-        self.0.model_catalog().await.map_err(|error| SourceError(error.to_string()))
-    }
-}
-
 /// Builds the authz service over its adapters and adds it to `services`.
 #[allow(clippy::too_many_arguments)]
 pub(crate) async fn add(
@@ -94,7 +73,7 @@ pub(crate) async fn add(
     shared: Arc<dyn KeyStateCache>,
     bus: Arc<dyn InvalidationBus>,
     counters: Arc<dyn CallCounters>,
-    source: Arc<dyn KeyStateSource>,
+    keys: Arc<dyn KeyStateApi>,
     secrets: &Secrets,
     settings: &AuthzSettings,
     clock: Arc<dyn Clock>,
@@ -126,7 +105,7 @@ pub(crate) async fn add(
         open_authorize: open_authorize || settings.allow_unauthenticated,
         admin_token: secrets.admin_token.clone(),
     };
-    let authz = Arc::new(AuthzServer::new(config, shared, bus, counters, source).await);
+    let authz = Arc::new(AuthzServer::new(config, shared, bus, counters, keys).await);
     authz.add_services(&mut services.routes);
     services.names.extend(AuthzServer::service_names());
     authz.register_metrics(&mut services.registry);

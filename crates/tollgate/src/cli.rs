@@ -33,6 +33,22 @@ pub enum Command {
     Metering(MeteringCommand),
 }
 
+impl Command {
+    /// The `service.name` its traces carry unless `OTEL_SERVICE_NAME` says otherwise.
+    pub fn service_name(&self) -> &'static str {
+        match self {
+            Command::Dev(_) => "tollgate",
+            Command::Serve(args) => match args.service {
+                ServiceKind::Keys => "tollgate-keys",
+                ServiceKind::Authz => "tollgate-authz",
+                ServiceKind::Metering => "tollgate-metering",
+            },
+            Command::Migrate(_) => "tollgate-migrate",
+            Command::Metering(_) => "tollgate-reconcile",
+        }
+    }
+}
+
 #[derive(Debug, Subcommand)]
 pub enum MeteringCommand {
     /// Rebuilds the Redis counters authz reads (balances, each key's spend today, this month

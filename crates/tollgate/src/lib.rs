@@ -5,9 +5,11 @@
 mod authz;
 pub mod cli;
 pub mod dev;
+mod in_process_keys;
 mod keys;
 mod metering;
 mod metrics;
+mod observe;
 pub mod server;
 pub mod telemetry;
 
@@ -22,7 +24,6 @@ use tollgate_core::time::now_micros;
 use tollgate_core::windows::Calendar;
 use tollgate_keys_client::KeysClient;
 use tollgate_metering_service::MeteringAdapters;
-use tollgate_metering_service::keys_client::GrpcKeyDirectory;
 use tollgate_ports::counters::CounterRebuild;
 use tollgate_state::memory::MemoryState;
 use tollgate_state::memory_counters::MemoryCounters;
@@ -181,7 +182,7 @@ pub async fn run_dev(listener: TcpListener, config: DevConfig, shutdown: Cancell
         &shutdown,
     )
     .await?;
-    let source = Arc::new(authz::InProcessKeys(keys.service()));
+    let in_process_keys = Arc::new(in_process_keys::InProcessKeys(keys.service()));
     // Only this machine can reach a loopback listener: Authorize may stay open there.
     let on_loopback = listener.local_addr().is_ok_and(|address| address.ip().is_loopback());
     let metering_url = format!("sqlite://{}", config.data_dir.join("metering.db").display());
@@ -194,7 +195,7 @@ pub async fn run_dev(listener: TcpListener, config: DevConfig, shutdown: Cancell
         store: metering_store.clone(),
         queue: metering_store,
         counters: counters.clone(),
-        directory: Arc::new(metering::InProcessDirectory(keys.service())),
+        keys: in_process_keys.clone(),
     };
     let metering =
         metering::add(&mut services, adapters, &config.secrets, &config.metering, config.clock.clone(), &shutdown)?;
@@ -206,7 +207,7 @@ pub async fn run_dev(listener: TcpListener, config: DevConfig, shutdown: Cancell
         state.clone(),
         state,
         counters,
-        source,
+        in_process_keys,
         &config.secrets,
         &config.authz,
         config.clock,
@@ -252,7 +253,6 @@ pub async fn run_authz(
     let keys =
         KeysClient::new(&config.keys_url, config.secrets.keys_token(), AUTHZ_KEYS_TIMEOUT, read_ca(&config.keys_ca)?)
             .context("TOLLGATE_KEYS_URL")?;
-    let source = Arc::new(tollgate_authz_service::source::GrpcKeyStateSource(keys));
     let mut services = Services::default();
     services.dependencies.push(redis_probe(&redis));
     authz::add(
@@ -260,7 +260,7 @@ pub async fn run_authz(
         redis.clone(),
         redis,
         counters,
-        source,
+        Arc::new(keys),
         &config.secrets,
         &config.authz,
         config.clock,
@@ -312,7 +312,7 @@ async fn metering_backends(
     Ok((Arc::new(store), redis, counters))
 }
 
-fn metering_directory(config: &MeteringServeConfig) -> anyhow::Result<Arc<GrpcKeyDirectory>> {
+fn metering_keys(config: &MeteringServeConfig) -> anyhow::Result<Arc<KeysClient>> {
     let keys = KeysClient::new(
         &config.keys_url,
         config.secrets.keys_token(),
@@ -320,7 +320,7 @@ fn metering_directory(config: &MeteringServeConfig) -> anyhow::Result<Arc<GrpcKe
         read_ca(&config.keys_ca)?,
     )
     .context("TOLLGATE_KEYS_URL")?;
-    Ok(Arc::new(GrpcKeyDirectory(keys)))
+    Ok(Arc::new(keys))
 }
 
 /// Runs `tollgate serve metering` (RPCs and stream workers) on `listener` until `shutdown`
@@ -365,8 +365,7 @@ pub async fn run_metering(
     services.watched.push(postgres_probe(store.database()));
     services.watched.push(redis_probe(&redis));
     services.readiness_grace = config.metering.readiness_grace;
-    let adapters =
-        MeteringAdapters { store, queue: Arc::new(queue), counters, directory: metering_directory(&config)? };
+    let adapters = MeteringAdapters { store, queue: Arc::new(queue), counters, keys: metering_keys(&config)? };
     metering::add(&mut services, adapters, &config.secrets, &config.metering, config.clock.clone(), &shutdown)?;
     server::serve(listener, config.http_listen, config.tls.as_ref(), services, config.drain, shutdown).await
 }

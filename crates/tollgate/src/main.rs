@@ -22,8 +22,14 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let mut cli = Cli::parse();
-    telemetry::init(cli.log_format);
+    let cli = Cli::parse();
+    let telemetry = telemetry::init(cli.log_format, cli.command.service_name())?;
+    let outcome = run(cli).await;
+    telemetry.shutdown().await;
+    outcome
+}
+
+async fn run(mut cli: Cli) -> anyhow::Result<()> {
     cli.load_secret_files()?;
     let shutdown = CancellationToken::new();
     server::cancel_on_signal(shutdown.clone());

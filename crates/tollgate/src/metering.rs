@@ -4,14 +4,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use async_trait::async_trait;
 use tokio_util::sync::CancellationToken;
+use tollgate_core::KeyPepper;
 use tollgate_core::clock::Clock;
 use tollgate_core::windows::Calendar;
-use tollgate_core::{KeyPepper, SecretHash};
-use tollgate_keys_service::{KeysError, KeysService};
-use tollgate_metering_service::directory::{DirectoryError, KeyDirectory, KeyFacts, Prices};
-use tollgate_metering_service::keys_client::{key_facts, prices};
 use tollgate_metering_service::{MeteringAdapters, MeteringConfig, MeteringServer, WorkerSettings};
 
 use crate::Secrets;
@@ -52,48 +48,6 @@ impl Default for MeteringSettings {
             key_balance_per_minute: 60,
             usage_streams: 1,
             readiness_grace: crate::DEFAULT_READINESS_GRACE,
-        }
-    }
-}
-
-/// The keys service in the same process (`tollgate dev`).
-pub(crate) struct InProcessDirectory(pub Arc<KeysService>);
-
-fn directory_error(error: KeysError) -> DirectoryError {
-    DirectoryError(error.to_string())
-}
-
-#[async_trait]
-impl KeyDirectory for InProcessDirectory {
-    async fn keys_by_id(&self, ids: &[(String, String)]) -> Result<Vec<KeyFacts>, DirectoryError> {
-        self.0.key_states_by_id(ids).await.map_err(directory_error)?.into_iter().map(key_facts).collect()
-    }
-
-    async fn key_by_secret(&self, hash: &SecretHash) -> Result<Option<KeyFacts>, DirectoryError> {
-        match self.0.key_state(hash).await {
-            Ok(state) => key_facts(state).map(Some),
-            Err(KeysError::NotFound(_)) => Ok(None),
-            Err(error) => Err(directory_error(error)),
-        }
-    }
-
-    async fn prices(&self) -> Result<Prices, DirectoryError> {
-        Ok(prices(&self.0.model_catalog().await.map_err(directory_error)?))
-    }
-
-    async fn credit_limit(&self, account_id: &str) -> Result<Option<Option<i64>>, DirectoryError> {
-        match self.0.get_account(account_id).await {
-            Ok(account) => Ok(Some(account.effective_credit_limit())),
-            Err(KeysError::NotFound(_)) => Ok(None),
-            Err(error) => Err(directory_error(error)),
-        }
-    }
-
-    async fn application_exists(&self, account_id: &str, application_id: &str) -> Result<bool, DirectoryError> {
-        match self.0.get_application(account_id, application_id).await {
-            Ok(_) => Ok(true),
-            Err(KeysError::NotFound(_)) => Ok(false),
-            Err(error) => Err(directory_error(error)),
         }
     }
 }

@@ -1,16 +1,13 @@
 //! Prometheus metrics: one registry per server, served as `GET /metrics` on the HTTP
-//! listener, and the gRPC server metrics of every service from one tower layer, with the names
-//! existing Grafana dashboards use (`grpc_server_started_total`, `grpc_server_handled_total`,
-//! `grpc_server_handling_seconds`).
+//! listener, and the gRPC server metrics of every service (counted by [`crate::observe`]),
+//! with the names existing Grafana dashboards use (`grpc_server_started_total`,
+//! `grpc_server_handled_total`, `grpc_server_handling_seconds`).
 //!
 //! Label values are bounded: a method outside the services this process serves is counted as
 //! `unknown`, never by the path a caller sent.
 
 use std::collections::{HashMap, HashSet};
-use std::pin::Pin;
 use std::sync::{Arc, OnceLock, RwLock};
-use std::task::{Context, Poll};
-use std::time::Instant;
 
 use axum::response::IntoResponse;
 use prometheus_client::encoding::EncodeLabelSet;
@@ -22,9 +19,9 @@ use tonic::Code;
 
 /// Which RPC.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct MethodLabels {
-    grpc_service: String,
-    grpc_method: String,
+pub(crate) struct MethodLabels {
+    pub(crate) grpc_service: String,
+    pub(crate) grpc_method: String,
     grpc_type: &'static str,
 }
 
@@ -49,10 +46,12 @@ const CODES: usize = 17;
 
 /// One method's metrics, looked up once per path: a call then only counts, with no label
 /// built, hashed or allocated.
-struct MethodMetrics {
-    labels: MethodLabels,
-    started: Counter,
-    handling: Histogram,
+pub(crate) struct MethodMetrics {
+    pub(crate) labels: MethodLabels,
+    /// `package.Service/Method`, the name of its spans.
+    pub(crate) name: String,
+    pub(crate) started: Counter,
+    pub(crate) handling: Histogram,
     /// By code, made on first use so that only codes that happened are exported.
     handled: [OnceLock<Counter>; CODES],
 }
@@ -91,7 +90,7 @@ impl GrpcMetrics {
     }
 
     /// The metrics of a request path `/package.Service/Method`.
-    fn method(&self, path: &str) -> Arc<MethodMetrics> {
+    pub(crate) fn method(&self, path: &str) -> Arc<MethodMetrics> {
         if let Some(found) = self.by_path.read().expect("metrics lock").get(path) {
             return found.clone();
         }
@@ -107,7 +106,7 @@ impl GrpcMetrics {
     }
 
     /// Counts a call of `method` that ended with `code`.
-    fn handled(&self, method: &MethodMetrics, code: Code) {
+    pub(crate) fn handled(&self, method: &MethodMetrics, code: Code) {
         let counter = method.handled[(code as usize).min(CODES - 1)].get_or_init(|| {
             let labels = HandledLabels {
                 grpc_service: method.labels.grpc_service.clone(),
@@ -127,6 +126,7 @@ impl MethodMetrics {
             started: started.get_or_create(&labels).clone(),
             handling: handling.get_or_create(&labels).clone(),
             handled: Default::default(),
+            name: format!("{}/{}", labels.grpc_service, labels.grpc_method),
             labels,
         }
     }
@@ -144,7 +144,7 @@ fn is_method_name(name: &str) -> bool {
 }
 
 /// The names dashboards use for gRPC codes.
-fn code_name(code: Code) -> &'static str {
+pub(crate) fn code_name(code: Code) -> &'static str {
     match code {
         Code::Ok => "OK",
         Code::Cancelled => "Canceled",
@@ -163,87 +163,6 @@ fn code_name(code: Code) -> &'static str {
         Code::Unavailable => "Unavailable",
         Code::DataLoss => "DataLoss",
         Code::Unauthenticated => "Unauthenticated",
-    }
-}
-
-/// The tower layer that counts and logs every RPC of a server.
-#[derive(Clone)]
-pub struct GrpcMetricsLayer {
-    pub metrics: GrpcMetrics,
-    /// Off only to measure what counting and logging cost.
-    pub enabled: bool,
-}
-
-impl<S> tower::Layer<S> for GrpcMetricsLayer {
-    type Service = GrpcMetricsService<S>;
-
-    fn layer(&self, inner: S) -> Self::Service {
-        GrpcMetricsService { inner, metrics: self.metrics.clone(), enabled: self.enabled }
-    }
-}
-
-#[derive(Clone)]
-pub struct GrpcMetricsService<S> {
-    inner: S,
-    metrics: GrpcMetrics,
-    enabled: bool,
-}
-
-type BoxFuture<T, E> = Pin<Box<dyn Future<Output = Result<T, E>> + Send>>;
-
-impl<S, ReqBody, ResBody> tower::Service<http::Request<ReqBody>> for GrpcMetricsService<S>
-where
-    S: tower::Service<http::Request<ReqBody>, Response = http::Response<ResBody>>,
-    S::Future: Send + 'static,
-{
-    type Response = S::Response;
-    type Error = S::Error;
-    type Future = BoxFuture<S::Response, S::Error>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, request: http::Request<ReqBody>) -> Self::Future {
-        if !self.enabled {
-            return Box::pin(self.inner.call(request));
-        }
-        let method = self.metrics.method(request.uri().path());
-        let request_id = request
-            .headers()
-            .get("x-request-id")
-            .and_then(|value| value.to_str().ok())
-            .filter(|id| id.len() <= 128 && id.bytes().all(|b| b.is_ascii_graphic()))
-            .map(str::to_owned);
-        method.started.inc();
-        let started = Instant::now();
-        let metrics = self.metrics.clone();
-        let answer = self.inner.call(request);
-        Box::pin(async move {
-            let response = answer.await;
-            // Every RPC here is unary: tonic sends an error as a trailers-only response (the
-            // status in the headers), and a success's status (0) in the trailers after it.
-            let code = match &response {
-                Ok(response) => {
-                    response.headers().get("grpc-status").map_or(Code::Ok, |status| Code::from_bytes(status.as_bytes()))
-                }
-                Err(_) => Code::Unknown,
-            };
-            let elapsed = started.elapsed();
-            method.handling.observe(elapsed.as_secs_f64());
-            metrics.handled(&method, code);
-            // The access log: what was called and how it ended, never a header's secret.
-            tracing::info!(
-                target: "tollgate::access",
-                service = %method.labels.grpc_service,
-                method = %method.labels.grpc_method,
-                code = code_name(code),
-                duration_ms = elapsed.as_secs_f64() * 1000.0,
-                request_id = request_id.as_deref().unwrap_or("-"),
-                "rpc"
-            );
-            response
-        })
     }
 }
 

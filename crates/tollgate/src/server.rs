@@ -274,9 +274,8 @@ pub async fn serve(
         builder = builder.tls_config(tls.config()?).context("the gRPC listener's TLS")?;
     }
     builder
-        .layer(crate::metrics::GrpcMetricsLayer { metrics: grpc_metrics, enabled: !services.grpc_metrics_off })
+        .layer(crate::observe::ObserveLayer { metrics: grpc_metrics, enabled: !services.grpc_metrics_off })
         .timeout(REQUEST_TIMEOUT)
-        .trace_fn(|request| tracing::debug_span!("grpc", method = %request.uri().path()))
         .add_routes(services.routes.routes())
         .serve_with_incoming_shutdown(incoming(listener), signal)
         .await?;

@@ -9,7 +9,7 @@ use tokio_util::sync::CancellationToken;
 use tollgate::server::ServerTls;
 use tollgate::{AuthzSettings, DevConfig, KeysSettings, MeteringSettings, Secrets};
 use tollgate_core::clock::SystemClock;
-use tollgate_keys_client::KeysClient;
+use tollgate_keys_client::{KeyStateApi, KeysClient};
 use tollgate_proto::keys::v1 as keys;
 use tollgate_test_support::TestCertificates;
 use tollgate_test_support::seed::Bearer;
