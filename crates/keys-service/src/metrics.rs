@@ -2,6 +2,7 @@
 //! `grpc_server_handled_total` of the management services.
 
 use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
 /// The key-state outbox's metrics (cheap to clone: every metric is shared).
@@ -9,6 +10,8 @@ use prometheus_client::registry::Registry;
 pub struct KeysMetrics {
     pub pushed: Counter,
     pub push_failures: Counter,
+    /// Changes committed and not yet pushed, sampled by the background loop.
+    pub outbox_depth: Gauge,
 }
 
 impl KeysMetrics {
@@ -23,6 +26,11 @@ impl KeysMetrics {
             "state_push_failures",
             "Key-state pushes that failed (Redis or the database unreachable); the background loop retries them",
             self.push_failures.clone(),
+        );
+        registry.register(
+            "state_outbox_depth",
+            "Key-state changes committed and not yet pushed to the shared cache (sampled every 5 s)",
+            self.outbox_depth.clone(),
         );
     }
 }

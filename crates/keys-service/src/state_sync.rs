@@ -24,6 +24,8 @@ use crate::snapshot;
 
 /// Outbox rows taken per round.
 const BATCH: u32 = 500;
+/// How often the outbox's depth is sampled for `/metrics`.
+const DEPTH_SAMPLE_INTERVAL: Duration = Duration::from_secs(5);
 /// Secret hashes per invalidation message.
 const HASHES_PER_MESSAGE: usize = 1000;
 
@@ -153,10 +155,18 @@ impl StateSync {
     pub async fn run(self: Arc<Self>, interval: Duration, shutdown: CancellationToken) {
         let mut ticker = tokio::time::interval(interval);
         let mut failing = false;
+        let mut last_sample: Option<std::time::Instant> = None;
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => return,
                 _ = ticker.tick() => {}
+            }
+            if last_sample.is_none_or(|at| at.elapsed() >= DEPTH_SAMPLE_INTERVAL) {
+                last_sample = Some(std::time::Instant::now());
+                // Before the flush, so a backlog the push is failing on shows.
+                if let Ok(depth) = self.store.state_outbox_depth().await {
+                    self.metrics.outbox_depth.set(depth);
+                }
             }
             match self.flush().await {
                 Ok(pushed) if failing || pushed > 0 => {

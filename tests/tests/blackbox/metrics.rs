@@ -13,7 +13,7 @@ use tonic::Code;
 on_both_backends!(a_workload_moves_the_counters_by_what_it_did);
 
 /// The sum of the samples of `name` whose labels include all of `labels`.
-fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+pub(crate) fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
     text.lines()
         .filter(|line| !line.starts_with('#'))
         .filter_map(|line| {

@@ -66,11 +66,27 @@ async fn authorize_answers_within_twice_the_redis_timeout_while_redis_is_down() 
     let p99 = quantile(&mut latencies, 0.99);
     eprintln!("{} calls while Redis was down: p50 {:?}, p99 {p99:?}", latencies.len(), quantile(&mut latencies, 0.5));
     assert!(p99 <= 2 * AUTHZ_REDIS_TIMEOUT, "p99 {p99:?} over twice the Redis timeout");
+    // A change made meanwhile waits in the key-state outbox, and its depth says so.
+    create_key(&h, &w, w.key("Made while Redis was down")).await;
+    let outbox_depth = async || {
+        let text = h.server.as_ref().expect("the keys service").scrape_metrics().await;
+        crate::metrics::sample(&text, "tollgate_keys_state_outbox_depth", &[])
+    };
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while outbox_depth().await < 1.0 {
+        assert!(Instant::now() < deadline, "the outbox depth never showed the change waiting");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     redis.restart().await.unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);
     while client.clone().authorize(w.call(&paid)).await.is_err() {
         assert!(Instant::now() < deadline, "authz did not recover");
         tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while outbox_depth().await > 0.0 {
+        assert!(Instant::now() < deadline, "the outbox was not pushed once Redis was back");
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
     h.stop().await;
 }

@@ -219,6 +219,8 @@ pub trait KeyStore: Send + Sync {
 pub trait StateOutbox: Send + Sync {
     /// The oldest pending changes.
     async fn pending_state_changes(&self, limit: u32) -> StoreResult<Vec<OutboxEntry>>;
+    /// How many changes wait to be pushed.
+    async fn state_outbox_depth(&self) -> StoreResult<i64>;
     /// Removes pushed changes.
     async fn ack_state_changes(&self, ids: &[i64]) -> StoreResult<()>;
     /// Queues every live key and the catalog, e.g. after the system caps changed.

@@ -39,6 +39,10 @@ impl StateOutbox for SqlKeysStore {
             .collect()
     }
 
+    async fn state_outbox_depth(&self) -> StoreResult<i64> {
+        Ok(sqlx::query_scalar("SELECT count(*) FROM state_outbox").fetch_one(&self.db.pool).await?)
+    }
+
     async fn ack_state_changes(&self, ids: &[i64]) -> StoreResult<()> {
         for chunk in ids.chunks(500) {
             let sql = format!("DELETE FROM state_outbox WHERE id IN ({})", placeholders(chunk.len()));
