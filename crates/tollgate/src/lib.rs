@@ -4,6 +4,7 @@
 
 mod authz;
 pub mod cli;
+mod decode_errors;
 pub mod dev;
 mod in_process_keys;
 mod keys;

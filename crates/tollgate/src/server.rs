@@ -275,6 +275,7 @@ pub async fn serve(
     }
     builder
         .layer(crate::observe::ObserveLayer { metrics: grpc_metrics, enabled: !services.grpc_metrics_off })
+        .layer(crate::decode_errors::DecodeErrorsLayer)
         .timeout(REQUEST_TIMEOUT)
         .add_routes(services.routes.routes())
         .serve_with_incoming_shutdown(incoming(listener), signal)
