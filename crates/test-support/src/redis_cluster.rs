@@ -1,12 +1,13 @@
 //! Redis Clusters of the tests' own: `redis-server --cluster-enabled yes` nodes on free
 //! loopback ports, joined with `redis-cli --cluster create`.
 
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use tokio::sync::OnceCell;
 
-use crate::unavailable;
+use crate::{TestCertificates, unavailable};
 
 /// A cluster of `masters` primaries, each with `replicas` replicas. Every node is killed when
 /// this is dropped, or, for the shared cluster, when the test process exits.
@@ -16,6 +17,8 @@ pub struct PrivateRedisCluster {
     pub ports: Vec<u16>,
     children: Vec<Option<Child>>,
     dir: tempfile::TempDir,
+    /// Certificate, key and CA when the nodes speak only TLS.
+    tls: Option<[PathBuf; 3]>,
 }
 
 fn free_port() -> u16 {
@@ -26,7 +29,17 @@ fn free_port() -> u16 {
 impl PrivateRedisCluster {
     /// Starts one, or returns `None` (skip) when `redis-server` or `redis-cli` is missing.
     pub async fn start(masters: usize, replicas: usize) -> Option<Self> {
-        match Self::try_start(masters, replicas, None).await {
+        Self::start_with(masters, replicas, None).await
+    }
+
+    /// Starts one whose nodes speak only TLS, to clients and to each other, with the
+    /// certificate `certs` made (valid for 127.0.0.1), or returns `None` (skip).
+    pub async fn start_tls(masters: usize, certs: &TestCertificates) -> Option<Self> {
+        Self::start_with(masters, 0, Some([certs.cert.clone(), certs.key.clone(), certs.ca.clone()])).await
+    }
+
+    async fn start_with(masters: usize, replicas: usize, tls: Option<[PathBuf; 3]>) -> Option<Self> {
+        match Self::try_start(masters, replicas, None, tls).await {
             Ok(cluster) => Some(cluster),
             Err(error) => {
                 unavailable("a private Redis Cluster", error);
@@ -36,20 +49,26 @@ impl PrivateRedisCluster {
     }
 
     /// With `outlive_not`: the nodes stop by themselves once that process is gone.
-    async fn try_start(masters: usize, replicas: usize, outlive_not: Option<u32>) -> Result<Self, String> {
+    async fn try_start(
+        masters: usize,
+        replicas: usize,
+        outlive_not: Option<u32>,
+        tls: Option<[PathBuf; 3]>,
+    ) -> Result<Self, String> {
         let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
         let count = masters * (1 + replicas);
         let ports: Vec<u16> = (0..count).map(|_| free_port()).collect();
-        let mut cluster = Self { ports, children: Vec::new(), dir };
+        let mut cluster = Self { ports, children: Vec::new(), dir, tls };
         for i in 0..count {
             let child = cluster.spawn(i, outlive_not)?;
             cluster.children.push(Some(child));
         }
         for port in &cluster.ports {
-            wait_for_ping(*port).await?;
+            cluster.wait_for(*port, &["PING"], "PONG").await?;
         }
         let nodes: Vec<String> = cluster.ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
-        let created = Command::new("redis-cli")
+        let created = cluster
+            .cli()
             .arg("--cluster")
             .arg("create")
             .args(&nodes)
@@ -61,41 +80,87 @@ impl PrivateRedisCluster {
             return Err(format!("redis-cli --cluster create failed: {}", String::from_utf8_lossy(&created.stdout)));
         }
         for port in &cluster.ports {
-            wait_until_ok(*port).await?;
+            cluster.wait_for(*port, &["CLUSTER", "INFO"], "cluster_state:ok").await?;
         }
+        // A replica can take over only once it has its primary's data.
         for port in &cluster.ports[masters..] {
-            wait_until_synced(*port).await?;
+            cluster.wait_for(*port, &["INFO", "replication"], "master_link_status:up").await?;
         }
         Ok(cluster)
+    }
+
+    /// `redis-cli`, speaking TLS with the cluster's CA when the nodes do.
+    fn cli(&self) -> Command {
+        let mut command = Command::new("redis-cli");
+        if let Some([_, _, ca]) = &self.tls {
+            command.arg("--tls").arg("--cacert").arg(ca);
+        }
+        command
+    }
+
+    /// Waits until `command` on the node at `port` answers text holding `needle`.
+    async fn wait_for(&self, port: u16, command: &[&str], needle: &str) -> Result<(), String> {
+        for _ in 0..400 {
+            let output = self.cli().args(["-p", &port.to_string()]).args(command).stdin(Stdio::null()).output();
+            if output.is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains(needle)) {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        Err(format!("the cluster node on {port} never said {needle}"))
     }
 
     fn spawn(&self, index: usize, outlive_not: Option<u32>) -> Result<Child, String> {
         let port = self.ports[index].to_string();
         let dir = self.dir.path().display().to_string();
         let config = format!("nodes-{port}.conf");
-        let args = [
-            "--port",
-            &port,
-            "--bind",
-            "127.0.0.1",
-            "--cluster-enabled",
-            "yes",
-            "--cluster-config-file",
-            &config,
-            "--cluster-node-timeout",
-            "1000",
-            "--dir",
-            &dir,
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            // Replicas sync at once instead of after the default 5 s wait for more of them.
-            "--repl-diskless-sync-delay",
-            "0",
-        ];
+        let mut args: Vec<String> = match &self.tls {
+            None => vec!["--port".into(), port.clone()],
+            Some([cert, key, ca]) => [
+                "--port",
+                "0",
+                "--tls-port",
+                &port,
+                "--tls-cluster",
+                "yes",
+                "--tls-replication",
+                "yes",
+                "--tls-auth-clients",
+                "no",
+                "--tls-cert-file",
+                &cert.display().to_string(),
+                "--tls-key-file",
+                &key.display().to_string(),
+                "--tls-ca-cert-file",
+                &ca.display().to_string(),
+            ]
+            .map(String::from)
+            .to_vec(),
+        };
+        args.extend(
+            [
+                "--bind",
+                "127.0.0.1",
+                "--cluster-enabled",
+                "yes",
+                "--cluster-config-file",
+                &config,
+                "--cluster-node-timeout",
+                "1000",
+                "--dir",
+                &dir,
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                // Replicas sync at once instead of after the default 5 s wait for more of them.
+                "--repl-diskless-sync-delay",
+                "0",
+            ]
+            .map(String::from),
+        );
         let child = match outlive_not {
-            None => Command::new("redis-server").args(args).stdout(Stdio::null()).stderr(Stdio::null()).spawn(),
+            None => Command::new("redis-server").args(&args).stdout(Stdio::null()).stderr(Stdio::null()).spawn(),
             // A shell keeps the node while the test process lives, then stops it.
             Some(pid) => {
                 let quoted: Vec<String> = args.iter().map(|a| format!("'{a}'")).collect();
@@ -111,7 +176,8 @@ impl PrivateRedisCluster {
 
     /// Every node's URL, comma-separated: the seed list Tollgate takes.
     pub fn url(&self) -> String {
-        self.ports.iter().map(|p| format!("redis://127.0.0.1:{p}")).collect::<Vec<_>>().join(",")
+        let scheme = if self.tls.is_some() { "rediss" } else { "redis" };
+        self.ports.iter().map(|p| format!("{scheme}://127.0.0.1:{p}")).collect::<Vec<_>>().join(",")
     }
 
     /// Kills one node, as a crash would.
@@ -125,13 +191,10 @@ impl PrivateRedisCluster {
     /// The node serving `key`'s slot as primary now (its index in [`Self::ports`]).
     pub fn primary_of(&self, key: &str) -> Option<usize> {
         let alive = self.children.iter().position(Option::is_some)?;
-        let output = Command::new("redis-cli")
-            .args(["-p", &self.ports[alive].to_string(), "cluster", "keyslot", key])
-            .output()
-            .ok()?;
+        let output =
+            self.cli().args(["-p", &self.ports[alive].to_string(), "cluster", "keyslot", key]).output().ok()?;
         let slot: u16 = String::from_utf8_lossy(&output.stdout).trim().parse().ok()?;
-        let nodes =
-            Command::new("redis-cli").args(["-p", &self.ports[alive].to_string(), "cluster", "nodes"]).output().ok()?;
+        let nodes = self.cli().args(["-p", &self.ports[alive].to_string(), "cluster", "nodes"]).output().ok()?;
         for line in String::from_utf8_lossy(&nodes.stdout).lines() {
             let fields: Vec<&str> = line.split_whitespace().collect();
             if fields.len() < 9 || !fields[2].contains("master") || fields[2].contains("fail") {
@@ -152,43 +215,6 @@ impl PrivateRedisCluster {
     }
 }
 
-async fn wait_for_ping(port: u16) -> Result<(), String> {
-    let client = redis::Client::open(format!("redis://127.0.0.1:{port}")).map_err(|e| e.to_string())?;
-    for _ in 0..200 {
-        if let Ok(mut conn) = client.get_multiplexed_async_connection().await
-            && redis::cmd("PING").query_async::<String>(&mut conn).await.is_ok()
-        {
-            return Ok(());
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    Err(format!("the cluster node on {port} did not answer"))
-}
-
-/// Waits until `command` (e.g. `CLUSTER INFO`) on the node answers text holding `needle`.
-async fn wait_for_info(port: u16, command: [&str; 2], needle: &str) -> Result<(), String> {
-    let client = redis::Client::open(format!("redis://127.0.0.1:{port}")).map_err(|e| e.to_string())?;
-    for _ in 0..400 {
-        if let Ok(mut conn) = client.get_multiplexed_async_connection().await
-            && let Ok(info) = redis::cmd(command[0]).arg(command[1]).query_async::<String>(&mut conn).await
-            && info.contains(needle)
-        {
-            return Ok(());
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    Err(format!("the cluster node on {port} never said {needle}"))
-}
-
-async fn wait_until_ok(port: u16) -> Result<(), String> {
-    wait_for_info(port, ["CLUSTER", "INFO"], "cluster_state:ok").await
-}
-
-/// A replica can take over only once it has its primary's data.
-async fn wait_until_synced(port: u16) -> Result<(), String> {
-    wait_for_info(port, ["INFO", "replication"], "master_link_status:up").await
-}
-
 impl Drop for PrivateRedisCluster {
     fn drop(&mut self) {
         for i in 0..self.children.len() {
@@ -204,7 +230,7 @@ pub async fn shared_redis_cluster_url() -> Option<String> {
     static SHARED: OnceCell<Option<String>> = OnceCell::const_new();
     SHARED
         .get_or_init(|| async {
-            match PrivateRedisCluster::try_start(3, 0, Some(std::process::id())).await {
+            match PrivateRedisCluster::try_start(3, 0, Some(std::process::id()), None).await {
                 Ok(cluster) => {
                     let url = cluster.url();
                     // The nodes outlive this value: the shells stop them with the process.

@@ -2,13 +2,14 @@
 //! that serves TLS with `sslmode=verify-full` and the CA, fails with another CA, and reaches
 //! it with `sslmode=require` whoever signed;
 //! `tollgate metering reconcile` reaches a `redis-server --tls-port` over `rediss://` when the
-//! CA is trusted (`SSL_CERT_FILE`, as for any system root) and fails when it is not.
+//! CA is trusted (`SSL_CERT_FILE`, as for any system root) and fails when it is not, and so
+//! does a Redis Cluster whose nodes speak only TLS (`rediss://` seeds).
 
 use std::process::Stdio;
 use std::time::Duration;
 
 use sqlx::{Connection, Row};
-use tollgate_test_support::{PrivatePostgres, TestCertificates, TestDatabase};
+use tollgate_test_support::{PrivatePostgres, PrivateRedisCluster, TestCertificates, TestDatabase};
 
 /// Runs `tollgate <args>` with `env`; whether it exited 0, and its stderr.
 async fn tollgate(args: &[&str], env: &[(&str, &str)]) -> (bool, String) {
@@ -96,4 +97,23 @@ async fn redis_over_tls_verifies_the_server() {
     let (ok, _) = tollgate(&reconcile, &[("SSL_CERT_FILE", &other)]).await;
     assert!(!ok, "a server another CA signed is refused");
     redis.kill().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_cluster_over_tls_verifies_every_node() {
+    let Some(certs) = TestCertificates::make() else { return };
+    let Some(database) = TestDatabase::create().await else { return };
+    let (ok, stderr) = tollgate(&["migrate", "--database-url", &database.url], &[]).await;
+    assert!(ok, "{stderr}");
+    let Some(cluster) = PrivateRedisCluster::start_tls(3, &certs).await else { return };
+    let url = cluster.url();
+    assert!(url.starts_with("rediss://"));
+    // Rebuilding the counters writes a marker into every slot: every primary is reached.
+    let reconcile = ["metering", "reconcile", "--database-url", &database.url, "--redis-url", &url];
+    let ca = certs.ca.display().to_string();
+    let (ok, stderr) = tollgate(&reconcile, &[("SSL_CERT_FILE", &ca)]).await;
+    assert!(ok, "rebuilding counters on a TLS cluster: {stderr}");
+    let other = certs.other_ca.display().to_string();
+    let (ok, _) = tollgate(&reconcile, &[("SSL_CERT_FILE", &other)]).await;
+    assert!(!ok, "nodes another CA signed are refused");
 }
