@@ -21,6 +21,19 @@ pub enum AuthzError {
     Unavailable(String),
 }
 
+impl AuthzError {
+    /// Logs an outage's cause (at most once per few seconds, with a count): answers only say
+    /// that authorization is unavailable.
+    pub fn note(&self) {
+        if let AuthzError::Unavailable(cause) = self {
+            static UNAVAILABLE: Throttle = Throttle::new();
+            if let Some(held_back) = UNAVAILABLE.now(WARN_EVERY) {
+                tracing::warn!(%cause, held_back, "authorize unavailable");
+            }
+        }
+    }
+}
+
 impl From<AuthzError> for Status {
     fn from(error: AuthzError) -> Self {
         let mut details = ErrorDetails::new();
@@ -32,11 +45,8 @@ impl From<AuthzError> for Status {
                 }
                 Code::InvalidArgument
             }
-            AuthzError::Unavailable(cause) => {
-                static UNAVAILABLE: Throttle = Throttle::new();
-                if let Some(held_back) = UNAVAILABLE.now(WARN_EVERY) {
-                    tracing::warn!(%cause, held_back, "authorize unavailable");
-                }
+            AuthzError::Unavailable(_) => {
+                error.note();
                 details.set_error_info("DEPENDENCY_UNAVAILABLE", ERROR_DOMAIN, HashMap::new());
                 Code::Unavailable
             }

@@ -28,7 +28,7 @@ pub enum AuthorizeAccess {
 }
 
 impl AuthorizeAccess {
-    fn check(&self, metadata: &tonic::metadata::MetadataMap) -> Result<(), Status> {
+    pub(crate) fn check(&self, metadata: &tonic::metadata::MetadataMap) -> Result<(), Status> {
         match self {
             AuthorizeAccess::Open => Ok(()),
             AuthorizeAccess::Tokens(tokens) => tokens.check(metadata),

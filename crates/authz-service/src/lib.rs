@@ -12,10 +12,14 @@ pub mod bench;
 pub mod compiled;
 pub mod convert;
 pub mod decision;
+pub mod envoy;
 pub mod error;
 pub mod failure;
+pub mod front_door;
 pub mod grpc;
+pub mod llm_request;
 pub mod metrics;
+pub mod openai;
 pub mod policy;
 pub mod resolver;
 
@@ -36,9 +40,12 @@ pub use decision::{Decision, Explanation, Reason};
 pub use failure::RedisErrorPolicy;
 pub use resolver::CacheTtls;
 
+use crate::envoy::EnvoyCheck;
+pub use crate::front_door::FrontDoorSettings;
 use crate::grpc::{AuthorizeAccess, AuthzGrpc};
 use crate::metrics::AuthzMetrics;
 use crate::resolver::KeyResolver;
+use envoy_types::ext_authz::v3::pb::AuthorizationServer;
 use tollgate_keys_client::KeyStateApi;
 use tollgate_keys_client::catalog::ModelCatalog;
 
@@ -59,12 +66,15 @@ pub struct AuthzConfig {
     pub open_authorize: bool,
     /// ExplainAuthorize needs the admin token.
     pub admin_token: String,
+    /// How the HTTP front doors (Envoy's `Check`, forward-auth) read calls and answer.
+    pub front_door: FrontDoorSettings,
 }
 
 /// The authz service, ready to be served.
 pub struct AuthzServer {
     authorizer: Arc<Authorizer>,
     grpc: AuthzGrpc,
+    envoy: EnvoyCheck,
     bus: Arc<dyn InvalidationBus>,
     metrics: AuthzMetrics,
 }
@@ -91,19 +101,24 @@ impl AuthzServer {
             None => AuthorizeAccess::Tokens(AnyBearer::new([admin.clone()])),
             Some(gateway) => AuthorizeAccess::Tokens(AnyBearer::new([BearerAuth::new(gateway), admin.clone()])),
         };
+        let envoy = EnvoyCheck::new(authorizer.clone(), access.clone(), Arc::new(config.front_door));
         let grpc = AuthzGrpc::new(authorizer.clone(), access, admin);
         authorizer.catalog.refresh().await;
-        Self { authorizer, grpc, bus, metrics }
+        Self { authorizer, grpc, envoy, bus, metrics }
     }
 
     /// Adds `tollgate.authz.v1.AuthzService` to a router.
     pub fn add_services(&self, routes: &mut RoutesBuilder) {
         routes.add_service(pb::authz_service_server::AuthzServiceServer::new(self.grpc.clone()));
+        routes.add_service(AuthorizationServer::new(self.envoy.clone()));
     }
 
     /// The name reported by the health service.
     pub fn service_names() -> Vec<&'static str> {
-        vec![<pb::authz_service_server::AuthzServiceServer<AuthzGrpc> as NamedService>::NAME]
+        vec![
+            <pb::authz_service_server::AuthzServiceServer<AuthzGrpc> as NamedService>::NAME,
+            <AuthorizationServer<EnvoyCheck> as NamedService>::NAME,
+        ]
     }
 
     /// Adds authz's metrics to a registry.

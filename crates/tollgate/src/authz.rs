@@ -6,7 +6,9 @@ use std::time::Duration;
 use anyhow::Context;
 use tokio_util::sync::CancellationToken;
 use tollgate_authz_service::bench::BenchGrpc;
-use tollgate_authz_service::{AuthorizerSettings, AuthzConfig, AuthzServer, CacheTtls, RedisErrorPolicy};
+use tollgate_authz_service::{
+    AuthorizerSettings, AuthzConfig, AuthzServer, CacheTtls, FrontDoorSettings, RedisErrorPolicy,
+};
 use tollgate_core::KeyPepper;
 use tollgate_core::clock::Clock;
 use tollgate_core::windows::Calendar;
@@ -43,6 +45,8 @@ pub struct AuthzSettings {
     /// Count and log every RPC (the gRPC metrics layer and the access log); off only to
     /// measure what they cost (`tollgate-bench authz`).
     pub grpc_metrics: bool,
+    /// How Envoy's `Check` and forward-auth read calls and answer.
+    pub front_door: FrontDoorSettings,
 }
 
 /// How long a hold lasts when no usage report settles it, unless configured: the one source
@@ -62,6 +66,7 @@ impl Default for AuthzSettings {
             on_redis_error: RedisErrorPolicy::default(),
             bench_endpoints: false,
             grpc_metrics: true,
+            front_door: FrontDoorSettings::default(),
         }
     }
 }
@@ -104,6 +109,7 @@ pub(crate) async fn add(
         gateway_token: settings.gateway_token.clone(),
         open_authorize: open_authorize || settings.allow_unauthenticated,
         admin_token: secrets.admin_token.clone(),
+        front_door: settings.front_door.clone(),
     };
     let authz = Arc::new(AuthzServer::new(config, shared, bus, counters, keys).await);
     authz.add_services(&mut services.routes);

@@ -337,6 +337,18 @@ pub struct AuthzArgs {
     /// (UNAVAILABLE), or per kind, `rate=open,money=closed`.
     #[arg(long, env = "TOLLGATE_AUTHZ_ON_REDIS_ERROR", default_value = "rate=open,money=closed")]
     pub on_redis_error: tollgate_authz_service::RedisErrorPolicy,
+    /// The header a proxied call may name its model in, when neither its JSON body nor its
+    /// path does (Envoy's `Check`, forward-auth).
+    #[arg(long, env = "TOLLGATE_MODEL_HEADER", default_value = "x-tollgate-model")]
+    pub model_header: String,
+    /// Tokens held for a proxied call nothing says the size of (no body, no
+    /// `x-tollgate-estimated-tokens`).
+    #[arg(long, env = "TOLLGATE_DEFAULT_ESTIMATED_TOKENS", default_value_t = 1000, value_parser = clap::value_parser!(i64).range(0..=1_000_000_000))]
+    pub default_estimated_tokens: i64,
+    /// Let the client's key go upstream with an allowed proxied call (by default the proxy
+    /// is told to remove it, so the model backend never sees a platform key).
+    #[arg(long, env = "TOLLGATE_FORWARD_CLIENT_KEY")]
+    pub forward_client_key: bool,
     /// Also serve the benchmark's baselines (`tollgate.bench.v1.BenchService`).
     #[arg(long, env = "TOLLGATE_BENCH_ENDPOINTS", hide = true)]
     pub bench_endpoints: bool,

@@ -12,6 +12,8 @@ use tollgate::{
     AuthzServeConfig, AuthzSettings, DevConfig, KeysServeConfig, KeysSettings, MeteringServeConfig, MeteringSettings,
     ReconcileConfig, Secrets, dev, server, telemetry,
 };
+use tollgate_authz_service::FrontDoorSettings;
+use tollgate_authz_service::llm_request::ReadSettings;
 use tollgate_core::clock::SystemClock;
 use tollgate_state::redis::RedisConfig;
 
@@ -207,5 +209,12 @@ fn authz_settings(args: &AuthzArgs) -> AuthzSettings {
         on_redis_error: args.on_redis_error,
         bench_endpoints: args.bench_endpoints,
         grpc_metrics: !args.no_grpc_metrics,
+        front_door: FrontDoorSettings {
+            read: ReadSettings {
+                model_header: args.model_header.to_ascii_lowercase(),
+                default_estimated_tokens: args.default_estimated_tokens,
+            },
+            strip_key: !args.forward_client_key,
+        },
     }
 }

@@ -5,6 +5,7 @@ mod accounts_and_catalog;
 mod authz;
 mod authz_faults;
 mod cross_account;
+mod envoy;
 mod key_state;
 mod keys_api;
 mod metering;
