@@ -30,6 +30,12 @@ impl BearerAuth {
 }
 
 impl BearerAuth {
+    /// Whether `presented` is the token (constant time).
+    pub fn matches(&self, presented: &str) -> bool {
+        let digest: [u8; 32] = Sha256::digest(presented.trim().as_bytes()).into();
+        bool::from(digest.ct_eq(self.expected.as_ref()))
+    }
+
     /// Whether `metadata` carries the token.
     pub fn check(&self, metadata: &MetadataMap) -> Result<(), Status> {
         let presented = metadata
@@ -37,12 +43,7 @@ impl BearerAuth {
             .and_then(|value| value.to_str().ok())
             .and_then(|value| value.strip_prefix("Bearer ").or_else(|| value.strip_prefix("bearer ")))
             .ok_or_else(|| Status::unauthenticated("missing `authorization: Bearer <token>` metadata"))?;
-        let digest: [u8; 32] = Sha256::digest(presented.trim().as_bytes()).into();
-        if bool::from(digest.ct_eq(self.expected.as_ref())) {
-            Ok(())
-        } else {
-            Err(Status::unauthenticated("the bearer token is not valid"))
-        }
+        if self.matches(presented) { Ok(()) } else { Err(Status::unauthenticated("the bearer token is not valid")) }
     }
 }
 
@@ -75,6 +76,11 @@ pub struct AnyBearer(Vec<BearerAuth>);
 impl AnyBearer {
     pub fn new(tokens: impl IntoIterator<Item = BearerAuth>) -> Self {
         Self(tokens.into_iter().collect())
+    }
+
+    /// Whether `presented` is one of the tokens.
+    pub fn accepts(&self, presented: &str) -> bool {
+        self.0.iter().any(|token| token.matches(presented))
     }
 
     /// Whether `metadata` carries one of the tokens.

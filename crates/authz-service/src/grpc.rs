@@ -28,6 +28,14 @@ pub enum AuthorizeAccess {
 }
 
 impl AuthorizeAccess {
+    /// Whether a caller presenting `token` (a header of its own on HTTP) may call.
+    pub(crate) fn accepts(&self, token: Option<&str>) -> bool {
+        match self {
+            AuthorizeAccess::Open => true,
+            AuthorizeAccess::Tokens(tokens) => token.is_some_and(|token| tokens.accepts(token)),
+        }
+    }
+
     pub(crate) fn check(&self, metadata: &tonic::metadata::MetadataMap) -> Result<(), Status> {
         match self {
             AuthorizeAccess::Open => Ok(()),

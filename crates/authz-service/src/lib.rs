@@ -15,6 +15,7 @@ pub mod decision;
 pub mod envoy;
 pub mod error;
 pub mod failure;
+pub mod forward_auth;
 pub mod front_door;
 pub mod grpc;
 pub mod llm_request;
@@ -41,6 +42,7 @@ pub use failure::RedisErrorPolicy;
 pub use resolver::CacheTtls;
 
 use crate::envoy::EnvoyCheck;
+use crate::forward_auth::ForwardAuth;
 pub use crate::front_door::FrontDoorSettings;
 use crate::grpc::{AuthorizeAccess, AuthzGrpc};
 use crate::metrics::AuthzMetrics;
@@ -68,6 +70,8 @@ pub struct AuthzConfig {
     pub admin_token: String,
     /// How the HTTP front doors (Envoy's `Check`, forward-auth) read calls and answer.
     pub front_door: FrontDoorSettings,
+    /// Peers whose `X-Forwarded-For` / `X-Real-IP` forward-auth believes.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
 }
 
 /// The authz service, ready to be served.
@@ -75,6 +79,7 @@ pub struct AuthzServer {
     authorizer: Arc<Authorizer>,
     grpc: AuthzGrpc,
     envoy: EnvoyCheck,
+    forward_auth: Arc<ForwardAuth>,
     bus: Arc<dyn InvalidationBus>,
     metrics: AuthzMetrics,
 }
@@ -101,16 +106,24 @@ impl AuthzServer {
             None => AuthorizeAccess::Tokens(AnyBearer::new([admin.clone()])),
             Some(gateway) => AuthorizeAccess::Tokens(AnyBearer::new([BearerAuth::new(gateway), admin.clone()])),
         };
-        let envoy = EnvoyCheck::new(authorizer.clone(), access.clone(), Arc::new(config.front_door));
+        let front_door = Arc::new(config.front_door);
+        let envoy = EnvoyCheck::new(authorizer.clone(), access.clone(), front_door.clone());
+        let forward_auth =
+            Arc::new(ForwardAuth::new(authorizer.clone(), access.clone(), front_door, config.trusted_proxies));
         let grpc = AuthzGrpc::new(authorizer.clone(), access, admin);
         authorizer.catalog.refresh().await;
-        Self { authorizer, grpc, envoy, bus, metrics }
+        Self { authorizer, grpc, envoy, forward_auth, bus, metrics }
     }
 
     /// Adds `tollgate.authz.v1.AuthzService` to a router.
     pub fn add_services(&self, routes: &mut RoutesBuilder) {
         routes.add_service(pb::authz_service_server::AuthzServiceServer::new(self.grpc.clone()));
         routes.add_service(AuthorizationServer::new(self.envoy.clone()));
+    }
+
+    /// The HTTP routes (forward-auth), for the HTTP listener.
+    pub fn http_routes(&self) -> axum::Router {
+        self.forward_auth.clone().router()
     }
 
     /// The name reported by the health service.

@@ -36,7 +36,8 @@ fn running_as_root() -> bool {
     std::process::Command::new("id").arg("-u").output().is_ok_and(|o| o.stdout.starts_with(b"0\n"))
 }
 
-fn unavailable(what: &str, error: impl std::fmt::Display) {
+/// Says a test skips because `what` is missing; under `CI=true`, fails it instead.
+pub fn unavailable(what: &str, error: impl std::fmt::Display) {
     if required() {
         panic!("{what} is required when CI=true but is not reachable: {error}");
     }

@@ -47,6 +47,8 @@ pub struct AuthzSettings {
     pub grpc_metrics: bool,
     /// How Envoy's `Check` and forward-auth read calls and answer.
     pub front_door: FrontDoorSettings,
+    /// Peers whose `X-Forwarded-For` / `X-Real-IP` forward-auth believes.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
 }
 
 /// How long a hold lasts when no usage report settles it, unless configured: the one source
@@ -67,6 +69,7 @@ impl Default for AuthzSettings {
             bench_endpoints: false,
             grpc_metrics: true,
             front_door: FrontDoorSettings::default(),
+            trusted_proxies: Vec::new(),
         }
     }
 }
@@ -110,9 +113,11 @@ pub(crate) async fn add(
         open_authorize: open_authorize || settings.allow_unauthenticated,
         admin_token: secrets.admin_token.clone(),
         front_door: settings.front_door.clone(),
+        trusted_proxies: settings.trusted_proxies.clone(),
     };
     let authz = Arc::new(AuthzServer::new(config, shared, bus, counters, keys).await);
     authz.add_services(&mut services.routes);
+    services.http_routes = std::mem::take(&mut services.http_routes).merge(authz.http_routes());
     services.names.extend(AuthzServer::service_names());
     authz.register_metrics(&mut services.registry);
     authz.spawn_background(shutdown.child_token());

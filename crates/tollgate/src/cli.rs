@@ -345,6 +345,10 @@ pub struct AuthzArgs {
     /// `x-tollgate-estimated-tokens`).
     #[arg(long, env = "TOLLGATE_DEFAULT_ESTIMATED_TOKENS", default_value_t = 1000, value_parser = clap::value_parser!(i64).range(0..=1_000_000_000))]
     pub default_estimated_tokens: i64,
+    /// Proxies (CIDRs, comma-separated) whose `X-Forwarded-For` / `X-Real-IP` forward-auth
+    /// believes; any other peer is the client itself.
+    #[arg(long, env = "TOLLGATE_TRUSTED_PROXIES", value_delimiter = ',')]
+    pub trusted_proxies: Vec<ipnet::IpNet>,
     /// Let the client's key go upstream with an allowed proxied call (by default the proxy
     /// is told to remove it, so the model backend never sees a platform key).
     #[arg(long, env = "TOLLGATE_FORWARD_CLIENT_KEY")]

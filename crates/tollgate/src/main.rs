@@ -216,5 +216,6 @@ fn authz_settings(args: &AuthzArgs) -> AuthzSettings {
             },
             strip_key: !args.forward_client_key,
         },
+        trusted_proxies: args.trusted_proxies.clone(),
     }
 }

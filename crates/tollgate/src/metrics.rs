@@ -166,10 +166,12 @@ pub(crate) fn code_name(code: Code) -> &'static str {
     }
 }
 
-/// Serves `GET /metrics` (OpenMetrics text) from `registry` on `listener` until `shutdown`.
+/// Serves `GET /metrics` (OpenMetrics text) from `registry`, and `routes`, on `listener`
+/// until `shutdown`.
 pub async fn serve_http(
     listener: tokio::net::TcpListener,
     registry: Arc<Registry>,
+    routes: axum::Router,
     shutdown: tokio_util::sync::CancellationToken,
 ) -> anyhow::Result<()> {
     use axum::routing::get;
@@ -189,7 +191,8 @@ pub async fn serve_http(
             }
         }
     };
-    let app = axum::Router::new().route("/metrics", get(metrics));
+    let app = axum::Router::new().route("/metrics", get(metrics)).merge(routes);
+    let app = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
     axum::serve(listener, app).with_graceful_shutdown(async move { shutdown.cancelled().await }).await?;
     Ok(())
 }

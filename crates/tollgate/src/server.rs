@@ -55,6 +55,8 @@ pub struct Services {
     pub routes: RoutesBuilder,
     /// Every service's metrics, served on the HTTP listener.
     pub registry: prometheus_client::registry::Registry,
+    /// Routes served on the HTTP listener beside `/metrics` (authz's forward-auth).
+    pub http_routes: axum::Router,
     /// Dependencies watched once serving: when one fails to answer for longer than
     /// `readiness_grace`, health says NOT_SERVING until it answers again.
     pub watched: Vec<(&'static str, Probe)>,
@@ -251,9 +253,10 @@ pub async fn serve(
     let grpc_metrics = crate::metrics::GrpcMetrics::new(&mut services.registry, served);
     if let Some(address) = http_listen {
         let http = TcpListener::bind(address).await.with_context(|| format!("binding the HTTP listener {address}"))?;
-        tracing::info!(address = %http.local_addr()?, "serving /metrics");
+        tracing::info!(address = %http.local_addr()?, "serving HTTP (/metrics and the services' routes)");
         let registry = std::sync::Arc::new(std::mem::take(&mut services.registry));
-        tokio::spawn(crate::metrics::serve_http(http, registry, shutdown.child_token()));
+        let routes = std::mem::take(&mut services.http_routes);
+        tokio::spawn(crate::metrics::serve_http(http, registry, routes, shutdown.child_token()));
     }
     let names = services.names.clone();
     let signal = async move {
