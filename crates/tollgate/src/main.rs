@@ -58,7 +58,7 @@ async fn run(mut cli: Cli) -> anyhow::Result<()> {
                 data_dir: args.data_dir,
                 secrets,
                 keys: keys_settings(&args.keys),
-                authz: authz_settings(&args.authz),
+                authz: dev_authz_settings(&args.authz),
                 metering: metering_settings(&args.metering, &args.authz),
                 drain: args.shutdown_drain,
                 http_listen: Some(args.http_listen),
@@ -195,6 +195,16 @@ fn metering_settings(args: &MeteringArgs, authz: &AuthzArgs) -> MeteringSettings
         usage_streams: usize::from(args.usage_streams),
         ..MeteringSettings::default()
     }
+}
+
+/// `dev`'s proxies run on the same machine: unless told otherwise, forward-auth believes the
+/// client address a loopback proxy passes on.
+fn dev_authz_settings(args: &AuthzArgs) -> AuthzSettings {
+    let mut settings = authz_settings(args);
+    if settings.trusted_proxies.is_empty() {
+        settings.trusted_proxies = ["127.0.0.0/8", "::1/128"].iter().filter_map(|net| net.parse().ok()).collect();
+    }
+    settings
 }
 
 fn authz_settings(args: &AuthzArgs) -> AuthzSettings {
