@@ -35,5 +35,25 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .codec_path("crate::codec::StrictCodec")
         .file_descriptor_set_path(&descriptor_path)
         .compile_with_config(prost_config, &protos.map(|p| proto_root.join(p)), std::slice::from_ref(&proto_root))?;
+    envoy_descriptors(&manifest_dir)?;
+    Ok(())
+}
+
+/// The descriptors of Envoy's `Authorization` service and its imports, for reflection (the
+/// types and server come from `envoy-types`).
+fn envoy_descriptors(manifest_dir: &std::path::Path) -> Result<(), Box<dyn std::error::Error>> {
+    let third_party = manifest_dir.join("third_party");
+    println!("cargo:rerun-if-changed={}", third_party.display());
+    let out = PathBuf::from(std::env::var("OUT_DIR")?).join("envoy_descriptor.bin");
+    let status = std::process::Command::new(protoc_bin_vendored::protoc_bin_path()?)
+        .arg("--include_imports")
+        .arg(format!("--descriptor_set_out={}", out.display()))
+        .arg(format!("-I{}", third_party.display()))
+        .arg(format!("-I{}", protoc_bin_vendored::include_path()?.display()))
+        .arg("envoy/service/auth/v3/external_auth.proto")
+        .status()?;
+    if !status.success() {
+        return Err("protoc could not build the Envoy descriptors".into());
+    }
     Ok(())
 }

@@ -33,6 +33,10 @@ pub mod bench {
 /// Encoded `FileDescriptorSet` of every Tollgate proto, for server reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("tollgate_descriptor");
 
+/// Envoy's `envoy.service.auth.v3.Authorization` and its imports, for reflection on the
+/// servers that answer Envoy's `Check`.
+pub const ENVOY_FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("envoy_descriptor");
+
 /// Conversions between proto well-known time types and microseconds since the Unix epoch.
 pub mod time {
     use prost_types::{Duration, Timestamp};

@@ -117,6 +117,7 @@ pub(crate) async fn add(
     };
     let authz = Arc::new(AuthzServer::new(config, shared, bus, counters, keys).await);
     authz.add_services(&mut services.routes);
+    services.descriptor_sets.push(tollgate_proto::ENVOY_FILE_DESCRIPTOR_SET);
     services.http_routes = std::mem::take(&mut services.http_routes).merge(authz.http_routes());
     services.names.extend(AuthzServer::service_names());
     authz.register_metrics(&mut services.registry);

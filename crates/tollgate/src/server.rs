@@ -55,6 +55,8 @@ pub struct Services {
     pub routes: RoutesBuilder,
     /// Every service's metrics, served on the HTTP listener.
     pub registry: prometheus_client::registry::Registry,
+    /// Descriptors reflection serves besides Tollgate's own (Envoy's, where `Check` is served).
+    pub descriptor_sets: Vec<&'static [u8]>,
     /// Routes served on the HTTP listener beside `/metrics` (authz's forward-auth).
     pub http_routes: axum::Router,
     /// Dependencies watched once serving: when one fails to answer for longer than
@@ -235,10 +237,12 @@ pub async fn serve(
         shutdown.clone(),
     ));
     // v1 for current grpcurl and Postman, v1alpha for older clients such as evans.
+    let extra_descriptors = std::mem::take(&mut services.descriptor_sets);
     let reflection = || {
-        tonic_reflection::server::Builder::configure()
+        let builder = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(tollgate_proto::FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET);
+        extra_descriptors.iter().fold(builder, |builder, set| builder.register_encoded_file_descriptor_set(set))
     };
     services
         .routes

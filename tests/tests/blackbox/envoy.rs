@@ -157,6 +157,33 @@ async fn check_allows_with_identity_headers_and_denies_like_openai(h: &Harness) 
         check(h, call(&gemini, &[("x-goog-api-key", &secret), ("x-tollgate-estimated-tokens", "10")], None)).await;
     assert!(matches!(by_path.http_response, Some(HttpResponse::OkResponse(_))), "{by_path:?}");
 
+    // Reflection lists Envoy's service and describes it, as grpcurl asks.
+    use tokio_stream::StreamExt;
+    use tonic_reflection::pb::v1 as reflection;
+    let mut client = reflection::server_reflection_client::ServerReflectionClient::new(h.authz_channel());
+    let requests = [
+        reflection::server_reflection_request::MessageRequest::ListServices(String::new()),
+        reflection::server_reflection_request::MessageRequest::FileContainingSymbol(
+            "envoy.service.auth.v3.Authorization".into(),
+        ),
+    ]
+    .map(|message| reflection::ServerReflectionRequest { host: String::new(), message_request: Some(message) });
+    let mut answers = client.server_reflection_info(tokio_stream::iter(requests)).await.unwrap().into_inner();
+    let Some(Ok(listed)) = answers.next().await else { panic!("no reflection answer") };
+    let Some(reflection::server_reflection_response::MessageResponse::ListServicesResponse(list)) =
+        listed.message_response
+    else {
+        panic!("{listed:?}")
+    };
+    assert!(list.service.iter().any(|s| s.name == "envoy.service.auth.v3.Authorization"), "{list:?}");
+    let Some(Ok(described)) = answers.next().await else { panic!("no reflection answer") };
+    assert!(
+        matches!(described.message_response,
+            Some(reflection::server_reflection_response::MessageResponse::FileDescriptorResponse(ref files))
+                if !files.file_descriptor_proto.is_empty()),
+        "{described:?}"
+    );
+
     // Envoy must authenticate itself: without the token the call is refused.
     let mut anonymous = AuthorizationClient::new(h.authz_channel());
     if h.backend != tollgate_tests::Backend::Embedded {
