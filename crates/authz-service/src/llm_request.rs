@@ -13,6 +13,7 @@
 use std::net::IpAddr;
 
 use http::HeaderMap;
+use serde_json::value::RawValue;
 use tollgate_core::{Capability, validation};
 
 use crate::authorize::AuthorizeInput;
@@ -129,21 +130,55 @@ struct BodyFacts {
     max_output_tokens: Option<i64>,
 }
 
+/// The fields of a body that matter, each kept unparsed until it is read: the rest of the
+/// body (the messages, mostly) is skipped without being built.
+#[derive(serde::Deserialize)]
+struct RawBody<'a> {
+    #[serde(borrow, default)]
+    model: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    max_tokens: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    max_completion_tokens: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    max_output_tokens: Option<&'a RawValue>,
+    #[serde(borrow, default, rename = "generationConfig")]
+    generation_config: Option<RawGeneration<'a>>,
+}
+
+#[derive(serde::Deserialize)]
+struct RawGeneration<'a> {
+    #[serde(borrow, default, rename = "maxOutputTokens")]
+    max_output_tokens: Option<&'a RawValue>,
+}
+
 fn body_facts(body: &[u8]) -> Result<BodyFacts, Unreadable> {
-    let json: serde_json::Value =
-        serde_json::from_slice(body).map_err(|_| unreadable("body", "the request body is not JSON"))?;
-    let object = json.as_object().ok_or_else(|| unreadable("body", "the request body is not a JSON object"))?;
-    let model = match object.get("model") {
-        None | Some(serde_json::Value::Null) => None,
-        Some(serde_json::Value::String(model)) => Some(model.clone()),
-        Some(_) => return Err(unreadable("model", "model must be a string")),
+    // serde would also read a struct from an array: only an object is a call's body.
+    if body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        let json = serde_json::from_slice::<serde::de::IgnoredAny>(body).is_ok();
+        return Err(unreadable(
+            "body",
+            if json { "the request body is not a JSON object" } else { "the request body is not JSON" },
+        ));
+    }
+    let raw: RawBody<'_> = serde_json::from_slice(body).map_err(|error| match error.classify() {
+        serde_json::error::Category::Data => unreadable("body", "the request body is not a JSON object"),
+        _ => unreadable("body", "the request body is not JSON"),
+    })?;
+    let model = match raw.model.map(|m| serde_json::from_str::<Option<std::borrow::Cow<'_, str>>>(m.get())) {
+        None | Some(Ok(None)) => None,
+        Some(Ok(Some(model))) => Some(model.into_owned()),
+        Some(Err(_)) => return Err(unreadable("model", "model must be a string")),
     };
-    let generation = object.get("generationConfig").and_then(|g| g.get("maxOutputTokens"));
-    let limits = ["max_tokens", "max_completion_tokens", "max_output_tokens"].map(|name| object.get(name));
+    let generation = raw.generation_config.and_then(|g| g.max_output_tokens);
+    let limits = [raw.max_tokens, raw.max_completion_tokens, raw.max_output_tokens, generation];
     let mut max_output_tokens = None;
-    for value in limits.into_iter().chain([generation]).flatten() {
-        let tokens = value.as_i64().filter(|t| (0..=MAX_ESTIMATED_TOKENS).contains(t));
-        let tokens = tokens.ok_or_else(|| unreadable("max_tokens", "max_tokens must be a whole number of tokens"))?;
+    for value in limits.into_iter().flatten() {
+        let tokens = match serde_json::from_str::<Option<i64>>(value.get()) {
+            Ok(None) => continue,
+            Ok(Some(tokens)) if (0..=MAX_ESTIMATED_TOKENS).contains(&tokens) => tokens,
+            _ => return Err(unreadable("max_tokens", "max_tokens must be a whole number of tokens")),
+        };
         max_output_tokens = Some(max_output_tokens.unwrap_or(0).max(tokens));
     }
     Ok(BodyFacts { model, max_output_tokens })
@@ -283,6 +318,9 @@ mod tests {
         assert_eq!(read_call("/v1/chat/completions", &[], None).unwrap_err().param, "model");
         assert_eq!(read_call("/v1/chat/completions", &[], Some("{not json")).unwrap_err().param, "body");
         assert_eq!(read_call("/v1/chat/completions", &[], Some(r#"{"model": 3}"#)).unwrap_err().param, "model");
+        let null = read_call("/v1/chat/completions", &[], Some(r#"{"model": "m", "max_tokens": null}"#)).unwrap();
+        assert_eq!(null.model, "m");
+        assert_eq!(read_call("/v1/chat/completions", &[], Some("[1]")).unwrap_err().param, "body");
         let negative = r#"{"model": "m", "max_tokens": -1}"#;
         assert_eq!(read_call("/v1/chat/completions", &[], Some(negative)).unwrap_err().param, "max_tokens");
         assert_eq!(read_call("/v1/models", &[("x-tollgate-model", "m")], None).unwrap_err().param, "capability");

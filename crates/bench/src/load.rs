@@ -5,6 +5,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use envoy_types::pb::envoy::service::auth::v3 as envoy;
 use prost::Message;
 use tollgate_proto::authz::v1 as authz;
 
@@ -16,6 +17,8 @@ pub enum Target {
     Noop,
     Probe,
     Authorize,
+    /// Envoy's `Check`, with the call as Envoy describes it (headers, path, source address).
+    Check,
 }
 
 impl Target {
@@ -24,7 +27,61 @@ impl Target {
             Target::Noop => "/tollgate.bench.v1.BenchService/Noop",
             Target::Probe => "/tollgate.bench.v1.BenchService/Probe",
             Target::Authorize => "/tollgate.authz.v1.AuthzService/Authorize",
+            Target::Check => "/envoy.service.auth.v3.Authorization/Check",
         }
+    }
+}
+
+/// Where a Check request's `x-request-id` goes: a fixed-width placeholder, overwritten per
+/// call, so a request is encoded once (as Authorize's are).
+const REQUEST_ID_PLACEHOLDER: &[u8; 24] = b"@@@@@@@@@@@@@@@@@@@@@@@@";
+
+/// The path of an OpenAI-style call of `capability`.
+fn openai_path(capability: i32) -> &'static str {
+    match capability {
+        2 => "/v1/images/generations",
+        3 => "/v1/embeddings",
+        4 => "/v1/audio/speech",
+        5 => "/v1/audio/transcriptions",
+        _ => "/v1/chat/completions",
+    }
+}
+
+/// The Check request Envoy would send for an Authorize request: the key as a bearer, the
+/// model in the body, the estimate in its header (so it is the same), the address as the
+/// source, and the request id's placeholder.
+fn check_request(call: &authz::AuthorizeRequest) -> envoy::CheckRequest {
+    use envoy_types::pb::envoy::config::core::v3::{Address, SocketAddress, address};
+    use envoy_types::pb::envoy::service::auth::v3::attribute_context::{HttpRequest, Peer, Request};
+    let headers = [
+        ("authorization", format!("Bearer {}", call.api_key)),
+        ("content-type", "application/json".to_owned()),
+        ("x-tollgate-estimated-tokens", call.estimated_tokens.to_string()),
+        ("x-request-id", String::from_utf8_lossy(REQUEST_ID_PLACEHOLDER).into_owned()),
+    ];
+    let source = Peer {
+        address: Some(Address {
+            address: Some(address::Address::SocketAddress(SocketAddress {
+                address: call.client_ip.clone(),
+                ..Default::default()
+            })),
+        }),
+        ..Default::default()
+    };
+    let http = HttpRequest {
+        method: "POST".into(),
+        path: openai_path(call.capability).into(),
+        headers: headers.into_iter().map(|(k, v)| (k.to_owned(), v)).collect(),
+        raw_body: format!(r#"{{"model": "{}", "messages": [{{"role": "user", "content": "hi"}}]}}"#, call.model)
+            .into_bytes(),
+        ..Default::default()
+    };
+    envoy::CheckRequest {
+        attributes: Some(envoy::AttributeContext {
+            source: Some(source),
+            request: Some(Request { http: Some(http), ..Default::default() }),
+            ..Default::default()
+        }),
     }
 }
 
@@ -44,6 +101,16 @@ impl Pool {
             .iter()
             .map(|r| authz::AuthorizeRequest { request_id: String::new(), ..r.clone() }.encode_to_vec().into())
             .collect();
+        Self::with_encoded(weight, requests, encoded, zipf)
+    }
+
+    /// The same calls as Envoy's Check requests.
+    pub fn checks(weight: f64, requests: Vec<authz::AuthorizeRequest>, zipf: bool) -> Self {
+        let encoded = requests.iter().map(|r| check_request(r).encode_to_vec().into()).collect();
+        Self::with_encoded(weight, requests, encoded, zipf)
+    }
+
+    fn with_encoded(weight: f64, requests: Vec<authz::AuthorizeRequest>, encoded: Vec<Bytes>, zipf: bool) -> Self {
         let mut cdf = Vec::with_capacity(requests.len());
         let mut total = 0.0;
         for rank in 1..=requests.len() {
@@ -71,6 +138,9 @@ pub struct Scenario {
 impl Scenario {
     /// The next call's gRPC frame; every call gets its own request id.
     fn next(&self, rng: &mut Rng, request_id: &[u8]) -> Bytes {
+        if self.target == Target::Check {
+            return check_frame(self.pick(rng), request_id);
+        }
         let template = Template { message: self.pick(rng).clone(), wrapped: self.target != Target::Authorize };
         frame(&template, request_id)
     }
@@ -86,6 +156,22 @@ impl Scenario {
         }
         self.pools[0].pick(rng)
     }
+}
+
+/// The gRPC frame of an encoded Check request with `request_id` (at most 24 bytes, padded)
+/// written over the placeholder.
+fn check_frame(message: &Bytes, request_id: &[u8]) -> Bytes {
+    let mut buf = bytes::BytesMut::with_capacity(5 + message.len());
+    bytes::BufMut::put_u8(&mut buf, 0);
+    bytes::BufMut::put_u32(&mut buf, message.len() as u32);
+    buf.extend_from_slice(message);
+    let at =
+        buf.windows(REQUEST_ID_PLACEHOLDER.len()).position(|w| w == REQUEST_ID_PLACEHOLDER).expect("a placeholder");
+    let id = &request_id[..request_id.len().min(REQUEST_ID_PLACEHOLDER.len())];
+    let padding = REQUEST_ID_PLACEHOLDER.len() - id.len();
+    buf[at..at + padding].fill(b'0');
+    buf[at + padding..at + REQUEST_ID_PLACEHOLDER.len()].copy_from_slice(id);
+    buf.freeze()
 }
 
 /// xorshift64*: fast, and good enough to pick keys.

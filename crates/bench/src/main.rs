@@ -251,6 +251,11 @@ async fn scenarios(admin: &Admin, keys: usize) -> anyhow::Result<Vec<Arc<Scenari
     let counted_calls = calls(&counted);
     let e = Scenario { name: "E", target: Target::Noop, pools: vec![Pool::new(1.0, counted_calls.clone(), true)] };
     let p = Scenario { name: "P", target: Target::Probe, pools: vec![Pool::new(1.0, counted_calls.clone(), true)] };
+    let c = Scenario {
+        name: "C",
+        target: Target::Check,
+        pools: vec![Pool::checks(0.95, counted_calls.clone(), true), Pool::checks(0.05, deny_calls.clone(), false)],
+    };
     let a = Scenario {
         name: "A",
         target: Target::Authorize,
@@ -266,7 +271,7 @@ async fn scenarios(admin: &Admin, keys: usize) -> anyhow::Result<Vec<Arc<Scenari
             Pool::new(1.0, calls(std::slice::from_ref(&disabled)), false),
         ],
     };
-    Ok([e, p, a, a0, d].into_iter().map(Arc::new).collect())
+    Ok([e, p, a, a0, d, c].into_iter().map(Arc::new).collect())
 }
 
 /// A deterministic Fisher–Yates shuffle.
@@ -299,6 +304,7 @@ impl Round {
 
 /// Calls Authorize once with every template of an Authorize scenario, so its keys are cached.
 async fn warm(scenario: &Scenario, channel: &Channel) -> anyhow::Result<()> {
+    // Check's keys are A's: warmed by A's rounds.
     if scenario.target != Target::Authorize {
         return Ok(());
     }
@@ -425,7 +431,7 @@ async fn authz_bench(postgres: &str, args: AuthzArgs) -> anyhow::Result<()> {
         // of its rounds'.
         let mut latencies: HashMap<&'static str, Vec<(u64, u64)>> = HashMap::new();
         for _ in 0..args.rounds {
-            for scenario in [&scenarios[0], &scenarios[1], &scenarios[2]] {
+            for scenario in [&scenarios[0], &scenarios[1], &scenarios[2], &scenarios[5]] {
                 warm(scenario, &warm_channel).await?;
                 let sorted = latency(scenario.clone()).await;
                 latencies.entry(scenario.name).or_default().push((quantile(&sorted, 0.5), quantile(&sorted, 0.99)));
@@ -451,7 +457,7 @@ fn report(
         let mut p99: Vec<f64> = latencies[name].iter().map(|(_, p99)| *p99 as f64 / 1000.0).collect();
         (median(&mut p50), median(&mut p99))
     };
-    let order = ["E", "P", "A", "A0", "D"];
+    let order = ["E", "P", "A", "A0", "D", "C"];
     let rate = |name: &str| median(&mut rounds[name].iter().map(Round::rate).collect::<Vec<_>>());
     let per_call = |name: &str, f: &dyn Fn(&Round) -> f64| {
         median(&mut rounds[name].iter().map(|r| f(r) / r.counts.total().max(1) as f64).collect::<Vec<_>>())
@@ -498,6 +504,13 @@ fn report(
         "| gRPC metrics, spans, exported traces and access log cost ≤ 3 % of A | A {a:.0} vs {unmetered:.0} calls/s without: {:.1} %; authz CPU {cpu_a:.1} vs {cpu_unmetered:.1} µs a call | {} |",
         (1.0 - a / unmetered) * 100.0,
         verdict(a >= 0.97 * unmetered)
+    );
+    let c = rate("C");
+    let (_, p99_c) = latency("C");
+    println!("| C (Envoy's Check on A's calls) ≥ 0.90 × A | C/A = {:.2} | {} |", c / a, verdict(c / a >= 0.90));
+    println!(
+        "| p99 at half of P's rate: C ≤ A + 0.3 ms | C p99 {p99_c:.2} ms, A p99 {p99_a:.2} ms | {} |",
+        verdict(p99_c <= p99_a + 0.3)
     );
     let evalsha_a0 = per_call("A0", &|r| r.evalsha as f64);
     let redis_d = per_call("D", &|r| r.redis_calls as f64);

@@ -111,9 +111,12 @@ impl RawClient {
         if !ok {
             return Ok(Answer::Failed);
         }
-        // 5-byte gRPC prefix, then field 1: the decision (Authorize) or the wrapped response.
+        // 5-byte gRPC prefix, then field 1: the decision (Authorize: 2 is a deny), the wrapped
+        // response, or Check's status (empty for OK, a code otherwise).
+        let check = path.ends_with("/Check");
         Ok(match message.get(5..7) {
             Some([0x08, 0x02]) => Answer::Denied,
+            Some([0x0a, length]) if check && *length > 0 => Answer::Denied,
             _ => Answer::Allowed,
         })
     }
