@@ -271,7 +271,9 @@ async fn scenarios(admin: &Admin, keys: usize) -> anyhow::Result<Vec<Arc<Scenari
             Pool::new(1.0, calls(std::slice::from_ref(&disabled)), false),
         ],
     };
-    Ok([e, p, a, a0, d, c].into_iter().map(Arc::new).collect())
+    // C right after A, as A runs right after P: each then meets as many of its predecessor's
+    // expiring holds (every counter script sweeps them), so their Redis work compares.
+    Ok([e, p, a, c, a0, d].into_iter().map(Arc::new).collect())
 }
 
 /// A deterministic Fisher–Yates shuffle.
@@ -431,7 +433,7 @@ async fn authz_bench(postgres: &str, args: AuthzArgs) -> anyhow::Result<()> {
         // of its rounds'.
         let mut latencies: HashMap<&'static str, Vec<(u64, u64)>> = HashMap::new();
         for _ in 0..args.rounds {
-            for scenario in [&scenarios[0], &scenarios[1], &scenarios[2], &scenarios[5]] {
+            for scenario in [&scenarios[0], &scenarios[1], &scenarios[2], &scenarios[3]] {
                 warm(scenario, &warm_channel).await?;
                 let sorted = latency(scenario.clone()).await;
                 latencies.entry(scenario.name).or_default().push((quantile(&sorted, 0.5), quantile(&sorted, 0.99)));
@@ -457,7 +459,7 @@ fn report(
         let mut p99: Vec<f64> = latencies[name].iter().map(|(_, p99)| *p99 as f64 / 1000.0).collect();
         (median(&mut p50), median(&mut p99))
     };
-    let order = ["E", "P", "A", "A0", "D", "C"];
+    let order = ["E", "P", "A", "C", "A0", "D"];
     let rate = |name: &str| median(&mut rounds[name].iter().map(Round::rate).collect::<Vec<_>>());
     let per_call = |name: &str, f: &dyn Fn(&Round) -> f64| {
         median(&mut rounds[name].iter().map(|r| f(r) / r.counts.total().max(1) as f64).collect::<Vec<_>>())

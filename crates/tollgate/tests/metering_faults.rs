@@ -45,19 +45,6 @@ fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
-async fn wait_serving(address: &str) -> Channel {
-    let channel = Channel::from_shared(format!("http://{address}")).unwrap().connect_lazy();
-    let mut health = tonic_health::pb::health_client::HealthClient::new(channel.clone());
-    for _ in 0..600 {
-        let check = health.check(tonic_health::pb::HealthCheckRequest { service: String::new() }).await;
-        if check.is_ok_and(|r| r.get_ref().status == 1) {
-            return channel;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("{address} did not become ready");
-}
-
 /// Starts `run` in this process on an ephemeral port; returns its channel and address.
 async fn spawn_in_process<F, Fut>(run: F, shutdown: &CancellationToken) -> (Channel, String)
 where
@@ -67,7 +54,7 @@ where
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address = listener.local_addr().unwrap().to_string();
     tokio::spawn(run(listener, shutdown.child_token()));
-    (wait_serving(&address).await, address)
+    (common::wait_serving(&address).await, address)
 }
 
 /// Report `i` of the load: distinct request ids, `i % 7 + 1` tokens, so `i % 7 + 1` credits.

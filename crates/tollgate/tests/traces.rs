@@ -5,7 +5,9 @@
 //! service's look-up; the spans reach the collector only because both processes flush on
 //! SIGTERM (the batch delay is set far beyond the test).
 
-const MODEL: &str = "unit";
+mod common;
+
+use common::MODEL;
 
 use std::collections::HashMap;
 use std::process::Stdio;
@@ -22,7 +24,6 @@ use tollgate_proto::authz::v1 as authz;
 use tollgate_proto::keys::v1 as keys;
 use tollgate_test_support::seed::{Bearer, Seeder};
 use tollgate_test_support::{TestDatabase, TestRedis};
-use tonic::transport::Channel;
 
 /// A span as the collector received it, with the `service.name` of the process that sent it.
 #[derive(Debug, Clone)]
@@ -84,19 +85,6 @@ fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
-async fn wait_serving(port: u16) -> Channel {
-    let channel = Channel::from_shared(format!("http://127.0.0.1:{port}")).unwrap().connect_lazy();
-    let mut health = tonic_health::pb::health_client::HealthClient::new(channel.clone());
-    for _ in 0..600 {
-        let check = health.check(tonic_health::pb::HealthCheckRequest { service: String::new() }).await;
-        if check.is_ok_and(|r| r.get_ref().status == 1) {
-            return channel;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("127.0.0.1:{port} did not become ready");
-}
-
 /// Sends SIGTERM and waits for a clean exit.
 async fn terminate(mut child: tokio::process::Child) {
     let pid = child.id().expect("running").to_string();
@@ -148,9 +136,9 @@ async fn a_gateway_trace_continues_through_authz_into_keys_and_is_flushed_on_shu
             .expect("start tollgate")
     };
     let keys_process = start("keys", keys_port);
-    let keys_channel = wait_serving(keys_port).await;
+    let keys_channel = common::wait_serving(&format!("127.0.0.1:{keys_port}")).await;
     let authz_process = start("authz", authz_port);
-    let authz_channel = wait_serving(authz_port).await;
+    let authz_channel = common::wait_serving(&format!("127.0.0.1:{authz_port}")).await;
 
     let seed = Seeder::new(keys_channel, Bearer::token(&admin_token));
     seed.account("traced", true).await.unwrap();

@@ -1,8 +1,24 @@
-//! What the binary's integration tests share: a seeded key, made with the one seeding fixture.
+//! What the binary's integration tests share: a seeded key, made with the one seeding
+//! fixture, and waiting for a server to say SERVING. Each test binary uses part of it.
+#![allow(dead_code)]
 
 use tollgate_proto::keys::v1 as keys;
 use tollgate_test_support::seed::{Bearer, Seeder};
 use tonic::transport::Channel;
+
+/// A channel to the server at `address` (`host:port`), once its health says SERVING.
+pub async fn wait_serving(address: &str) -> Channel {
+    let channel = Channel::from_shared(format!("http://{address}")).unwrap().connect_lazy();
+    let mut health = tonic_health::pb::health_client::HealthClient::new(channel.clone());
+    for _ in 0..600 {
+        let check = health.check(tonic_health::pb::HealthCheckRequest { service: String::new() }).await;
+        if check.is_ok_and(|r| r.get_ref().status == 1) {
+            return channel;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    panic!("{address} did not become ready");
+}
 
 /// Model `unit`: one credit per token in and out, in group `one` (multiplier 1).
 pub const MODEL: &str = "unit";
