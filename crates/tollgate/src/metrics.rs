@@ -191,7 +191,10 @@ pub async fn serve_http(
             }
         }
     };
-    let app = axum::Router::new().route("/metrics", get(metrics)).merge(routes);
+    let app = axum::Router::new()
+        .route("/metrics", get(metrics))
+        .merge(routes)
+        .layer(axum::middleware::from_fn(crate::observe::http_access));
     let app = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
     axum::serve(listener, app).with_graceful_shutdown(async move { shutdown.cancelled().await }).await?;
     Ok(())

@@ -1,5 +1,6 @@
 //! What every RPC of a server leaves behind, from one tower layer: a span continuing the
-//! caller's W3C trace (`traceparent`), the gRPC server metrics, and one access line.
+//! caller's W3C trace (`traceparent`), the gRPC server metrics, and one access line; and, for
+//! the HTTP listener's requests (forward-auth), the span and the access line.
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -169,4 +170,52 @@ impl Extractor for HeaderExtractor<'_> {
     fn keys(&self) -> Vec<&str> {
         self.0.keys().map(http::HeaderName::as_str).collect()
     }
+}
+
+/// The HTTP listener's middleware: a span continuing the caller's trace and one access line
+/// per request (`/metrics` scrapes included).
+pub async fn http_access(request: axum::extract::Request, next: axum::middleware::Next) -> axum::response::Response {
+    let method = request.method().clone();
+    let path = request.uri().path().to_owned();
+    let request_id = request
+        .headers()
+        .get("x-request-id")
+        .and_then(|value| value.to_str().ok())
+        .filter(|id| id.len() <= 128 && id.bytes().all(|b| b.is_ascii_graphic()))
+        .map(str::to_owned);
+    let caller = TraceContextPropagator::new().extract(&HeaderExtractor(request.headers()));
+    let caller_trace = caller.span().span_context().clone();
+    let traced = caller_trace.is_valid() || crate::telemetry::sample_root();
+    let span = if traced {
+        tracing::debug_span!(
+            "http",
+            otel.name = %format_args!("{method} {path}"),
+            otel.kind = "server",
+            http.request.method = %method,
+            url.path = %path,
+            http.response.status_code = Empty,
+        )
+    } else {
+        tracing::Span::none()
+    };
+    let _ = span.set_parent(caller);
+    let trace_id = match span.context().span().span_context().trace_id() {
+        TraceId::INVALID => caller_trace.trace_id(),
+        own => own,
+    };
+    let started = Instant::now();
+    let response = next.run(request).instrument(span.clone()).await;
+    let status = response.status().as_u16();
+    span.record("http.response.status_code", status);
+    tracing::info!(
+        target: "tollgate::access",
+        method = %method,
+        path = %path,
+        status,
+        duration_ms = started.elapsed().as_secs_f64() * 1000.0,
+        request_id = request_id.as_deref().unwrap_or("-"),
+        trace_id = %TraceIdField(trace_id),
+        "http"
+    );
+    response
 }

@@ -3,7 +3,8 @@
 //! configured only by the standard `OTEL_*` variables. A gateway's `traceparent` continues
 //! through authz's Authorize, its key-state look-up and counter script, into the keys
 //! service's look-up; the spans reach the collector only because both processes flush on
-//! SIGTERM (the batch delay is set far beyond the test).
+//! SIGTERM (the batch delay is set far beyond the test). Forward-auth on the HTTP listener
+//! continues a caller's trace as well.
 
 mod common;
 
@@ -110,11 +111,18 @@ async fn a_gateway_trace_continues_through_authz_into_keys_and_is_flushed_on_shu
     let admin_token = format!("admin-{}", tollgate_core::ids::new_id());
     let service_token = format!("service-{}", tollgate_core::ids::new_id());
     let gateway_token = format!("gateway-{}", tollgate_core::ids::new_id());
-    let (keys_port, authz_port) = (free_port(), free_port());
-    let start = |service: &str, port: u16| {
+    let (keys_port, authz_port, authz_http) = (free_port(), free_port(), free_port());
+    let start = |service: &str, port: u16, http: u16| {
         let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_tollgate"));
         command
-            .args(["serve", service, "--listen", &format!("127.0.0.1:{port}"), "--http-listen", "127.0.0.1:0"])
+            .args([
+                "serve",
+                service,
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+                "--http-listen",
+                &format!("127.0.0.1:{http}"),
+            ])
             .env("TOLLGATE_DATABASE_URL", &database.url)
             .env("TOLLGATE_MIGRATE_ON_START", "true")
             .env("TOLLGATE_REDIS_URL", &redis.url)
@@ -135,9 +143,9 @@ async fn a_gateway_trace_continues_through_authz_into_keys_and_is_flushed_on_shu
             .spawn()
             .expect("start tollgate")
     };
-    let keys_process = start("keys", keys_port);
+    let keys_process = start("keys", keys_port, free_port());
     let keys_channel = common::wait_serving(&format!("127.0.0.1:{keys_port}")).await;
-    let authz_process = start("authz", authz_port);
+    let authz_process = start("authz", authz_port, authz_http);
     let authz_channel = common::wait_serving(&format!("127.0.0.1:{authz_port}")).await;
 
     let seed = Seeder::new(keys_channel, Bearer::token(&admin_token));
@@ -188,6 +196,19 @@ async fn a_gateway_trace_continues_through_authz_into_keys_and_is_flushed_on_shu
     });
     request.metadata_mut().insert("traceparent", format!("00-{unsampled_trace}-b7ad6b7169203331-00").parse().unwrap());
     authz.authorize(request).await.unwrap();
+    // Forward-auth on the HTTP listener continues the trace too.
+    let http_span = "a3ce929d0e0e4736";
+    let forward_auth = format!(
+        "POST /v1/forward-auth/v1/chat/completions HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\
+         Authorization: Bearer {}\r\nX-Tollgate-Gateway-Token: {gateway_token}\r\n\
+         traceparent: 00-{trace_id}-{http_span}-01\r\nContent-Length: 2\r\n\r\n{{}}",
+        ApiKeySecret::generate().expose()
+    );
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", authz_http)).await.unwrap();
+    tokio::io::AsyncWriteExt::write_all(&mut stream, forward_auth.as_bytes()).await.unwrap();
+    let mut answer = String::new();
+    tokio::io::AsyncReadExt::read_to_string(&mut stream, &mut answer).await.unwrap();
+    assert!(answer.starts_with("HTTP/1.1 400"), "no model: {answer}");
     assert!(collector.0.lock().unwrap().iter().all(|span| hex::encode(&span.trace_id) != trace_id), "not yet sent");
 
     terminate(authz_process).await;
@@ -219,6 +240,10 @@ async fn a_gateway_trace_continues_through_authz_into_keys_and_is_flushed_on_shu
     assert_eq!(in_keys.len(), 1, "{summary:?}");
     assert!(lookups.iter().any(|l| child_of(&in_keys[0], l)), "the keys service continues authz's look-up");
     assert_eq!(in_keys[0].attributes.get("rpc.grpc.status_code").map(String::as_str), Some("5"), "NOT_FOUND");
+    let http = named("tollgate-authz", "POST /v1/forward-auth/v1/chat/completions");
+    assert_eq!(http.len(), 1, "{summary:?}");
+    assert_eq!(hex::encode(&http[0].parent_span_id), http_span, "forward-auth continues the caller's span");
+    assert_eq!(http[0].attributes.get("http.response.status_code").map(String::as_str), Some("400"));
     // Nothing secret rides on a span.
     let gateway_or_admin = |text: &str| text.contains(&gateway_token) || text.contains(&admin_token);
     assert!(spans.iter().all(|s| !s.attributes.values().any(|v| gateway_or_admin(v) || v.starts_with("sk-"))));
