@@ -18,7 +18,9 @@ use envoy_types::ext_authz::v3::pb::{
 };
 use envoy_types::pb::envoy::config::core::v3::address::Address;
 use envoy_types::pb::google::rpc;
-use http::{HeaderMap, HeaderName, HeaderValue as HttpHeaderValue};
+use std::collections::HashMap;
+
+use envoy_types::pb::envoy::service::auth::v3::attribute_context::HttpRequest;
 use tonic::{Code, Request, Response, Status};
 
 use crate::authorize::Authorizer;
@@ -78,24 +80,18 @@ fn denied(answer: ErrorAnswer) -> CheckResponse {
     }
 }
 
-/// The request's headers, as Envoy sends them (lower-case names, repeated ones merged).
-fn header_map(request: &CheckRequest) -> HeaderMap {
-    let mut map = HeaderMap::new();
-    let http = request.attributes.as_ref().and_then(|a| a.request.as_ref()).and_then(|r| r.http.as_ref());
-    if let Some(http) = http {
-        for (name, value) in &http.headers {
-            if let (Ok(name), Ok(value)) = (HeaderName::from_bytes(name.as_bytes()), HttpHeaderValue::from_str(value)) {
-                map.append(name, value);
-            }
-        }
-        // `encode_raw_headers: true` sends them here instead.
-        for raw in http.header_map.iter().flat_map(|m| &m.headers) {
-            if let (Ok(name), Ok(value)) =
-                (HeaderName::from_bytes(raw.key.as_bytes()), HttpHeaderValue::from_bytes(&raw.raw_value))
-            {
-                map.append(name, value);
-            }
-        }
+/// The headers Envoy sent with `encode_raw_headers: true` (a list of raw values instead of the
+/// map), as a map: lower-case names, repeated ones joined with commas.
+fn raw_headers(http: &HttpRequest) -> HashMap<String, String> {
+    let mut map: HashMap<String, String> = HashMap::new();
+    for raw in http.header_map.iter().flat_map(|m| &m.headers) {
+        let value = String::from_utf8_lossy(&raw.raw_value);
+        map.entry(raw.key.to_ascii_lowercase())
+            .and_modify(|joined| {
+                joined.push(',');
+                joined.push_str(&value);
+            })
+            .or_insert_with(|| value.into_owned());
     }
     map
 }
@@ -114,8 +110,19 @@ impl Authorization for EnvoyCheck {
     async fn check(&self, request: Request<CheckRequest>) -> Result<Response<CheckResponse>, Status> {
         self.access.check(request.metadata())?;
         let request = request.into_inner();
-        let headers = header_map(&request);
         let http = request.attributes.as_ref().and_then(|a| a.request.as_ref()).and_then(|r| r.http.as_ref());
+        let raw;
+        let headers: &HashMap<String, String> = match http {
+            Some(http) if http.headers.is_empty() && http.header_map.is_some() => {
+                raw = raw_headers(http);
+                &raw
+            }
+            Some(http) => &http.headers,
+            None => {
+                raw = HashMap::new();
+                &raw
+            }
+        };
         let path = http.map_or("", |h| h.path.as_str());
         // `with_request_body`: bytes in `raw_body` (`pack_as_bytes`), else UTF-8 in `body`.
         let body = http.and_then(|h| match (h.raw_body.is_empty(), h.body.is_empty()) {
@@ -123,7 +130,7 @@ impl Authorization for EnvoyCheck {
             (true, false) => Some(h.body.as_bytes()),
             (true, true) => None,
         });
-        let call = ProxiedCall { path, headers: &headers, body, client_ip: client_ip(&request) };
+        let call = ProxiedCall { path, headers, body, client_ip: client_ip(&request) };
         // Envoy marks a body it cut at `max_request_bytes`: the call cannot be read from it.
         if headers.get("x-envoy-auth-partial-body").is_some_and(|v| v == "true") {
             return Ok(Response::new(denied(openai::too_large())));
@@ -145,5 +152,30 @@ impl Authorization for EnvoyCheck {
             Verdict::Deny(answer) => denied(answer),
         };
         Ok(Response::new(response))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use envoy_types::pb::envoy::config::core::v3::{HeaderMap as RawHeaderMap, HeaderValue};
+
+    use super::*;
+
+    #[test]
+    fn raw_headers_read_as_the_map_envoy_would_send() {
+        let raw = |key: &str, value: &str| HeaderValue {
+            key: key.into(),
+            raw_value: value.as_bytes().to_vec(),
+            ..Default::default()
+        };
+        let http = HttpRequest {
+            header_map: Some(RawHeaderMap {
+                headers: vec![raw("Authorization", "Bearer sk-a"), raw("x-tag", "a"), raw("X-Tag", "b")],
+            }),
+            ..Default::default()
+        };
+        let map = raw_headers(&http);
+        assert_eq!(map.get("authorization").map(String::as_str), Some("Bearer sk-a"));
+        assert_eq!(map.get("x-tag").map(String::as_str), Some("a,b"));
     }
 }

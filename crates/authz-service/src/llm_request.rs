@@ -41,12 +41,30 @@ impl Default for ReadSettings {
     }
 }
 
+/// A call's headers, looked up by lower-case name: an `http::HeaderMap` (forward-auth), or
+/// the map Envoy sends in `Check` (lower-case names already), read in place.
+pub trait Headers: Sync + std::fmt::Debug {
+    fn header(&self, name: &str) -> Option<&str>;
+}
+
+impl Headers for HeaderMap {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.get(name).and_then(|v| v.to_str().ok())
+    }
+}
+
+impl<S: std::hash::BuildHasher + Sync> Headers for std::collections::HashMap<String, String, S> {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.get(name).map(String::as_str)
+    }
+}
+
 /// A call as a proxy passes it on.
 #[derive(Debug, Clone, Copy)]
 pub struct ProxiedCall<'a> {
     /// The path and query the client asked for (`/v1/chat/completions?x=1`).
     pub path: &'a str,
-    pub headers: &'a HeaderMap,
+    pub headers: &'a dyn Headers,
     /// The body, when the proxy sends it (Envoy with `with_request_body`).
     pub body: Option<&'a [u8]>,
     /// The client's address, as the adapter established it.
@@ -66,8 +84,8 @@ fn unreadable(param: &'static str, message: impl Into<String>) -> Unreadable {
 }
 
 /// The key a call carries; empty when it carries none (which Authorize denies as malformed).
-pub fn api_key(headers: &HeaderMap, query: Option<&str>) -> String {
-    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).map(str::trim);
+pub fn api_key(headers: &dyn Headers, query: Option<&str>) -> String {
+    let header = |name: &str| headers.header(name).map(str::trim);
     if let Some(authorization) = header("authorization") {
         let (scheme, token) = authorization.split_once(' ').unwrap_or((authorization, ""));
         if scheme.eq_ignore_ascii_case("bearer") {
@@ -187,7 +205,7 @@ fn body_facts(body: &[u8]) -> Result<BodyFacts, Unreadable> {
 /// Reads `call` into what Authorize decides on.
 pub fn read(call: &ProxiedCall<'_>, settings: &ReadSettings) -> Result<AuthorizeInput, Unreadable> {
     let (path, query) = call.path.split_once('?').map_or((call.path, None), |(p, q)| (p, Some(q)));
-    let header = |name: &str| call.headers.get(name).and_then(|v| v.to_str().ok()).map(str::trim);
+    let header = |name: &str| call.headers.header(name).map(str::trim);
     let capability = match capability_of_path(path) {
         Some(capability) => capability,
         None => match header("x-tollgate-capability") {
