@@ -82,10 +82,6 @@ fn attributes(attributes: &[opentelemetry_proto::tonic::common::v1::KeyValue]) -
         .collect()
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
 /// Sends SIGTERM and waits for a clean exit.
 async fn terminate(mut child: tokio::process::Child) {
     let pid = child.id().expect("running").to_string();
@@ -111,7 +107,12 @@ async fn a_gateway_trace_continues_through_authz_into_keys_and_is_flushed_on_shu
     let admin_token = format!("admin-{}", tollgate_core::ids::new_id());
     let service_token = format!("service-{}", tollgate_core::ids::new_id());
     let gateway_token = format!("gateway-{}", tollgate_core::ids::new_id());
-    let (keys_port, authz_port, authz_http) = (free_port(), free_port(), free_port());
+    // Held together until all three are picked, so no two are the same.
+    let probes: Vec<std::net::TcpListener> =
+        (0..3).map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap()).collect();
+    let ports: Vec<u16> = probes.iter().map(|p| p.local_addr().unwrap().port()).collect();
+    drop(probes);
+    let (keys_port, authz_port, authz_http) = (ports[0], ports[1], ports[2]);
     let start = |service: &str, port: u16, http: u16| {
         let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_tollgate"));
         command
@@ -143,7 +144,7 @@ async fn a_gateway_trace_continues_through_authz_into_keys_and_is_flushed_on_shu
             .spawn()
             .expect("start tollgate")
     };
-    let keys_process = start("keys", keys_port, free_port());
+    let keys_process = start("keys", keys_port, 0);
     let keys_channel = common::wait_serving(&format!("127.0.0.1:{keys_port}")).await;
     let authz_process = start("authz", authz_port, authz_http);
     let authz_channel = common::wait_serving(&format!("127.0.0.1:{authz_port}")).await;
