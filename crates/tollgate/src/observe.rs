@@ -59,42 +59,21 @@ where
             return Box::pin(self.inner.call(request));
         }
         let method = self.metrics.method(request.uri().path());
-        let request_id = request
-            .headers()
-            .get("x-request-id")
-            .and_then(|value| value.to_str().ok())
-            .filter(|id| id.len() <= 128 && id.bytes().all(|b| b.is_ascii_graphic()))
-            .map(str::to_owned);
-        let caller = TraceContextPropagator::new().extract(&HeaderExtractor(request.headers()));
-        let caller_trace = caller.span().span_context().clone();
-        // A call the caller traces follows the caller's decision; one without a trace is
-        // sampled here, and when it is not, no span is built for it at all. DEBUG: with traces
-        // off and logs at INFO the span is never built either.
-        let traced = caller_trace.is_valid() || crate::telemetry::sample_root();
-        let span = if !traced {
-            tracing::Span::none()
-        } else {
+        let request_id = request_id(request.headers());
+        let (span, trace) = request_span(request.headers(), || {
             tracing::debug_span!(
-            "rpc",
-            otel.name = %method.name,
-            otel.kind = "server",
-            otel.status_code = Empty,
-            rpc.system = "grpc",
-            rpc.service = %method.labels.grpc_service,
-            rpc.method = %method.labels.grpc_method,
-            rpc.grpc.status_code = Empty,
-            request_id = request_id.as_deref().unwrap_or_default(),
+                "rpc",
+                otel.name = %method.name,
+                otel.kind = "server",
+                otel.status_code = Empty,
+                rpc.system = "grpc",
+                rpc.service = %method.labels.grpc_service,
+                rpc.method = %method.labels.grpc_method,
+                rpc.grpc.status_code = Empty,
+                request_id = request_id.as_deref().unwrap_or_default(),
             )
-        };
-        let _ = span.set_parent(caller);
-        // The trace the access line names: this span's when traces are exported, else the
-        // caller's, so a gateway's logs and ours still meet.
-        let context = span.context();
-        let sampled = context.span().span_context().is_sampled();
-        let trace_id = match context.span().span_context().trace_id() {
-            TraceId::INVALID => caller_trace.trace_id(),
-            own => own,
-        };
+        });
+        let RequestTrace { trace_id, sampled } = trace;
         method.started.inc();
         let started = Instant::now();
         let metrics = self.metrics.clone();
@@ -131,6 +110,40 @@ where
             response
         })
     }
+}
+
+/// The caller's `x-request-id`, when it is at most 128 printable characters.
+fn request_id(headers: &http::HeaderMap) -> Option<String> {
+    headers
+        .get("x-request-id")
+        .and_then(|value| value.to_str().ok())
+        .filter(|id| id.len() <= 128 && id.bytes().all(|b| b.is_ascii_graphic()))
+        .map(str::to_owned)
+}
+
+/// A request's span, continuing the caller's `traceparent`, and the trace its access line
+/// names. A request the caller traces follows the caller's decision; one without a trace is
+/// sampled here, and when it is not, `make` is never called: building spans the sampler then
+/// drops is most of what tracing costs. (The spans are DEBUG: with traces off and logs at
+/// INFO they are never built either.)
+fn request_span(headers: &http::HeaderMap, make: impl FnOnce() -> tracing::Span) -> (tracing::Span, RequestTrace) {
+    let caller = TraceContextPropagator::new().extract(&HeaderExtractor(headers));
+    let caller_trace = caller.span().span_context().clone();
+    let traced = caller_trace.is_valid() || crate::telemetry::sample_root();
+    let span = if traced { make() } else { tracing::Span::none() };
+    let _ = span.set_parent(caller);
+    let context = span.context();
+    let own = context.span().span_context().clone();
+    // This span's trace when traces are exported, else the caller's, so a gateway's logs and
+    // ours still meet.
+    let trace_id = if own.trace_id() == TraceId::INVALID { caller_trace.trace_id() } else { own.trace_id() };
+    (span, RequestTrace { trace_id, sampled: own.is_sampled() })
+}
+
+/// What a request's span says of its trace.
+struct RequestTrace {
+    trace_id: TraceId,
+    sampled: bool,
 }
 
 /// The codes OpenTelemetry's conventions count as a server's failure (the others are the
@@ -177,16 +190,8 @@ impl Extractor for HeaderExtractor<'_> {
 pub async fn http_access(request: axum::extract::Request, next: axum::middleware::Next) -> axum::response::Response {
     let method = request.method().clone();
     let path = request.uri().path().to_owned();
-    let request_id = request
-        .headers()
-        .get("x-request-id")
-        .and_then(|value| value.to_str().ok())
-        .filter(|id| id.len() <= 128 && id.bytes().all(|b| b.is_ascii_graphic()))
-        .map(str::to_owned);
-    let caller = TraceContextPropagator::new().extract(&HeaderExtractor(request.headers()));
-    let caller_trace = caller.span().span_context().clone();
-    let traced = caller_trace.is_valid() || crate::telemetry::sample_root();
-    let span = if traced {
+    let request_id = request_id(request.headers());
+    let (span, trace) = request_span(request.headers(), || {
         tracing::debug_span!(
             "http",
             otel.name = %format_args!("{method} {path}"),
@@ -195,14 +200,8 @@ pub async fn http_access(request: axum::extract::Request, next: axum::middleware
             url.path = %path,
             http.response.status_code = Empty,
         )
-    } else {
-        tracing::Span::none()
-    };
-    let _ = span.set_parent(caller);
-    let trace_id = match span.context().span().span_context().trace_id() {
-        TraceId::INVALID => caller_trace.trace_id(),
-        own => own,
-    };
+    });
+    let trace_id = trace.trace_id;
     let started = Instant::now();
     let response = next.run(request).instrument(span.clone()).await;
     let status = response.status().as_u16();
