@@ -5,7 +5,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use arc_swap::ArcSwap;
+use arc_swap::{ArcSwap, Guard};
 use tollgate_core::clock::Clock;
 use tollgate_core::counters::{CounterCheck, CounterOutcome, CounterRequest, RateOutcome};
 use tollgate_core::money::cost_credits;
@@ -177,13 +177,16 @@ impl Authorizer {
     }
 
     /// The catalog, reloaded first if it does not know `model` (a model added a moment ago).
-    async fn catalog(&self, model: &str) -> Result<Arc<Loaded>, AuthzError> {
-        let mut loaded = self.catalog.current();
+    async fn catalog(&self, model: &str) -> Result<Guard<Option<Arc<Loaded>>>, AuthzError> {
+        let mut loaded = self.catalog.load();
         let knows = |l: &Option<Arc<Loaded>>| l.as_ref().is_some_and(|l| l.catalog.price(model).is_some());
         if !knows(&loaded) && self.catalog.reload_for_unknown_model().await {
-            loaded = self.catalog.current();
+            loaded = self.catalog.load();
         }
-        loaded.ok_or_else(|| AuthzError::Unavailable("the model catalog is not loaded yet".into()))
+        if loaded.is_none() {
+            return Err(AuthzError::Unavailable("the model catalog is not loaded yet".into()));
+        }
+        Ok(loaded)
     }
 
     fn counter_call<'a>(
@@ -224,7 +227,7 @@ impl Authorizer {
             Err(denied) => return Ok(Decision::Deny(denied)),
         };
         let loaded = self.catalog(&input.model).await?;
-        let catalog = &loaded.catalog;
+        let catalog = &loaded.as_ref().expect("checked by catalog()").catalog;
         let now = self.clock.now_micros();
         // The model's price (and capability), looked up once for the rules and the counters.
         let price = catalog.price(&input.model);
@@ -299,7 +302,7 @@ impl Authorizer {
             }
         };
         let loaded = self.catalog(&input.model).await?;
-        let catalog = &loaded.catalog;
+        let catalog = &loaded.as_ref().expect("checked by catalog()").catalog;
         let now = self.clock.now_micros();
         let price = catalog.price(&input.model);
         let call = Call { model: &input.model, price, capability: input.capability, client_ip: input.client_ip, now };

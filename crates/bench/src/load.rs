@@ -90,7 +90,7 @@ pub struct Pool {
     pub weight: f64,
     pub requests: Vec<authz::AuthorizeRequest>,
     /// The requests encoded once, request id left out.
-    encoded: Vec<Bytes>,
+    encoded: Vec<Encoded>,
     /// Cumulative pick probabilities: Zipf (s = 1) over the templates, or uniform.
     cdf: Vec<f64>,
 }
@@ -99,18 +99,36 @@ impl Pool {
     pub fn new(weight: f64, requests: Vec<authz::AuthorizeRequest>, zipf: bool) -> Self {
         let encoded = requests
             .iter()
-            .map(|r| authz::AuthorizeRequest { request_id: String::new(), ..r.clone() }.encode_to_vec().into())
+            .map(|r| {
+                let message = authz::AuthorizeRequest { request_id: String::new(), ..r.clone() }.encode_to_vec();
+                Encoded { message: message.into(), id_at: 0 }
+            })
             .collect();
         Self::with_encoded(weight, requests, encoded, zipf)
     }
 
-    /// The same calls as Envoy's Check requests.
+    /// The same calls as Envoy's Check requests: whole gRPC frames, with where the request id
+    /// goes found once.
     pub fn checks(weight: f64, requests: Vec<authz::AuthorizeRequest>, zipf: bool) -> Self {
-        let encoded = requests.iter().map(|r| check_request(r).encode_to_vec().into()).collect();
+        let encoded = requests
+            .iter()
+            .map(|r| {
+                let message = check_request(r).encode_to_vec();
+                let mut frame = Vec::with_capacity(5 + message.len());
+                frame.push(0);
+                frame.extend_from_slice(&(message.len() as u32).to_be_bytes());
+                frame.extend_from_slice(&message);
+                let id_at = frame
+                    .windows(REQUEST_ID_PLACEHOLDER.len())
+                    .position(|w| w == REQUEST_ID_PLACEHOLDER)
+                    .expect("a placeholder");
+                Encoded { message: frame.into(), id_at }
+            })
+            .collect();
         Self::with_encoded(weight, requests, encoded, zipf)
     }
 
-    fn with_encoded(weight: f64, requests: Vec<authz::AuthorizeRequest>, encoded: Vec<Bytes>, zipf: bool) -> Self {
+    fn with_encoded(weight: f64, requests: Vec<authz::AuthorizeRequest>, encoded: Vec<Encoded>, zipf: bool) -> Self {
         let mut cdf = Vec::with_capacity(requests.len());
         let mut total = 0.0;
         for rank in 1..=requests.len() {
@@ -121,7 +139,7 @@ impl Pool {
         Self { weight, requests, encoded, cdf }
     }
 
-    fn pick(&self, rng: &mut Rng) -> &Bytes {
+    fn pick(&self, rng: &mut Rng) -> &Encoded {
         let u = rng.unit();
         let index = self.cdf.partition_point(|c| *c < u).min(self.encoded.len() - 1);
         &self.encoded[index]
@@ -141,11 +159,11 @@ impl Scenario {
         if self.target == Target::Check {
             return check_frame(self.pick(rng), request_id);
         }
-        let template = Template { message: self.pick(rng).clone(), wrapped: self.target != Target::Authorize };
+        let template = Template { message: self.pick(rng).message.clone(), wrapped: self.target != Target::Authorize };
         frame(&template, request_id)
     }
 
-    fn pick(&self, rng: &mut Rng) -> &Bytes {
+    fn pick(&self, rng: &mut Rng) -> &Encoded {
         let total: f64 = self.pools.iter().map(|p| p.weight).sum();
         let mut u = rng.unit() * total;
         for pool in &self.pools {
@@ -158,15 +176,18 @@ impl Scenario {
     }
 }
 
+/// A request encoded once: an Authorize message, or a whole Check frame and where its request
+/// id's placeholder is.
+struct Encoded {
+    message: Bytes,
+    id_at: usize,
+}
+
 /// The gRPC frame of an encoded Check request with `request_id` (at most 24 bytes, padded)
 /// written over the placeholder.
-fn check_frame(message: &Bytes, request_id: &[u8]) -> Bytes {
-    let mut buf = bytes::BytesMut::with_capacity(5 + message.len());
-    bytes::BufMut::put_u8(&mut buf, 0);
-    bytes::BufMut::put_u32(&mut buf, message.len() as u32);
-    buf.extend_from_slice(message);
-    let at =
-        buf.windows(REQUEST_ID_PLACEHOLDER.len()).position(|w| w == REQUEST_ID_PLACEHOLDER).expect("a placeholder");
+fn check_frame(encoded: &Encoded, request_id: &[u8]) -> Bytes {
+    let mut buf = bytes::BytesMut::from(&encoded.message[..]);
+    let at = encoded.id_at;
     let id = &request_id[..request_id.len().min(REQUEST_ID_PLACEHOLDER.len())];
     let padding = REQUEST_ID_PLACEHOLDER.len() - id.len();
     buf[at..at + padding].fill(b'0');
@@ -289,4 +310,29 @@ pub fn quantile(sorted: &[u64], q: f64) -> u64 {
         return 0;
     }
     sorted[((sorted.len() - 1) as f64 * q).round() as usize]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn check_frames_carry_each_call_s_request_id() {
+        let call = authz::AuthorizeRequest {
+            api_key: "sk-x".into(),
+            model: "m".into(),
+            capability: 1,
+            client_ip: "203.0.113.9".into(),
+            estimated_tokens: 100,
+            request_id: String::new(),
+        };
+        let pool = Pool::checks(1.0, vec![call], false);
+        let framed = check_frame(&pool.encoded[0], b"b3-17");
+        assert_eq!(u32::from_be_bytes(framed[1..5].try_into().unwrap()) as usize, framed.len() - 5);
+        let decoded = envoy::CheckRequest::decode(&framed[5..]).unwrap();
+        let http = decoded.attributes.unwrap().request.unwrap().http.unwrap();
+        assert_eq!(http.headers["x-request-id"], format!("{:0>24}", "b3-17"));
+        assert_eq!(http.headers["authorization"], "Bearer sk-x");
+        assert_eq!(http.path, "/v1/chat/completions");
+    }
 }

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use arc_swap::ArcSwapOption;
+use arc_swap::{ArcSwapOption, Guard};
 use prost::Message;
 use tollgate_core::Capability;
 use tollgate_core::money::TokenPrices;
@@ -119,6 +119,12 @@ impl ModelCatalog {
     /// The catalog last read, if one was ever read.
     pub fn current(&self) -> Option<Arc<Loaded>> {
         self.current.load_full()
+    }
+
+    /// The same, borrowed: Authorize reads it on every call, and a guard does not touch the
+    /// shared reference count the way a clone of the `Arc` does.
+    pub fn load(&self) -> Guard<Option<Arc<Loaded>>> {
+        self.current.load()
     }
 
     /// Reads the catalog now: the shared copy, else the keys service. When neither answers,

@@ -67,6 +67,11 @@ fn samplers() -> (f64, Sampler) {
     (ratio, sdk)
 }
 
+/// Whether traces are exported (the trace exporter's filter is installed).
+pub(crate) fn exporting() -> bool {
+    ROOT_SAMPLE_RATIO.get().is_some()
+}
+
 /// Whether a call that arrived without a trace starts one.
 pub(crate) fn sample_root() -> bool {
     thread_local! {
