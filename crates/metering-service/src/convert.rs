@@ -105,5 +105,6 @@ pub fn key_balance(b: KeyBalance) -> pb::GetKeyBalanceResponse {
         monthly_used: b.spend.month,
         monthly_remaining: left(b.monthly_budget, b.spend.month),
         daily: b.daily.into_iter().map(bucket).collect(),
+        account_funds: b.account.map(|funds| pb::AccountFunds { balance: funds.balance, spendable: funds.spendable }),
     }
 }

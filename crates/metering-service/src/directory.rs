@@ -38,6 +38,11 @@ pub struct KeyFacts {
     pub quota: Option<i64>,
     pub daily_budget: Option<i64>,
     pub monthly_budget: Option<i64>,
+    /// How far below zero its account's balance may go; `None`: without bound (postpaid).
+    pub account_credit_limit: Option<i64>,
+    /// Models it may call; empty with `any_model`.
+    pub allowed_models: Vec<String>,
+    pub any_model: bool,
 }
 
 /// A key's state as metering reads it. A multiplier that does not parse is the keys service's
@@ -54,6 +59,9 @@ fn key_facts(state: keys::KeyState) -> Result<KeyFacts, DirectoryError> {
         quota: state.quota,
         daily_budget: state.daily_budget,
         monthly_budget: state.monthly_budget,
+        account_credit_limit: state.account_credit_limit,
+        any_model: state.any_model,
+        allowed_models: state.allowed_models,
         account_id: state.account_id,
         key_id: state.key_id,
         application_id: state.application_id,

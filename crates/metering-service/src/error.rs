@@ -1,4 +1,5 @@
-//! The metering service's errors and their one mapping to gRPC statuses.
+//! The metering service's errors, their one mapping to gRPC statuses and their one mapping to
+//! HTTP answers.
 
 use tollgate_core::Violations;
 use tollgate_store::StoreError;
@@ -104,5 +105,49 @@ impl From<MeteringError> for Status {
             }
         }
         Status::with_error_details(code, message, details)
+    }
+}
+
+/// A metering error as an HTTP answer, in the terms of OpenAI's error object.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpError {
+    pub status: u16,
+    pub message: String,
+    /// OpenAI's `type`.
+    pub kind: &'static str,
+    /// OpenAI's `code`.
+    pub code: &'static str,
+    /// The first field at fault.
+    pub param: Option<String>,
+    /// Seconds, rounded up, before asking again is worth it.
+    pub retry_after: Option<u64>,
+}
+
+impl From<MeteringError> for HttpError {
+    fn from(error: MeteringError) -> Self {
+        let message = error.to_string();
+        let (status, kind, code, message) = match &error {
+            MeteringError::InvalidArgument(_) => (400, "invalid_request_error", "invalid_argument", message),
+            MeteringError::NotFound(_) => (404, "invalid_request_error", "not_found", message),
+            MeteringError::Unauthenticated(_) => (401, "invalid_request_error", "invalid_api_key", message),
+            MeteringError::Unavailable(cause) => {
+                tracing::warn!(error = %cause, "backend unavailable");
+                (503, "server_error", "service_unavailable", "a backend is unavailable; retry".to_owned())
+            }
+            MeteringError::ResourceExhausted(..) => (429, "requests", "rate_limit_exceeded", message),
+            MeteringError::Internal(cause) => {
+                tracing::error!(error = %cause, "internal error");
+                (500, "server_error", "internal_error", message)
+            }
+        };
+        let param = match &error {
+            MeteringError::InvalidArgument(violations) => violations.items().first().map(|v| v.field.clone()),
+            _ => None,
+        };
+        let retry_after = match &error {
+            MeteringError::ResourceExhausted(_, wait) => Some(wait.as_secs() + u64::from(wait.subsec_nanos() > 0)),
+            _ => None,
+        };
+        HttpError { status, message, kind, code, param, retry_after }
     }
 }

@@ -14,7 +14,7 @@ use crate::credits::Credits;
 use crate::error::MeteringError;
 use crate::queries::Queries;
 use crate::recorder::Recorder;
-use crate::validate::{self, MAX_BATCH};
+use crate::validate;
 
 /// `tollgate.metering.v1.MeteringService`. Every RPC takes the admin token; usage reports
 /// also take the gateway's token when one is configured, so the gateway needs no admin power.
@@ -51,14 +51,24 @@ impl MeteringGrpc {
         self.reporters.check(request.metadata())
     }
 
-    /// Checks reports, each named by `field`, and records them all or none.
-    async fn record(&self, reports: &[pb::UsageReport], field: impl Fn(usize) -> String) -> Result<usize, Status> {
+    /// Whether a presented token may report usage (the HTTP adapter's check).
+    pub(crate) fn accepts_reporter(&self, presented: &str) -> bool {
+        self.reporters.accepts(presented)
+    }
+
+    /// Checks reports, each named by `field`, and records them all or none: the one path of
+    /// `RecordUsage`, `BatchRecordUsage` and HTTP `POST /v1/usage`.
+    pub(crate) async fn record(
+        &self,
+        reports: &[pb::UsageReport],
+        field: impl Fn(usize) -> String,
+    ) -> Result<usize, MeteringError> {
         let now = self.clock.now_micros();
         let mut v = Violations::new();
         let checked: Vec<_> =
             reports.iter().enumerate().filter_map(|(i, r)| validate::report(&mut v, &field(i), r, now)).collect();
-        v.into_result().map_err(MeteringError::from)?;
-        Ok(self.recorder.record(&checked, field).await?)
+        v.into_result()?;
+        self.recorder.record(&checked, field).await
     }
 }
 
@@ -80,10 +90,7 @@ impl pb::metering_service_server::MeteringService for MeteringGrpc {
     ) -> Result<Response<pb::BatchRecordUsageResponse>, Status> {
         self.reporter(&request)?;
         let reports = request.into_inner().reports;
-        if reports.is_empty() || reports.len() > MAX_BATCH {
-            let message = format!("must hold 1 to {MAX_BATCH} reports, got {}", reports.len());
-            return Err(MeteringError::invalid("reports", message).into());
-        }
+        validate::batch_size(reports.len())?;
         let accepted = self.record(&reports, |i| format!("reports[{i}]")).await?;
         Ok(Response::new(pb::BatchRecordUsageResponse { accepted: accepted as i32 }))
     }

@@ -17,6 +17,7 @@ pub mod directory;
 pub mod error;
 pub mod grpc;
 pub mod housekeeping;
+pub mod key_holder_http;
 pub mod key_holder_limit;
 pub mod metrics;
 pub mod payload;
@@ -27,6 +28,7 @@ pub mod reconcile;
 pub mod recorder;
 pub mod series;
 pub mod usage;
+pub mod usage_http;
 pub mod validate;
 pub mod worker;
 
@@ -54,6 +56,7 @@ pub use worker::{Worker, WorkerSettings};
 
 use crate::directory::KeyDirectory;
 use crate::grpc::{KeyHolderGrpc, MeteringGrpc};
+use crate::key_holder_http::KeyHolderHttp;
 use crate::key_holder_limit::KeyHolderLimit;
 use crate::pricing::Pricer;
 use tollgate_keys_client::KeyStateApi;
@@ -72,6 +75,8 @@ pub struct MeteringConfig {
     pub workers: WorkerSettings,
     /// `GetKeyBalance` calls each key may make per minute on this replica (0: no limit).
     pub key_balance_per_minute: u32,
+    /// Credits per US dollar, for the USD the key holder's HTTP API shows.
+    pub credits_per_usd: i64,
 }
 
 /// The adapters the metering service runs over.
@@ -88,6 +93,7 @@ pub struct MeteringAdapters {
 pub struct MeteringServer {
     metering: MeteringGrpc,
     key_holder: KeyHolderGrpc,
+    key_holder_http: Arc<KeyHolderHttp>,
     worker: Arc<Worker>,
     metrics: MeteringMetrics,
     reconciler: Arc<Reconciler>,
@@ -128,11 +134,21 @@ impl MeteringServer {
             recorder,
             credits,
             queries.clone(),
-            config.clock,
+            config.clock.clone(),
             BearerAuth::new(&config.admin_token),
             config.gateway_token.as_deref().map(BearerAuth::new),
         );
-        Self { metering, key_holder: KeyHolderGrpc::new(queries), worker, metrics, reconciler, store, queue }
+        let key_holder_http = Arc::new(KeyHolderHttp::new(queries.clone(), config.credits_per_usd));
+        Self {
+            metering,
+            key_holder: KeyHolderGrpc::new(queries),
+            key_holder_http,
+            worker,
+            metrics,
+            reconciler,
+            store,
+            queue,
+        }
     }
 
     /// Adds `MeteringService` (admin token; the gateway token for usage reports) and
@@ -140,6 +156,11 @@ impl MeteringServer {
     pub fn add_services(&self, routes: &mut RoutesBuilder) {
         routes.add_service(pb::metering_service_server::MeteringServiceServer::new(self.metering.clone()));
         routes.add_service(pb::key_holder_service_server::KeyHolderServiceServer::new(self.key_holder.clone()));
+    }
+
+    /// The HTTP routes, for the HTTP listener: the key holder's API and `POST /v1/usage`.
+    pub fn http_routes(&self) -> axum::Router {
+        self.key_holder_http.clone().router().merge(usage_http::router(self.metering.clone()))
     }
 
     /// The names reported by the health service.

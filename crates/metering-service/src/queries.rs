@@ -44,12 +44,24 @@ pub enum KeyStatus {
     Exhausted,
 }
 
+/// What the account of a key without a quota of its own can still spend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AccountFunds {
+    /// Credits added minus credits spent.
+    pub balance: i64,
+    /// The balance plus the credit limit, at least zero; `None`: postpaid without a limit.
+    pub spendable: Option<i64>,
+}
+
 /// A key holder's view of their own key.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KeyBalance {
     pub account_id: String,
     pub key_id: String,
     pub status: KeyStatus,
+    /// Models it may call; empty with `any_model`.
+    pub allowed_models: Vec<String>,
+    pub any_model: bool,
     pub expire_time: Option<Micros>,
     pub quota: Option<i64>,
     pub daily_budget: Option<i64>,
@@ -58,6 +70,8 @@ pub struct KeyBalance {
     pub spend: KeyTotals,
     /// Usage per day and model.
     pub daily: Vec<Bucket>,
+    /// For a key without a quota: its account's money, which bounds its calls instead.
+    pub account: Option<AccountFunds>,
 }
 
 /// One page of a list, and whether more follow.
@@ -152,8 +166,9 @@ impl Queries {
         Ok(Summary { totals, buckets })
     }
 
-    /// A key holder's view of their own key over the last `days` days. Any key that is not
-    /// valid (malformed, unknown, deleted) is UNAUTHENTICATED.
+    /// A key holder's view of their own key, with its usage per day and model over the last
+    /// `days` days (none for 0). Any key that is not valid (malformed, unknown, deleted) is
+    /// UNAUTHENTICATED; every call counts against the key's per-minute limit.
     pub async fn key_balance(&self, secret: &str, days: i64) -> MeteringResult<KeyBalance> {
         const NOT_VALID: MeteringError = MeteringError::Unauthenticated("the API key is not valid");
         key_format::validate(secret).map_err(|_| NOT_VALID)?;
@@ -178,23 +193,49 @@ impl Queries {
         } else {
             KeyStatus::Enabled
         };
-        let end = windows.day_end;
-        // Noon of the first day, so a 23- or 25-hour day on the way does not shift it.
-        let start = self.calendar.windows(windows.day_start + DAY / 2 - (days - 1) * DAY).day_start;
-        let scope = UsageScope::Key(key.account_id.clone(), key.key_id.clone());
-        let rows = self.store.usage_buckets(&scope, start, end, STEP).await?;
-        let (_, daily) = series::fold(&self.calendar, Granularity::Day, start, end, &rows, true);
+        let daily = if days > 0 {
+            self.daily_usage(&key.account_id, &key.key_id, windows.day_start, days).await?
+        } else {
+            Vec::new()
+        };
+        let account = match key.quota {
+            Some(_) => None,
+            None => {
+                let balance = self.store.balance(&key.account_id).await?.balance();
+                let spendable = key.account_credit_limit.map(|limit| balance.saturating_add(limit).max(0));
+                Some(AccountFunds { balance, spendable })
+            }
+        };
         Ok(KeyBalance {
             account_id: key.account_id,
             key_id: key.key_id,
             status,
+            allowed_models: key.allowed_models,
+            any_model: key.any_model,
             expire_time: key.expire_time,
             quota: key.quota,
             daily_budget: key.daily_budget,
             monthly_budget: key.monthly_budget,
             spend,
             daily,
+            account,
         })
+    }
+
+    /// A key's usage per local day and model, the `days` days up to today's end.
+    async fn daily_usage(
+        &self,
+        account_id: &str,
+        key_id: &str,
+        today: Micros,
+        days: i64,
+    ) -> MeteringResult<Vec<Bucket>> {
+        // Noon of the first day, so a 23- or 25-hour day on the way does not shift it.
+        let start = self.calendar.windows(today + DAY / 2 - (days - 1) * DAY).day_start;
+        let end = self.calendar.windows(today).day_end;
+        let scope = UsageScope::Key(account_id.to_owned(), key_id.to_owned());
+        let rows = self.store.usage_buckets(&scope, start, end, STEP).await?;
+        Ok(series::fold(&self.calendar, Granularity::Day, start, end, &rows, true).1)
     }
 
     /// One page of dead letters, oldest first, after the id `after`.

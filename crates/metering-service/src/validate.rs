@@ -24,6 +24,14 @@ pub const MAX_BATCH: usize = 1000;
 /// How far in the future an end time may be (clock skew between gateway and us).
 const MAX_FUTURE: Micros = 5 * 60 * 1_000_000;
 
+/// A batch holds 1 to [`MAX_BATCH`] reports.
+pub fn batch_size(count: usize) -> MeteringResult<()> {
+    if count == 0 || count > MAX_BATCH {
+        return Err(MeteringError::invalid("reports", format!("must hold 1 to {MAX_BATCH} reports, got {count}")));
+    }
+    Ok(())
+}
+
 /// Checks a report and fills in what may be left out: an unset end time is the time it
 /// arrived, an unset start time its end time. `None` when a field is wrong (named in `v`).
 pub fn report(v: &mut Violations, field: &str, report: &pb::UsageReport, now: Micros) -> Option<UsageReport> {

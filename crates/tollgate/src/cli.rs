@@ -290,7 +290,8 @@ pub struct KeysArgs {
     /// System cap on any key's tokens per minute; higher settings are clamped.
     #[arg(long, env = "TOLLGATE_MAX_TPM", value_parser = clap::value_parser!(i64).range(1..))]
     pub max_tpm: Option<i64>,
-    /// Credits per US dollar.
+    /// Credits per US dollar: the USD prices the catalog shows (keys) and the USD the key
+    /// holder's HTTP API shows (metering).
     #[arg(
         long,
         env = "TOLLGATE_CREDITS_PER_USD",
@@ -381,8 +382,10 @@ pub struct MeteringArgs {
     /// back.
     #[arg(long, env = "TOLLGATE_METERING_MAX_DELIVERIES", default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_deliveries: u32,
-    /// `KeyHolderService/GetKeyBalance` calls each key may make per minute on one replica
-    /// (0: no limit); more are RESOURCE_EXHAUSTED with a retry delay. Each reads the ledger.
+    /// `KeyHolderService/GetKeyBalance` and key-holder HTTP calls (`/v1/key`,
+    /// `/api/usage/token`, `/v1/dashboard/billing/*`) each key may make per minute on one
+    /// replica (0: no limit); more are RESOURCE_EXHAUSTED (HTTP 429) with a retry delay. Each
+    /// reads the ledger.
     #[arg(long, env = "TOLLGATE_KEY_BALANCE_RPM", default_value_t = 60)]
     pub key_balance_rpm: u32,
     /// Redis Streams the usage queue spreads over, each in a slot of its own (on a Redis

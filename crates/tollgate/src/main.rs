@@ -59,7 +59,7 @@ async fn run(mut cli: Cli) -> anyhow::Result<()> {
                 secrets,
                 keys: keys_settings(&args.keys),
                 authz: dev_authz_settings(&args.authz),
-                metering: metering_settings(&args.metering, &args.authz),
+                metering: metering_settings(&args.metering, &args.authz, &args.keys),
                 drain: args.shutdown_drain,
                 http_listen: Some(args.http_listen),
                 tls: args.tls.server_tls(),
@@ -148,7 +148,7 @@ async fn serve(args: ServeArgs, shutdown: CancellationToken) -> anyhow::Result<(
                 secrets,
                 metering: MeteringSettings {
                     readiness_grace: args.readiness_grace,
-                    ..metering_settings(&args.metering, &args.authz)
+                    ..metering_settings(&args.metering, &args.authz, &args.keys)
                 },
                 drain: args.shutdown_drain,
                 http_listen: Some(args.http_listen),
@@ -183,7 +183,7 @@ fn keys_settings(args: &KeysArgs) -> KeysSettings {
     }
 }
 
-fn metering_settings(args: &MeteringArgs, authz: &AuthzArgs) -> MeteringSettings {
+fn metering_settings(args: &MeteringArgs, authz: &AuthzArgs, keys: &KeysArgs) -> MeteringSettings {
     MeteringSettings {
         workers: args.workers,
         batch_size: usize::from(args.batch_size),
@@ -192,6 +192,7 @@ fn metering_settings(args: &MeteringArgs, authz: &AuthzArgs) -> MeteringSettings
         time_zone: authz.time_zone.clone(),
         gateway_token: authz.gateway_token.clone(),
         key_balance_per_minute: args.key_balance_rpm,
+        credits_per_usd: keys.credits_per_usd,
         usage_streams: usize::from(args.usage_streams),
         ..MeteringSettings::default()
     }

@@ -30,6 +30,8 @@ pub struct MeteringSettings {
     pub gateway_token: Option<String>,
     /// `GetKeyBalance` calls each key may make per minute on one replica (0: no limit).
     pub key_balance_per_minute: u32,
+    /// Credits per US dollar, for the USD the key holder's HTTP API shows (the keys service's).
+    pub credits_per_usd: i64,
     /// Redis Streams the usage queue spreads over (production); only ever raise it.
     pub usage_streams: usize,
     /// How long Postgres or Redis may not answer before readiness says NOT_SERVING (`serve`).
@@ -46,6 +48,7 @@ impl Default for MeteringSettings {
             time_zone: "UTC".into(),
             gateway_token: None,
             key_balance_per_minute: 60,
+            credits_per_usd: tollgate_core::money::DEFAULT_CREDITS_PER_USD,
             usage_streams: 1,
             readiness_grace: crate::DEFAULT_READINESS_GRACE,
         }
@@ -73,10 +76,12 @@ pub(crate) fn add(
             ..WorkerSettings::default()
         },
         key_balance_per_minute: settings.key_balance_per_minute,
+        credits_per_usd: settings.credits_per_usd,
     };
     let server = Arc::new(MeteringServer::new(config, adapters));
     server.add_services(&mut services.routes);
     services.names.extend(MeteringServer::service_names());
+    services.http_routes = std::mem::take(&mut services.http_routes).merge(server.http_routes());
     server.register_metrics(&mut services.registry);
     let name = format!("worker-{}", tollgate_core::ids::new_id());
     server.spawn_workers(&name, settings.workers, shutdown);
