@@ -23,6 +23,7 @@ use tollgate_test_support::{TestDatabase, TestRedis};
 use tonic::transport::Channel;
 
 pub mod fixtures;
+pub mod http;
 
 /// Which adapters a harness runs on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -58,18 +59,11 @@ fn free_address() -> SocketAddr {
 }
 
 impl Server {
-    /// `GET /metrics` on the server's HTTP listener, over a plain HTTP/1.1 connection: the
-    /// status line and the body.
+    /// The body of `GET /metrics` on the server's HTTP listener.
     pub async fn scrape_metrics(&self) -> String {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let mut stream = tokio::net::TcpStream::connect(self.http).await.expect("connect to the HTTP listener");
-        let request = format!("GET /metrics HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n", self.http);
-        stream.write_all(request.as_bytes()).await.expect("send");
-        let mut response = String::new();
-        stream.read_to_string(&mut response).await.expect("read");
-        assert!(response.starts_with("HTTP/1.1 200"), "{response}");
-        let body = response.split_once("\r\n\r\n").map(|(_, body)| body).unwrap_or_default();
-        body.to_owned()
+        let answer = http::get(self.http, "/metrics", &[]).await;
+        assert_eq!(answer.status, 200, "{answer:?}");
+        answer.body
     }
 
     /// Starts `run` on an ephemeral port, with its HTTP listener on a port free a moment

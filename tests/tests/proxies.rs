@@ -16,61 +16,10 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tollgate::AuthzSettings;
 use tollgate_proto::keys::v1 as pb;
 use tollgate_tests::fixtures::{World, create_key, postpaid_world};
+use tollgate_tests::http::post as http;
 use tollgate_tests::{Harness, Options};
 
 const GATEWAY_TOKEN: &str = "gateway-token-for-the-proxy-tests";
-
-/// An HTTP answer: status, headers (lower-case names), body.
-struct Answer {
-    status: u16,
-    headers: HashMap<String, String>,
-    body: String,
-}
-
-impl Answer {
-    /// The OpenAI error `code` of the body.
-    fn error_code(&self) -> String {
-        let body: serde_json::Value = serde_json::from_str(&self.body).unwrap_or_else(|_| panic!("{}", self.body));
-        body["error"]["code"].as_str().unwrap_or_else(|| panic!("{}", self.body)).to_owned()
-    }
-}
-
-/// One HTTP/1.1 request over a fresh connection.
-async fn http(address: SocketAddr, path: &str, headers: &[(&str, &str)], body: &str) -> Answer {
-    let mut stream = tokio::net::TcpStream::connect(address).await.expect("connect to the proxy");
-    let mut request = format!("POST {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n");
-    for (name, value) in headers {
-        request.push_str(&format!("{name}: {value}\r\n"));
-    }
-    request.push_str(&format!("Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}", body.len()));
-    stream.write_all(request.as_bytes()).await.unwrap();
-    let mut raw = Vec::new();
-    stream.read_to_end(&mut raw).await.unwrap();
-    let raw = String::from_utf8_lossy(&raw);
-    let (head, body) = raw.split_once("\r\n\r\n").expect("an HTTP answer");
-    let mut lines = head.lines();
-    let status = lines.next().and_then(|l| l.split(' ').nth(1)).and_then(|s| s.parse().ok()).expect("a status");
-    let headers = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(name, value)| (name.trim().to_ascii_lowercase(), value.trim().to_owned()))
-        .collect::<HashMap<_, _>>();
-    let body =
-        if headers.get("transfer-encoding").is_some_and(|t| t == "chunked") { dechunk(body) } else { body.into() };
-    Answer { status, headers, body }
-}
-
-fn dechunk(mut body: &str) -> String {
-    let mut out = String::new();
-    while let Some((size, rest)) = body.split_once("\r\n") {
-        let size = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
-        if size == 0 {
-            break;
-        }
-        out.push_str(&rest[..size]);
-        body = rest[size..].trim_start_matches("\r\n");
-    }
-    out
-}
 
 /// The model backend: records each request's headers, answers a chat completion.
 #[derive(Clone, Default)]
