@@ -1,7 +1,8 @@
 //! Tollgate's metering service: it owns money.
 //!
 //! Layers, in the order a request crosses them: [`grpc`] authenticates, checks and converts
-//! protos ([`validate`], [`convert`]); then one of three domain types — the [`Recorder`] takes
+//! protos ([`validate`], [`convert`]) — the HTTP adapters, [`key_holder_http`] and
+//! [`usage_http`], answer the same calls in JSON —; then one of three domain types — the [`Recorder`] takes
 //! usage reports into the durable queue (`tollgate_ports::usage_queue`), [`Credits`] changes
 //! balances, [`Queries`] reads usage and money. Behind the queue a [`Worker`] prices each
 //! report once ([`pricing`]), charges a batch in one database transaction, settles the
