@@ -9,7 +9,7 @@ use envoy_types::pb::envoy::service::auth::v3 as envoy;
 use prost::Message;
 use tollgate_proto::authz::v1 as authz;
 
-use crate::raw::{Answer, RawClient, Template, frame};
+use crate::raw::{Answer, Http1Client, RawClient, Template, frame};
 
 /// Which RPC a scenario calls.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -19,6 +19,8 @@ pub enum Target {
     Authorize,
     /// Envoy's `Check`, with the call as Envoy describes it (headers, path, source address).
     Check,
+    /// HTTP forward-auth, with the call as nginx's njs script sends it (HTTP/1.1 keep-alive).
+    ForwardAuth,
 }
 
 impl Target {
@@ -28,11 +30,12 @@ impl Target {
             Target::Probe => "/tollgate.bench.v1.BenchService/Probe",
             Target::Authorize => "/tollgate.authz.v1.AuthzService/Authorize",
             Target::Check => "/envoy.service.auth.v3.Authorization/Check",
+            Target::ForwardAuth => "/v1/forward-auth",
         }
     }
 }
 
-/// Where a Check request's `x-request-id` goes: a fixed-width placeholder, overwritten per
+/// Where a Check or forward-auth request's `x-request-id` goes: a fixed-width placeholder, overwritten per
 /// call, so a request is encoded once (as Authorize's are).
 const REQUEST_ID_PLACEHOLDER: &[u8; 24] = b"@@@@@@@@@@@@@@@@@@@@@@@@";
 
@@ -45,6 +48,29 @@ fn openai_path(capability: i32) -> &'static str {
         5 => "/v1/audio/transcriptions",
         _ => "/v1/chat/completions",
     }
+}
+
+/// The JSON body of an OpenAI-style call of `model`.
+fn openai_body(model: &str) -> String {
+    format!(r#"{{"model": "{model}", "messages": [{{"role": "user", "content": "hi"}}]}}"#)
+}
+
+/// The forward-auth request nginx's njs script sends for an Authorize request: the client's
+/// key, path, address (`X-Real-IP`, the proxy being trusted), estimate and body.
+fn forward_auth_request(call: &authz::AuthorizeRequest) -> Vec<u8> {
+    let body = openai_body(&call.model);
+    format!(
+        "POST /v1/forward-auth HTTP/1.1\r\nhost: tollgate\r\nauthorization: Bearer {}\r\n\
+         x-forwarded-uri: {}\r\nx-real-ip: {}\r\nx-tollgate-estimated-tokens: {}\r\nx-request-id: {}\r\n\
+         content-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+        call.api_key,
+        openai_path(call.capability),
+        call.client_ip,
+        call.estimated_tokens,
+        String::from_utf8_lossy(REQUEST_ID_PLACEHOLDER),
+        body.len(),
+    )
+    .into_bytes()
 }
 
 /// The Check request Envoy would send for an Authorize request: the key as a bearer, the
@@ -72,8 +98,7 @@ fn check_request(call: &authz::AuthorizeRequest) -> envoy::CheckRequest {
         method: "POST".into(),
         path: openai_path(call.capability).into(),
         headers: headers.into_iter().map(|(k, v)| (k.to_owned(), v)).collect(),
-        raw_body: format!(r#"{{"model": "{}", "messages": [{{"role": "user", "content": "hi"}}]}}"#, call.model)
-            .into_bytes(),
+        raw_body: openai_body(&call.model).into_bytes(),
         ..Default::default()
     };
     envoy::CheckRequest {
@@ -118,13 +143,15 @@ impl Pool {
                 frame.push(0);
                 frame.extend_from_slice(&(message.len() as u32).to_be_bytes());
                 frame.extend_from_slice(&message);
-                let id_at = frame
-                    .windows(REQUEST_ID_PLACEHOLDER.len())
-                    .position(|w| w == REQUEST_ID_PLACEHOLDER)
-                    .expect("a placeholder");
-                Encoded { message: frame.into(), id_at }
+                Encoded::with_placeholder(frame)
             })
             .collect();
+        Self::with_encoded(weight, requests, encoded, zipf)
+    }
+
+    /// The same calls as forward-auth requests: whole HTTP/1.1 requests.
+    pub fn forward_auths(weight: f64, requests: Vec<authz::AuthorizeRequest>, zipf: bool) -> Self {
+        let encoded = requests.iter().map(|r| Encoded::with_placeholder(forward_auth_request(r))).collect();
         Self::with_encoded(weight, requests, encoded, zipf)
     }
 
@@ -154,10 +181,10 @@ pub struct Scenario {
 }
 
 impl Scenario {
-    /// The next call's gRPC frame; every call gets its own request id.
+    /// The next call's gRPC frame (or HTTP request); every call gets its own request id.
     fn next(&self, rng: &mut Rng, request_id: &[u8]) -> Bytes {
-        if self.target == Target::Check {
-            return check_frame(self.pick(rng), request_id);
+        if matches!(self.target, Target::Check | Target::ForwardAuth) {
+            return with_request_id(self.pick(rng), request_id);
         }
         let template = Template { message: self.pick(rng).message.clone(), wrapped: self.target != Target::Authorize };
         frame(&template, request_id)
@@ -176,16 +203,26 @@ impl Scenario {
     }
 }
 
-/// A request encoded once: an Authorize message, or a whole Check frame and where its request
-/// id's placeholder is.
+/// A request encoded once: an Authorize message, or a whole Check frame or forward-auth request
+/// and where its request id's placeholder is.
 struct Encoded {
     message: Bytes,
     id_at: usize,
 }
 
-/// The gRPC frame of an encoded Check request with `request_id` (at most 24 bytes, padded)
-/// written over the placeholder.
-fn check_frame(encoded: &Encoded, request_id: &[u8]) -> Bytes {
+impl Encoded {
+    fn with_placeholder(message: Vec<u8>) -> Self {
+        let id_at = message
+            .windows(REQUEST_ID_PLACEHOLDER.len())
+            .position(|w| w == REQUEST_ID_PLACEHOLDER)
+            .expect("a placeholder");
+        Self { message: message.into(), id_at }
+    }
+}
+
+/// An encoded Check frame or forward-auth request with `request_id` (at most 24 bytes,
+/// padded) written over the placeholder.
+fn with_request_id(encoded: &Encoded, request_id: &[u8]) -> Bytes {
     let mut buf = bytes::BytesMut::from(&encoded.message[..]);
     let at = encoded.id_at;
     let id = &request_id[..request_id.len().min(REQUEST_ID_PLACEHOLDER.len())];
@@ -207,6 +244,39 @@ impl Rng {
     }
 }
 
+/// Where the load goes: gRPC connections the callers share, and the HTTP listener each
+/// forward-auth caller keeps a connection of its own to.
+pub struct Clients {
+    pub grpc: Vec<RawClient>,
+    pub http_port: u16,
+}
+
+/// One caller's connection.
+enum Caller {
+    Grpc(RawClient),
+    Http(Http1Client),
+}
+
+impl Caller {
+    /// Caller `task`'s connection for `target`.
+    async fn new(target: Target, clients: &Clients, task: usize) -> Caller {
+        if target == Target::ForwardAuth {
+            match Http1Client::connect(clients.http_port).await {
+                Ok(client) => return Caller::Http(client),
+                Err(error) => panic!("cannot connect to the HTTP listener: {error}"),
+            }
+        }
+        Caller::Grpc(clients.grpc[task % clients.grpc.len()].clone())
+    }
+
+    async fn call(&mut self, target: Target, body: Bytes) -> Answer {
+        match self {
+            Caller::Grpc(client) => client.call(target.path(), body).await,
+            Caller::Http(client) => client.call(&body).await,
+        }
+    }
+}
+
 /// Counts of a closed-loop round.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Counts {
@@ -225,16 +295,21 @@ impl Counts {
 /// `duration`.
 pub async fn closed_loop(
     scenario: Arc<Scenario>,
-    clients: &[RawClient],
+    clients: &Clients,
     concurrency: usize,
     duration: Duration,
 ) -> Counts {
     let counters: Arc<[AtomicU64; 3]> = Arc::new(Default::default());
+    let mut callers = Vec::with_capacity(concurrency);
+    for task in 0..concurrency {
+        callers.push(Caller::new(scenario.target, clients, task).await);
+    }
     let end = Instant::now() + duration;
-    let tasks: Vec<_> = (0..concurrency)
-        .map(|task| {
+    let tasks: Vec<_> = callers
+        .into_iter()
+        .enumerate()
+        .map(|(task, mut client)| {
             let scenario = scenario.clone();
-            let mut client = clients[task % clients.len()].clone();
             let counters = counters.clone();
             tokio::spawn(async move {
                 let mut rng = Rng(0x9E37_79B9_7F4A_7C15 ^ (task as u64 + 1).wrapping_mul(0x1234_5678_9ABC_DEF1));
@@ -242,7 +317,7 @@ pub async fn closed_loop(
                 while Instant::now() < end {
                     sequence += 1;
                     let body = scenario.next(&mut rng, format!("b{task}-{sequence}").as_bytes());
-                    let slot = match client.call(scenario.target.path(), body).await {
+                    let slot = match client.call(scenario.target, body).await {
                         Answer::Allowed => 0,
                         Answer::Denied => 1,
                         Answer::Failed => 2,
@@ -265,17 +340,22 @@ pub async fn closed_loop(
 /// Calls at a fixed total `rate` for `duration`; returns each call's latency in microseconds.
 pub async fn open_loop(
     scenario: Arc<Scenario>,
-    clients: &[RawClient],
+    clients: &Clients,
     concurrency: usize,
     rate: f64,
     duration: Duration,
 ) -> Vec<u64> {
     let interval = Duration::from_secs_f64(concurrency as f64 / rate);
+    let mut callers = Vec::with_capacity(concurrency);
+    for task in 0..concurrency {
+        callers.push(Caller::new(scenario.target, clients, task).await);
+    }
     let end = Instant::now() + duration;
-    let tasks: Vec<_> = (0..concurrency)
-        .map(|task| {
+    let tasks: Vec<_> = callers
+        .into_iter()
+        .enumerate()
+        .map(|(task, mut client)| {
             let scenario = scenario.clone();
-            let mut client = clients[task % clients.len()].clone();
             tokio::spawn(async move {
                 let mut rng = Rng(0xD1B5_4A32_D192_ED03 ^ (task as u64 + 7).wrapping_mul(0x9E37_79B9));
                 let mut latencies = Vec::new();
@@ -288,7 +368,7 @@ pub async fn open_loop(
                     sequence += 1;
                     let body = scenario.next(&mut rng, format!("l{task}-{sequence}").as_bytes());
                     let sent = Instant::now();
-                    if client.call(scenario.target.path(), body).await != Answer::Failed {
+                    if client.call(scenario.target, body).await != Answer::Failed {
                         latencies.push(sent.elapsed().as_micros() as u64);
                     }
                 }
@@ -327,12 +407,33 @@ mod tests {
             request_id: String::new(),
         };
         let pool = Pool::checks(1.0, vec![call], false);
-        let framed = check_frame(&pool.encoded[0], b"b3-17");
+        let framed = with_request_id(&pool.encoded[0], b"b3-17");
         assert_eq!(u32::from_be_bytes(framed[1..5].try_into().unwrap()) as usize, framed.len() - 5);
         let decoded = envoy::CheckRequest::decode(&framed[5..]).unwrap();
         let http = decoded.attributes.unwrap().request.unwrap().http.unwrap();
         assert_eq!(http.headers["x-request-id"], format!("{:0>24}", "b3-17"));
         assert_eq!(http.headers["authorization"], "Bearer sk-x");
         assert_eq!(http.path, "/v1/chat/completions");
+    }
+
+    #[test]
+    fn forward_auth_requests_are_whole_http_requests_with_each_call_s_id() {
+        let call = authz::AuthorizeRequest {
+            api_key: "sk-x".into(),
+            model: "m".into(),
+            capability: 3,
+            client_ip: "203.0.113.9".into(),
+            estimated_tokens: 100,
+            request_id: String::new(),
+        };
+        let pool = Pool::forward_auths(1.0, vec![call], false);
+        let request = with_request_id(&pool.encoded[0], b"b3-17");
+        let text = std::str::from_utf8(&request).unwrap();
+        let (head, body) = text.split_once("\r\n\r\n").unwrap();
+        assert!(head.starts_with("POST /v1/forward-auth HTTP/1.1\r\n"), "{head}");
+        assert!(head.contains("\r\nx-forwarded-uri: /v1/embeddings\r\n"), "{head}");
+        assert!(head.contains("\r\nx-request-id: 0000000000000000000b3-17\r\n"), "{head}");
+        assert!(head.contains(&format!("\r\ncontent-length: {}", body.len())), "{head}");
+        assert!(body.starts_with(r#"{"model": "m","#), "{body}");
     }
 }

@@ -26,7 +26,7 @@ use tollgate_proto::authz::v1 as authz;
 use tollgate_proto::keys::v1 as pb;
 use tonic::transport::{Channel, Endpoint};
 
-use crate::load::{Counts, Pool, Scenario, Target, closed_loop, open_loop, quantile};
+use crate::load::{Clients, Counts, Pool, Scenario, Target, closed_loop, open_loop, quantile};
 use crate::processes::{Database, Process, cpu_micros, free_port};
 use crate::raw::RawClient;
 use crate::seed::{Admin, MODEL, counted_key};
@@ -101,7 +101,25 @@ struct Deployment {
     database: Database,
     keys: Process,
     keys_port: u16,
-    authz: Vec<(Process, u16)>,
+    authz: Vec<AuthzReplica>,
+}
+
+/// One authz process: its gRPC port and its HTTP listener's (forward-auth).
+struct AuthzReplica {
+    process: Process,
+    port: u16,
+    http_port: u16,
+}
+
+impl AuthzReplica {
+    /// Load connections to it: `grpc` shared HTTP/2 connections, and its HTTP listener.
+    async fn clients(&self, grpc: usize) -> anyhow::Result<Clients> {
+        let mut clients = Vec::with_capacity(grpc);
+        for _ in 0..grpc {
+            clients.push(RawClient::connect(self.port).await?);
+        }
+        Ok(Clients { grpc: clients, http_port: self.http_port })
+    }
 }
 
 /// The settings every service process of a deployment shares, and `extra`.
@@ -156,19 +174,22 @@ impl Deployment {
     }
 
     /// Starts another authz process with `extra` settings.
-    async fn spawn_authz(&self, hold_ttl: &str, extra: &[(&'static str, String)]) -> anyhow::Result<(Process, u16)> {
-        let port = free_port();
+    async fn spawn_authz(&self, hold_ttl: &str, extra: &[(&'static str, String)]) -> anyhow::Result<AuthzReplica> {
+        let (port, http_port) = (free_port(), free_port());
         let mut env = service_env(
             self.redis_port,
             &[
                 ("TOLLGATE_KEYS_URL", format!("http://127.0.0.1:{}", self.keys_port)),
                 ("TOLLGATE_LISTEN", format!("127.0.0.1:{port}")),
+                ("TOLLGATE_HTTP_LISTEN", format!("127.0.0.1:{http_port}")),
+                // The load generator stands in for a proxy on this machine.
+                ("TOLLGATE_TRUSTED_PROXIES", "127.0.0.0/8".to_owned()),
                 ("TOLLGATE_HOLD_TTL", hold_ttl.to_owned()),
             ],
         );
         env.extend(extra.iter().cloned());
         let process = processes::tollgate(&["serve", "authz", "--bench-endpoints"], &env, port).await?;
-        Ok((process, port))
+        Ok(AuthzReplica { process, port, http_port })
     }
 
     fn admin(&self) -> anyhow::Result<Admin> {
@@ -256,6 +277,14 @@ async fn scenarios(admin: &Admin, keys: usize) -> anyhow::Result<Vec<Arc<Scenari
         target: Target::Check,
         pools: vec![Pool::checks(0.95, counted_calls.clone(), true), Pool::checks(0.05, deny_calls.clone(), false)],
     };
+    let f = Scenario {
+        name: "F",
+        target: Target::ForwardAuth,
+        pools: vec![
+            Pool::forward_auths(0.95, counted_calls.clone(), true),
+            Pool::forward_auths(0.05, deny_calls.clone(), false),
+        ],
+    };
     let a = Scenario {
         name: "A",
         target: Target::Authorize,
@@ -271,9 +300,10 @@ async fn scenarios(admin: &Admin, keys: usize) -> anyhow::Result<Vec<Arc<Scenari
             Pool::new(1.0, calls(std::slice::from_ref(&disabled)), false),
         ],
     };
-    // C right after A, as A runs right after P: each then meets as many of its predecessor's
-    // expiring holds (every counter script sweeps them), so their Redis work compares.
-    Ok([e, p, a, c, a0, d].into_iter().map(Arc::new).collect())
+    // C and F right after A, as A runs right after P: each then meets as many of its
+    // predecessor's expiring holds (every counter script sweeps them), so their Redis work
+    // compares.
+    Ok([e, p, a, c, f, a0, d].into_iter().map(Arc::new).collect())
 }
 
 /// A deterministic Fisher–Yates shuffle.
@@ -306,7 +336,7 @@ impl Round {
 
 /// Calls Authorize once with every template of an Authorize scenario, so its keys are cached.
 async fn warm(scenario: &Scenario, channel: &Channel) -> anyhow::Result<()> {
-    // Check's keys are A's: warmed by A's rounds.
+    // Check's and forward-auth's keys are A's: warmed by A's rounds.
     if scenario.target != Target::Authorize {
         return Ok(());
     }
@@ -339,7 +369,7 @@ async fn measure(
     deployment: &Deployment,
     authz_pid: u32,
     scenario: Arc<Scenario>,
-    channels: &[RawClient],
+    channels: &Clients,
     warm_channel: &Channel,
     args: &AuthzArgs,
 ) -> anyhow::Result<Round> {
@@ -384,20 +414,15 @@ async fn authz_bench(postgres: &str, args: AuthzArgs) -> anyhow::Result<()> {
         let admin = deployment.admin()?;
         eprintln!("seeding {} counted keys…", args.keys);
         let scenarios = scenarios(&admin, args.keys).await?;
-        let mut channels = Vec::with_capacity(args.connections);
-        for _ in 0..args.connections {
-            channels.push(RawClient::connect(deployment.authz[0].1).await?);
-        }
-        let warm_channel = channel(deployment.authz[0].1)?;
-        let authz_pid = deployment.authz[0].0.pid();
+        let measured_authz = &deployment.authz[0];
+        let channels = measured_authz.clients(args.connections).await?;
+        let warm_channel = channel(measured_authz.port)?;
+        let authz_pid = measured_authz.process.pid();
         // The same authz without the per-RPC layer and traces: what observing costs.
-        let (unmetered, unmetered_port) =
+        let unmetered =
             deployment.spawn_authz(HOLD_TTL, &[("TOLLGATE_NO_GRPC_METRICS", "true".to_owned())]).await?;
-        let mut unmetered_channels = Vec::with_capacity(args.connections);
-        for _ in 0..args.connections {
-            unmetered_channels.push(RawClient::connect(unmetered_port).await?);
-        }
-        let unmetered_warm = channel(unmetered_port)?;
+        let unmetered_channels = unmetered.clients(args.connections).await?;
+        let unmetered_warm = channel(unmetered.port)?;
         if let Some(only) = &args.only {
             let scenario = scenarios.iter().find(|s| s.name == only).context("no such scenario")?;
             let measured = measure(&deployment, authz_pid, scenario.clone(), &channels, &warm_channel, &args).await?;
@@ -419,7 +444,8 @@ async fn authz_bench(postgres: &str, args: AuthzArgs) -> anyhow::Result<()> {
             }
             let a = scenarios.iter().find(|s| s.name == "A").context("scenario A")?;
             let measured =
-                measure(&deployment, unmetered.pid(), a.clone(), &unmetered_channels, &unmetered_warm, &args).await?;
+                measure(&deployment, unmetered.process.pid(), a.clone(), &unmetered_channels, &unmetered_warm, &args)
+                    .await?;
             eprintln!("round {round} A unobserved: {:>8.0} calls/s", measured.rate());
             rounds.entry(UNMETERED).or_default().push(measured);
         }
@@ -433,7 +459,7 @@ async fn authz_bench(postgres: &str, args: AuthzArgs) -> anyhow::Result<()> {
         // of its rounds'.
         let mut latencies: HashMap<&'static str, Vec<(u64, u64)>> = HashMap::new();
         for _ in 0..args.rounds {
-            for scenario in [&scenarios[0], &scenarios[1], &scenarios[2], &scenarios[3]] {
+            for scenario in &scenarios[..5] {
                 warm(scenario, &warm_channel).await?;
                 let sorted = latency(scenario.clone()).await;
                 latencies.entry(scenario.name).or_default().push((quantile(&sorted, 0.5), quantile(&sorted, 0.99)));
@@ -459,7 +485,7 @@ fn report(
         let mut p99: Vec<f64> = latencies[name].iter().map(|(_, p99)| *p99 as f64 / 1000.0).collect();
         (median(&mut p50), median(&mut p99))
     };
-    let order = ["E", "P", "A", "C", "A0", "D"];
+    let order = ["E", "P", "A", "C", "F", "A0", "D"];
     let rate = |name: &str| median(&mut rounds[name].iter().map(Round::rate).collect::<Vec<_>>());
     let per_call = |name: &str, f: &dyn Fn(&Round) -> f64| {
         median(&mut rounds[name].iter().map(|r| f(r) / r.counts.total().max(1) as f64).collect::<Vec<_>>())
@@ -514,6 +540,13 @@ fn report(
         "| p99 at half of P's rate: C ≤ A + 0.3 ms | C p99 {p99_c:.2} ms, A p99 {p99_a:.2} ms | {} |",
         verdict(p99_c <= p99_a + 0.3)
     );
+    let f = rate("F");
+    let (_, p99_f) = latency("F");
+    println!("| F (HTTP forward-auth on A's calls) ≥ 0.90 × A | F/A = {:.2} | {} |", f / a, verdict(f / a >= 0.90));
+    println!(
+        "| p99 at half of P's rate: F ≤ A + 0.3 ms | F p99 {p99_f:.2} ms, A p99 {p99_a:.2} ms | {} |",
+        verdict(p99_f <= p99_a + 0.3)
+    );
     let evalsha_a0 = per_call("A0", &|r| r.evalsha as f64);
     let redis_d = per_call("D", &|r| r.redis_calls as f64);
     let pg_d = per_call("D", &|r| r.pg_transactions as f64);
@@ -553,7 +586,7 @@ async fn propagation(postgres: &str, args: PropagationArgs) -> anyhow::Result<()
             .remove(0)
             .name;
         let replicas: Vec<Channel> =
-            deployment.authz.iter().map(|(_, port)| channel(*port)).collect::<Result<_, _>>()?;
+            deployment.authz.iter().map(|replica| channel(replica.port)).collect::<Result<_, _>>()?;
         let decide = |channel: Channel| {
             let request = request(&secret, MODEL, "203.0.113.9", pb::Capability::Text);
             async move {

@@ -18,7 +18,6 @@ use tollgate_proto::time::timestamp;
 
 use crate::load::{Pool, Scenario, Target, closed_loop, open_loop, quantile};
 use crate::processes::{self, Process, cpu_micros, free_port};
-use crate::raw::RawClient;
 use crate::seed::{Admin, Authed, MODEL, counted_key};
 use crate::{ADMIN_TOKEN, Deployment, HOLD_TTL, PEPPER, calls, channel, median};
 
@@ -157,7 +156,7 @@ async fn enqueue(ingest: &MeteringClient, keys: &[String], round: usize, n: usiz
 async fn take_holds(d: &Deployment, secrets: &[String], round: usize, n: usize) -> anyhow::Result<usize> {
     let calls = Arc::new(calls(secrets));
     let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let channel = channel(d.authz[0].1)?;
+    let channel = channel(d.authz[0].port)?;
     let mut callers = tokio::task::JoinSet::new();
     for _ in 0..64 {
         let mut client = authz::authz_service_client::AuthzServiceClient::new(channel.clone());
@@ -503,10 +502,7 @@ async fn lag(
     authorize: Arc<Scenario>,
 ) -> anyhow::Result<Lag> {
     let (_worker, _) = metering_process(d, args.workers, args.batch_size).await?;
-    let mut clients = Vec::new();
-    for _ in 0..4 {
-        clients.push(RawClient::connect(d.authz[0].1).await?);
-    }
+    let clients = Arc::new(d.authz[0].clients(4).await?);
     eprintln!("Authorize's maximum rate…");
     let max = closed_loop(authorize.clone(), &clients, 64, Duration::from_secs(4)).await;
     let authorize_rate = max.total() as f64 / 4.0 / 2.0;

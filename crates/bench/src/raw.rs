@@ -3,6 +3,7 @@
 //! The generator shares the machine's two cores with the servers, so every microsecond it
 //! spends is one the servers cannot; a lean generator measures the servers, not itself.
 
+use anyhow::Context;
 use bytes::{BufMut, Bytes, BytesMut};
 use h2::client::SendRequest;
 use http::{Method, Request};
@@ -119,6 +120,73 @@ impl RawClient {
             Some([0x0a, length]) if check && *length > 0 => Answer::Denied,
             _ => Answer::Allowed,
         })
+    }
+}
+
+/// One keep-alive HTTP/1.1 connection, one request at a time: what a proxy's forward-auth
+/// sub-request is. Allowed is 200, denied 4xx, anything else failed.
+pub struct Http1Client {
+    port: u16,
+    /// `None` after a failure: the next call connects again.
+    stream: Option<TcpStream>,
+    buffer: Vec<u8>,
+}
+
+impl Http1Client {
+    pub async fn connect(port: u16) -> anyhow::Result<Self> {
+        let mut client = Self { port, stream: None, buffer: Vec::with_capacity(4096) };
+        client.reconnect().await?;
+        Ok(client)
+    }
+
+    async fn reconnect(&mut self) -> anyhow::Result<()> {
+        let stream = TcpStream::connect(("127.0.0.1", self.port)).await?;
+        stream.set_nodelay(true)?;
+        self.stream = Some(stream);
+        self.buffer.clear();
+        Ok(())
+    }
+
+    /// Sends a whole request (head and body) and reads the answer.
+    pub async fn call(&mut self, request: &[u8]) -> Answer {
+        match self.try_call(request).await {
+            Ok(200) => Answer::Allowed,
+            Ok(status) if (400..500).contains(&status) => Answer::Denied,
+            Ok(_) => Answer::Failed,
+            Err(_) => {
+                self.stream = None;
+                Answer::Failed
+            }
+        }
+    }
+
+    async fn try_call(&mut self, request: &[u8]) -> anyhow::Result<u16> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        if self.stream.is_none() {
+            self.reconnect().await?;
+        }
+        let stream = self.stream.as_mut().context("not connected")?;
+        stream.write_all(request).await?;
+        loop {
+            if let Some(head_end) = self.buffer.windows(4).position(|w| w == b"\r\n\r\n") {
+                let head = std::str::from_utf8(&self.buffer[..head_end])?;
+                let status: u16 = head.split(' ').nth(1).context("no status")?.parse()?;
+                let length: usize = head
+                    .lines()
+                    .filter_map(|line| line.split_once(':'))
+                    .find(|(name, _)| name.eq_ignore_ascii_case("content-length"))
+                    .map_or(Ok(0), |(_, value)| value.trim().parse())?;
+                let end = head_end + 4 + length;
+                if self.buffer.len() >= end {
+                    self.buffer.drain(..end);
+                    return Ok(status);
+                }
+            }
+            let mut chunk = [0u8; 4096];
+            let read = stream.read(&mut chunk).await?;
+            anyhow::ensure!(read > 0, "connection closed");
+            self.buffer.extend_from_slice(&chunk[..read]);
+        }
     }
 }
 
