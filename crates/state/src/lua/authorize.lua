@@ -43,10 +43,25 @@ local function release(rid)
   end
 end
 
--- Holds whose usage never arrived; a few per call keeps every call's cost bounded.
-for _, rid in ipairs(redis.call('ZRANGEBYSCORE', KEYS[4], '-inf', now, 'LIMIT', 0, 16)) do
-  release(rid)
-  redis.call('ZREM', KEYS[4], rid)
+-- Holds whose usage never arrived, released together: a few per call keeps every call's cost
+-- bounded, and one HMGET, HDEL and ZREM for all of them (an HINCRBY per key) keeps it small.
+local expired = redis.call('ZRANGEBYSCORE', KEYS[4], '-inf', now, 'LIMIT', 0, 16)
+if #expired > 0 then
+  local holds = redis.call('HMGET', KEYS[3], unpack(expired))
+  local per_key, total = {}, 0
+  for i = 1, #expired do
+    local hold = holds[i]
+    if hold then
+      local sep = string.find(hold, '|', 1, true)
+      local key, amount = string.sub(hold, 1, sep - 1), tonumber(string.sub(hold, sep + 1))
+      per_key[key] = (per_key[key] or 0) + amount
+      total = total + amount
+    end
+  end
+  for key, amount in pairs(per_key) do redis.call('HINCRBY', KEYS[2], key, -amount) end
+  if total ~= 0 then redis.call('HINCRBY', KEYS[2], '*', -total) end
+  redis.call('HDEL', KEYS[3], unpack(expired))
+  redis.call('ZREM', KEYS[4], unpack(expired))
 end
 -- A retried call replaces its own hold rather than adding a second.
 if take then release(request_id) end
