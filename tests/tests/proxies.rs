@@ -12,7 +12,6 @@ use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tollgate::AuthzSettings;
 use tollgate_proto::keys::v1 as pb;
 use tollgate_tests::fixtures::{World, create_key, postpaid_world};

@@ -293,12 +293,7 @@ impl Counts {
 
 /// `concurrency` callers, each sending its next call as soon as the last returns, for
 /// `duration`.
-pub async fn closed_loop(
-    scenario: Arc<Scenario>,
-    clients: &Clients,
-    concurrency: usize,
-    duration: Duration,
-) -> Counts {
+pub async fn closed_loop(scenario: Arc<Scenario>, clients: &Clients, concurrency: usize, duration: Duration) -> Counts {
     let counters: Arc<[AtomicU64; 3]> = Arc::new(Default::default());
     let mut callers = Vec::with_capacity(concurrency);
     for task in 0..concurrency {

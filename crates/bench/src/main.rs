@@ -419,8 +419,7 @@ async fn authz_bench(postgres: &str, args: AuthzArgs) -> anyhow::Result<()> {
         let warm_channel = channel(measured_authz.port)?;
         let authz_pid = measured_authz.process.pid();
         // The same authz without the per-RPC layer and traces: what observing costs.
-        let unmetered =
-            deployment.spawn_authz(HOLD_TTL, &[("TOLLGATE_NO_GRPC_METRICS", "true".to_owned())]).await?;
+        let unmetered = deployment.spawn_authz(HOLD_TTL, &[("TOLLGATE_NO_GRPC_METRICS", "true".to_owned())]).await?;
         let unmetered_channels = unmetered.clients(args.connections).await?;
         let unmetered_warm = channel(unmetered.port)?;
         if let Some(only) = &args.only {

@@ -151,3 +151,26 @@ impl From<MeteringError> for HttpError {
         HttpError { status, message, kind, code, param, retry_after }
     }
 }
+
+impl HttpError {
+    /// The answer in OpenAI's error shape, `{"error": {"message", "type", "param", "code"}}`,
+    /// with `Retry-After` when there is one.
+    pub fn into_openai_response(self) -> axum::response::Response {
+        let body = serde_json::json!({
+            "error": { "message": self.message, "type": self.kind, "param": self.param, "code": self.code }
+        });
+        self.respond(body)
+    }
+
+    /// This error's status and `Retry-After` with a JSON `body` of some other shape.
+    pub fn respond(&self, body: serde_json::Value) -> axum::response::Response {
+        use axum::response::IntoResponse;
+        let status = http::StatusCode::from_u16(self.status).unwrap_or(http::StatusCode::INTERNAL_SERVER_ERROR);
+        let mut response =
+            (status, [(http::header::CONTENT_TYPE, "application/json")], body.to_string()).into_response();
+        if let Some(seconds) = self.retry_after {
+            response.headers_mut().insert(http::header::RETRY_AFTER, http::HeaderValue::from(seconds));
+        }
+        response
+    }
+}

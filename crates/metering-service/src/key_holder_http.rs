@@ -24,7 +24,7 @@ use std::time::Duration;
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri, header};
+use http::{HeaderMap, HeaderName, Method, StatusCode, Uri, header};
 use serde::Serialize;
 use serde_json::json;
 use tollgate_core::{Violations, key_format};
@@ -112,28 +112,10 @@ fn json_response(status: StatusCode, body: &impl Serialize) -> Response {
     (status, [(header::CONTENT_TYPE, "application/json")], body).into_response()
 }
 
-/// An error in OpenAI's shape, `{"error": {"message", "type", "param", "code"}}`.
-pub fn openai_error(error: HttpError) -> Response {
-    let body =
-        json!({ "error": { "message": error.message, "type": error.kind, "param": error.param, "code": error.code } });
-    with_retry_after(json_response(status(&error), &body), &error)
-}
-
 /// An error in new-api's shape, `{"success": false, "message"}`.
 fn new_api_error(error: HttpError) -> Response {
     let body = json!({ "success": false, "message": error.message });
-    with_retry_after(json_response(status(&error), &body), &error)
-}
-
-fn status(error: &HttpError) -> StatusCode {
-    StatusCode::from_u16(error.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
-}
-
-fn with_retry_after(mut response: Response, error: &HttpError) -> Response {
-    if let Some(seconds) = error.retry_after {
-        response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(seconds));
-    }
-    response
+    error.respond(body)
 }
 
 fn status_name(status: KeyStatus) -> &'static str {
@@ -199,7 +181,7 @@ async fn key(State(api): State<Arc<KeyHolderHttp>>, uri: Uri, headers: HeaderMap
     };
     let b = match balance {
         Ok(balance) => balance,
-        Err(error) => return openai_error(error),
+        Err(error) => return error.into_openai_response(),
     };
     let view = KeyView {
         object: "key",
@@ -267,7 +249,7 @@ async fn token_usage(State(api): State<Arc<KeyHolderHttp>>, headers: HeaderMap) 
 async fn subscription(State(api): State<Arc<KeyHolderHttp>>, headers: HeaderMap) -> Response {
     let b = match api.balance(&headers, 0).await {
         Ok(balance) => balance,
-        Err(error) => return openai_error(error),
+        Err(error) => return error.into_openai_response(),
     };
     let hard_limit_usd = allowance(&b).0.map_or(UNBOUNDED_USD, |granted| api.usd(granted));
     let body = json!({
@@ -286,7 +268,7 @@ async fn subscription(State(api): State<Arc<KeyHolderHttp>>, headers: HeaderMap)
 async fn usage(State(api): State<Arc<KeyHolderHttp>>, headers: HeaderMap) -> Response {
     let b = match api.balance(&headers, 0).await {
         Ok(balance) => balance,
-        Err(error) => return openai_error(error),
+        Err(error) => return error.into_openai_response(),
     };
     let body = json!({ "object": "list", "total_usage": api.usd(allowance(&b).1) * 100.0 });
     json_response(StatusCode::OK, &body)

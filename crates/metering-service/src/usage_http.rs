@@ -25,7 +25,6 @@ use tollgate_proto::metering::v1 as pb;
 
 use crate::error::{HttpError, MeteringError};
 use crate::grpc::MeteringGrpc;
-use crate::key_holder_http::openai_error;
 use crate::validate;
 
 /// Where usage reports are taken.
@@ -155,7 +154,7 @@ fn field_name(batch: bool, i: usize) -> String {
 async fn record(State(grpc): State<Arc<MeteringGrpc>>, headers: HeaderMap, body: Bytes) -> Response {
     if !presented_token(&headers).is_some_and(|token| grpc.accepts_reporter(token)) {
         let error = MeteringError::Unauthenticated("usage reports need the gateway token");
-        return openai_error(HttpError { code: "invalid_gateway_token", ..HttpError::from(error) });
+        return HttpError { code: "invalid_gateway_token", ..HttpError::from(error) }.into_openai_response();
     }
     let result = match parse(&body) {
         Ok((reports, batch)) => grpc.record(&reports, |i| field_name(batch, i)).await,
@@ -166,7 +165,7 @@ async fn record(State(grpc): State<Arc<MeteringGrpc>>, headers: HeaderMap, body:
             let body = serde_json::json!({ "accepted": accepted }).to_string();
             (StatusCode::OK, [(header::CONTENT_TYPE, "application/json")], body).into_response()
         }
-        Err(error) => openai_error(error.into()),
+        Err(error) => HttpError::from(error).into_openai_response(),
     }
 }
 

@@ -136,7 +136,10 @@ async fn run(redis: &RedisCounters, steps: &[Step]) -> Result<(), TestCaseError>
             Step::Credit { credits } => {
                 let grant = format!("g{i}");
                 for counters in both {
-                    counters.credit_once(&account, &grant, *credits).await.map_err(|e| TestCaseError::fail(e.to_string()))?;
+                    counters
+                        .credit_once(&account, &grant, *credits)
+                        .await
+                        .map_err(|e| TestCaseError::fail(e.to_string()))?;
                 }
             }
         }
