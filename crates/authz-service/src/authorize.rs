@@ -87,8 +87,14 @@ fn counter_message(check: CounterCheck, outcome: &CounterOutcome) -> &'static st
     }
 }
 
-fn rate_status(rate: &RateOutcome) -> RateStatus {
-    RateStatus { limit: rate.limit, remaining: rate.remaining, reset_at_ms: rate.reset_at_ms }
+/// A rate's state; `now_ms` is the decision's instant, on the service's clock.
+fn rate_status(rate: &RateOutcome, now_ms: f64) -> RateStatus {
+    RateStatus {
+        limit: rate.limit,
+        remaining: rate.remaining,
+        reset_at_ms: rate.reset_at_ms,
+        reset_after_ms: (rate.reset_at_ms - now_ms).max(0.0),
+    }
 }
 
 /// The smallest money remainder, i.e. the credits this call may spend.
@@ -109,13 +115,14 @@ fn affordable_tokens(credits: i64, price: &Price, multiplier_micros: i64) -> Opt
     Some(i64::try_from(tokens).unwrap_or(i64::MAX))
 }
 
-/// What is left, as a response reports it. `outcome` holds the remainders before the hold.
-fn headroom(outcome: CounterOutcome, price: Option<&Price>, multiplier_micros: i64) -> Headroom {
+/// What is left, as a response reports it. `outcome` holds the remainders before the hold,
+/// decided at `now_ms`.
+fn headroom(outcome: CounterOutcome, price: Option<&Price>, multiplier_micros: i64, now_ms: f64) -> Headroom {
     let max_tokens = spendable(&outcome).zip(price).and_then(|(c, p)| affordable_tokens(c, p, multiplier_micros));
     let after = outcome.after_hold();
     Headroom {
-        rpm: after.rpm.as_ref().map(rate_status),
-        tpm: after.tpm.as_ref().map(rate_status),
+        rpm: after.rpm.as_ref().map(|rate| rate_status(rate, now_ms)),
+        tpm: after.tpm.as_ref().map(|rate| rate_status(rate, now_ms)),
         quota_remaining: after.quota_remaining,
         daily_remaining: after.daily_remaining,
         monthly_remaining: after.monthly_remaining,
@@ -268,7 +275,7 @@ impl Authorizer {
         match outcome.first_failure() {
             None => {
                 let hold = outcome.hold;
-                Ok(allowed(Some(headroom(outcome, price, key.multiplier_micros)), hold))
+                Ok(allowed(Some(headroom(outcome, price, key.multiplier_micros, now as f64 / 1000.0)), hold))
             }
             Some(check) => {
                 let retry_after_ms = match check {
@@ -279,7 +286,7 @@ impl Authorizer {
                 let denied = deny(counter_reason(check), counter_message(check, &outcome));
                 Ok(Decision::Deny(Denied {
                     identity: Some(key.identity.clone()),
-                    headroom: Some(headroom(outcome, price, key.multiplier_micros)),
+                    headroom: Some(headroom(outcome, price, key.multiplier_micros, now as f64 / 1000.0)),
                     retry_after: retry_after_ms.map(|ms| Duration::from_micros((ms * 1000.0).max(0.0) as u64)),
                     ..denied
                 }))
@@ -347,7 +354,7 @@ impl Authorizer {
         Ok(Explanation {
             rules,
             identity: Some(key.identity.clone()),
-            headroom: Some(headroom(outcome, price, key.multiplier_micros)),
+            headroom: Some(headroom(outcome, price, key.multiplier_micros, now as f64 / 1000.0)),
         })
     }
 }

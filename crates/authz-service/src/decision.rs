@@ -40,6 +40,9 @@ pub struct RateStatus {
     pub remaining: i64,
     /// When the limit is whole again, in milliseconds since the epoch.
     pub reset_at_ms: f64,
+    /// How long after the decision that is, in milliseconds (on the service's clock, which
+    /// the proxy's client does not share).
+    pub reset_after_ms: f64,
 }
 
 /// What is left after the call (a denied call takes nothing).

@@ -129,8 +129,6 @@ fn seconds_up(duration: Duration) -> u64 {
 /// OpenAI's rate-limit headers from what is left of a key's RPM and TPM; the reset is how long
 /// until the limit is whole again (`1s`, `6m0s`, as OpenAI writes it).
 pub fn rate_limit_headers(headroom: &Headroom) -> Vec<(&'static str, String)> {
-    let now_ms =
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64() * 1000.0);
     let mut headers = Vec::new();
     let limits = [
         (headroom.rpm, ["x-ratelimit-limit-requests", "x-ratelimit-remaining-requests", "x-ratelimit-reset-requests"]),
@@ -140,17 +138,19 @@ pub fn rate_limit_headers(headroom: &Headroom) -> Vec<(&'static str, String)> {
         let Some(status) = status else { continue };
         headers.push((limit, status.limit.to_string()));
         headers.push((remaining, status.remaining.max(0).to_string()));
-        headers.push((reset, reset_text((status.reset_at_ms - now_ms).max(0.0))));
+        headers.push((reset, reset_text(status.reset_after_ms)));
     }
     headers
 }
 
-/// `850ms`, `12s`, `1m30s`.
+/// `850ms`, `12s`, `1m30s`. The counters report times rounded up to the millisecond: a
+/// millisecond of slack keeps that (and float noise) from adding a second.
 fn reset_text(ms: f64) -> String {
-    if ms < 1000.0 {
-        return format!("{}ms", ms.ceil() as u64);
+    let ms = ms.max(0.0).ceil() as u64;
+    if ms < 1000 {
+        return format!("{ms}ms");
     }
-    let seconds = (ms / 1000.0).ceil() as u64;
+    let seconds = (ms - 1).div_ceil(1000);
     if seconds < 60 { format!("{seconds}s") } else { format!("{}m{}s", seconds / 60, seconds % 60) }
 }
 
@@ -198,9 +198,13 @@ mod tests {
 
     #[test]
     fn a_rate_limited_denial_says_when_to_retry_and_what_is_left() {
-        let now_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as f64;
         let headroom = Headroom {
-            rpm: Some(RateStatus { limit: 3, remaining: 0, reset_at_ms: now_ms + 20_000.0 }),
+            rpm: Some(RateStatus {
+                limit: 3,
+                remaining: 0,
+                reset_at_ms: 1_800_000_020_000.0,
+                reset_after_ms: 20_000.0,
+            }),
             ..Default::default()
         };
         let denial = Denied {
@@ -227,6 +231,8 @@ mod tests {
     fn resets_read_as_openai_writes_them() {
         assert_eq!(reset_text(850.2), "851ms");
         assert_eq!(reset_text(12_000.0), "12s");
+        assert_eq!(reset_text(12_000.6), "12s", "a rounded-up millisecond is not another second");
+        assert_eq!(reset_text(12_001.2), "13s");
         assert_eq!(reset_text(90_000.0), "1m30s");
     }
 }

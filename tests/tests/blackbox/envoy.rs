@@ -191,3 +191,41 @@ async fn check_allows_with_identity_headers_and_denies_like_openai(h: &Harness) 
         assert_eq!(refused.code(), Code::Unauthenticated);
     }
 }
+
+/// Reset headers on a service clock a day ahead of the real one.
+mod service_clock {
+    use super::*;
+
+    tollgate_tests::backend_suite!(
+        setup: {
+            // A day ahead of the real clock: the reset headers must follow the service's clock.
+            let day = 24 * 3600 * 1_000_000;
+            let clock = tollgate_core::clock::ManualClock::new(tollgate_core::time::now_micros() + day);
+            (tollgate_tests::Options { clock: Some(clock.clone()), ..Default::default() }, clock)
+        },
+        checks: [reset_headers_count_from_the_decision_on_the_service_clock]
+    );
+
+    /// The allowed call's `x-ratelimit-*` response headers.
+    fn rate_headers(response: &CheckResponse) -> HashMap<String, String> {
+        let Some(HttpResponse::OkResponse(ok)) = &response.http_response else { panic!("{response:?}") };
+        ok.response_headers_to_add
+            .iter()
+            .filter_map(|h| h.header.as_ref())
+            .map(|h| (h.key.clone(), h.value.clone()))
+            .collect()
+    }
+
+    async fn reset_headers_count_from_the_decision_on_the_service_clock(
+        h: &Harness,
+        _clock: &tollgate_core::clock::ManualClock,
+    ) {
+        let w = postpaid_world(h, "envoy-reset").await;
+        let (_, secret) = create_key(h, &w, pb::Key { rpm_limit: Some(6), ..w.key("Reset") }).await;
+        // RPM 6: each call takes 10 s of the minute, so after two the limit is whole in 20 s.
+        check(h, chat_call(&w, &secret, 1)).await;
+        let headers = rate_headers(&check(h, chat_call(&w, &secret, 1)).await);
+        assert_eq!(headers["x-ratelimit-remaining-requests"], "4");
+        assert_eq!(headers["x-ratelimit-reset-requests"], "20s", "{headers:?}");
+    }
+}
