@@ -20,7 +20,8 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use axum::body::Bytes;
-use axum::extract::{ConnectInfo, State};
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{ConnectInfo, DefaultBodyLimit, State};
 use axum::response::{IntoResponse, Response};
 use axum::routing::any;
 use http::{HeaderMap, HeaderValue, StatusCode, Uri};
@@ -36,6 +37,9 @@ use crate::openai::{self, ErrorAnswer};
 pub const GATEWAY_TOKEN_HEADER: &str = "x-tollgate-gateway-token";
 /// Where forward-auth is served.
 pub const PATH: &str = "/v1/forward-auth";
+/// The largest body read: an LLM call with images inlined runs to megabytes. Beyond it the
+/// call is 413 in OpenAI's shape, as a body Envoy cut short is.
+pub const MAX_BODY: usize = 32 << 20;
 
 /// The forward-auth endpoint's state.
 pub struct ForwardAuth {
@@ -60,6 +64,7 @@ impl ForwardAuth {
         axum::Router::new()
             .route(PATH, any(forward_auth))
             .route(&format!("{PATH}/{{*path}}"), any(forward_auth))
+            .layer(DefaultBodyLimit::max(MAX_BODY))
             .with_state(self)
     }
 }
@@ -121,12 +126,14 @@ async fn forward_auth(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     uri: Uri,
     headers: HeaderMap,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> Response {
     let token = headers.get(GATEWAY_TOKEN_HEADER).and_then(|v| v.to_str().ok());
     if !door.access.accepts(token) {
         return error_response(openai::proxy_not_authenticated());
     }
+    // Too large, or cut off mid-way: either way the call cannot be read whole.
+    let Ok(body) = body else { return error_response(openai::too_large()) };
     let path = client_path(&uri, &headers);
     let call = ProxiedCall {
         path: &path,

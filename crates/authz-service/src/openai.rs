@@ -16,7 +16,7 @@
 //! | requests per minute | 429 (`Retry-After`) | `requests` | `rate_limit_exceeded` |
 //! | tokens per minute | 429 (`Retry-After`) | `tokens` | `rate_limit_exceeded` |
 //! | a call that cannot be read (no model, body not JSON, …) | 400 | `invalid_request_error` | `invalid_request` |
-//! | a body the proxy cut short (Envoy's `allow_partial_message`) | 413 | `invalid_request_error` | `request_too_large` |
+//! | a body the proxy cut short (Envoy's `allow_partial_message`), or one over forward-auth's limit | 413 | `invalid_request_error` | `request_too_large` |
 //! | Tollgate cannot decide (a dependency is down and the setting fails closed) | 503 | `server_error` | `service_unavailable` |
 
 use std::time::Duration;

@@ -15,7 +15,8 @@ use std::str::FromStr;
 use std::sync::Arc;
 
 use axum::body::Bytes;
-use axum::extract::State;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, State};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use http::{HeaderMap, StatusCode, header};
@@ -29,6 +30,8 @@ use crate::validate;
 
 /// Where usage reports are taken.
 pub const PATH: &str = "/v1/usage";
+/// The largest body read: a full batch of 1000 reports is about 300 KB.
+const MAX_BODY: usize = 4 << 20;
 /// The header a gateway may send its token in (as it does to forward-auth).
 const GATEWAY_TOKEN_HEADER: &str = "x-tollgate-gateway-token";
 
@@ -112,7 +115,7 @@ impl ReportJson {
 
 /// The routes.
 pub fn router(grpc: MeteringGrpc) -> axum::Router {
-    axum::Router::new().route(PATH, post(record)).with_state(Arc::new(grpc))
+    axum::Router::new().route(PATH, post(record)).layer(DefaultBodyLimit::max(MAX_BODY)).with_state(Arc::new(grpc))
 }
 
 /// The token in `Authorization: Bearer` or `X-Tollgate-Gateway-Token`.
@@ -151,11 +154,19 @@ fn field_name(batch: bool, i: usize) -> String {
     if batch { format!("reports[{i}]") } else { "report".to_owned() }
 }
 
-async fn record(State(grpc): State<Arc<MeteringGrpc>>, headers: HeaderMap, body: Bytes) -> Response {
+async fn record(
+    State(grpc): State<Arc<MeteringGrpc>>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
     if !presented_token(&headers).is_some_and(|token| grpc.accepts_reporter(token)) {
         let error = MeteringError::Unauthenticated("usage reports need the gateway token");
         return HttpError { code: "invalid_gateway_token", ..HttpError::from(error) }.into_openai_response();
     }
+    let Ok(body) = body else {
+        let error = MeteringError::invalid("body", format!("must be at most {MAX_BODY} bytes"));
+        return HttpError { status: 413, code: "request_too_large", ..HttpError::from(error) }.into_openai_response();
+    };
     let result = match parse(&body) {
         Ok((reports, batch)) => grpc.record(&reports, |i| field_name(batch, i)).await,
         Err(error) => Err(error),

@@ -308,6 +308,9 @@ async fn gateways_report_usage_over_http_as_over_grpc(h: &Harness, _clock: &Manu
         assert_eq!(refused.json()["error"]["param"].as_str(), Some(field), "{body}: {refused:?}");
         assert_eq!(refused.error_code(), "invalid_argument");
     }
+    let huge = format!(r#"{{"reports": [{}]}}"#, vec![usage(&w, &key, "u-10", 1).to_string(); 40_000].join(","));
+    let refused = post(http, "/v1/usage", &[("Authorization", &bearer(GATEWAY_TOKEN))], &huge).await;
+    assert_eq!((refused.status, refused.error_code()), (413, "request_too_large".to_owned()), "{}", refused.body);
     let unknown = serde_json::json!({ "report": { "request_id": "u-9", "key": format!("{}/keys/nope", w.account), "model": w.model, "outcome": "success" } });
     let refused = report(h, unknown).await;
     assert_eq!((refused.status, refused.json()["error"]["param"].as_str()), (400, Some("report.key")), "{refused:?}");

@@ -6,6 +6,7 @@ mod authz;
 mod authz_faults;
 mod cross_account;
 mod envoy;
+mod forward_auth;
 mod key_holder_http;
 mod key_state;
 mod keys_api;
