@@ -60,9 +60,17 @@ pub async fn request(
         }
         None => request.push_str("\r\n"),
     }
-    stream.write_all(request.as_bytes()).await.expect("send");
+    // A server refusing a large body answers before reading it all and closes the connection:
+    // the rest of the write may fail, and the answer is still there to read.
+    let _ = stream.write_all(request.as_bytes()).await;
     let mut raw = Vec::new();
-    stream.read_to_end(&mut raw).await.expect("read");
+    let mut chunk = [0u8; 16 * 1024];
+    while let Ok(read) = stream.read(&mut chunk).await {
+        if read == 0 {
+            break;
+        }
+        raw.extend_from_slice(&chunk[..read]);
+    }
     let raw = String::from_utf8_lossy(&raw);
     let (head, body) = raw.split_once("\r\n\r\n").expect("an HTTP answer");
     let mut lines = head.lines();

@@ -23,6 +23,13 @@ impl std::fmt::Debug for BearerAuth {
     }
 }
 
+/// The token of an `Authorization: Bearer <token>` value, the scheme in any case (RFC 7235);
+/// `None` for another scheme. The one reading of bearer tokens, for gRPC metadata and HTTP.
+pub fn bearer_token(authorization: &str) -> Option<&str> {
+    let (scheme, token) = authorization.trim().split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+}
+
 impl BearerAuth {
     pub fn new(token: &str) -> Self {
         Self { expected: Arc::new(Sha256::digest(token.as_bytes()).into()) }
@@ -41,7 +48,7 @@ impl BearerAuth {
         let presented = metadata
             .get("authorization")
             .and_then(|value| value.to_str().ok())
-            .and_then(|value| value.strip_prefix("Bearer ").or_else(|| value.strip_prefix("bearer ")))
+            .and_then(bearer_token)
             .ok_or_else(|| Status::unauthenticated("missing `authorization: Bearer <token>` metadata"))?;
         if self.matches(presented) { Ok(()) } else { Err(Status::unauthenticated("the bearer token is not valid")) }
     }

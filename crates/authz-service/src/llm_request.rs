@@ -86,11 +86,8 @@ fn unreadable(param: &'static str, message: impl Into<String>) -> Unreadable {
 /// The key a call carries; empty when it carries none (which Authorize denies as malformed).
 pub fn api_key(headers: &dyn Headers, query: Option<&str>) -> String {
     let header = |name: &str| headers.header(name).map(str::trim);
-    if let Some(authorization) = header("authorization") {
-        let (scheme, token) = authorization.split_once(' ').unwrap_or((authorization, ""));
-        if scheme.eq_ignore_ascii_case("bearer") {
-            return token.trim().to_owned();
-        }
+    if let Some(token) = header("authorization").and_then(tollgate_auth::bearer_token) {
+        return token.to_owned();
     }
     for name in ["x-api-key", "api-key", "x-goog-api-key"] {
         if let Some(key) = header(name).filter(|key| !key.is_empty()) {

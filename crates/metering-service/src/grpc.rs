@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use tollgate_auth::{AnyBearer, BearerAuth, actor};
+use tollgate_auth::{AnyBearer, BearerAuth, actor, bearer_token};
 use tollgate_core::Violations;
 use tollgate_core::clock::Clock;
 use tollgate_proto::metering::v1 as pb;
@@ -220,8 +220,7 @@ impl pb::key_holder_service_server::KeyHolderService for KeyHolderGrpc {
             .metadata()
             .get("authorization")
             .and_then(|value| value.to_str().ok())
-            .and_then(|value| value.strip_prefix("Bearer ").or_else(|| value.strip_prefix("bearer ")))
-            .map(str::trim)
+            .and_then(bearer_token)
             .ok_or(MeteringError::Unauthenticated("missing `authorization: Bearer sk-…` metadata"))?;
         let days = validate::balance_days(request.get_ref().days).map_err(MeteringError::from)?;
         Ok(Response::new(convert::key_balance(self.queries.key_balance(secret, days).await?)))

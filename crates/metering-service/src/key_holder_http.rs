@@ -84,10 +84,7 @@ impl KeyHolderHttp {
 /// `x-api-key`.
 fn presented_key(headers: &HeaderMap) -> Option<String> {
     let header = |name: &HeaderName| headers.get(name).and_then(|v| v.to_str().ok()).map(str::trim);
-    let bearer = header(&header::AUTHORIZATION).and_then(|value| {
-        let (scheme, token) = value.split_once(' ')?;
-        scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
-    });
+    let bearer = header(&header::AUTHORIZATION).and_then(tollgate_auth::bearer_token);
     let key = bearer.or_else(|| header(&HeaderName::from_static("x-api-key"))).filter(|key| !key.is_empty())?;
     Some(if key.starts_with(key_format::PREFIX) { key.to_owned() } else { format!("{}{key}", key_format::PREFIX) })
 }

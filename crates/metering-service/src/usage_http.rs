@@ -121,10 +121,8 @@ pub fn router(grpc: MeteringGrpc) -> axum::Router {
 /// The token in `Authorization: Bearer` or `X-Tollgate-Gateway-Token`.
 fn presented_token(headers: &HeaderMap) -> Option<&str> {
     let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
-    header(GATEWAY_TOKEN_HEADER).or_else(|| {
-        let (scheme, token) = header(header::AUTHORIZATION.as_str())?.split_once(' ')?;
-        scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
-    })
+    header(GATEWAY_TOKEN_HEADER)
+        .or_else(|| header(header::AUTHORIZATION.as_str()).and_then(tollgate_auth::bearer_token))
 }
 
 /// Reads the body into reports, each with the field it is named by.

@@ -11,6 +11,8 @@ use tollgate_tests::Harness;
 use tollgate_tests::fixtures::{World, create_key, mask, postpaid_world, world};
 use tollgate_tests::http::{Answer, get, post, request};
 
+use crate::metering::applied;
+
 const GATEWAY_TOKEN: &str = "gateway-token-for-http-usage";
 /// Key-holder calls a key may make per minute in these tests.
 const PER_MINUTE: u32 = 8;
@@ -67,21 +69,6 @@ fn usage(w: &World, key: &pb::Key, request_id: &str, input: i64) -> serde_json::
         "input_tokens": input,
         "outcome": "USAGE_OUTCOME_SUCCESS",
     })
-}
-
-/// Polls until the account's ledger holds `count` rows.
-async fn applied(h: &Harness, w: &World, count: usize) -> Vec<metering::UsageRecord> {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
-    loop {
-        let request = metering::ListUsageRequest { parent: w.account.clone(), page_size: 1000, ..Default::default() };
-        let records = h.metering().list_usage(request).await.expect("list usage").into_inner().records;
-        if records.len() >= count {
-            assert_eq!(records.len(), count, "more rows than reports: {records:?}");
-            return records;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "only {} of {count} reports applied", records.len());
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 async fn add_credits(h: &Harness, w: &World, credits: i64) {

@@ -91,7 +91,7 @@ async fn usage(h: &Harness, w: &World) -> Vec<metering::UsageRecord> {
 }
 
 /// Polls until the account's ledger holds `count` rows, then returns them.
-async fn applied(h: &Harness, w: &World, count: usize) -> Vec<metering::UsageRecord> {
+pub(crate) async fn applied(h: &Harness, w: &World, count: usize) -> Vec<metering::UsageRecord> {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
     loop {
         let records = usage(h, w).await;
