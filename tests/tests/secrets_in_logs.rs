@@ -10,7 +10,7 @@ use prost_types::FieldMask;
 use tollgate_proto::keys::v1 as pb;
 use tollgate_proto::metering::v1 as metering;
 use tollgate_tests::fixtures::{create_key, postpaid_world};
-use tollgate_tests::{Harness, Options};
+use tollgate_tests::{Harness, Options, http};
 use tracing_subscriber::EnvFilter;
 
 #[derive(Clone, Default)]
@@ -70,6 +70,22 @@ async fn no_secret_reaches_the_logs() {
         let _ = h.key_holder(&format!("{secret}x")).get_key_balance(own).await;
         let report = metering::UsageReport { request_id: secret.clone(), key: secret.clone(), ..Default::default() };
         let _ = h.metering().record_usage(metering::RecordUsageRequest { report: Some(report) }).await;
+        // The HTTP doors: forward-auth with the key, the key holder's endpoints, and a usage
+        // report over HTTP naming the secret where a key name belongs.
+        let bearer = format!("Bearer {secret}");
+        let proxied = [
+            ("Authorization", bearer.as_str()),
+            ("X-Tollgate-Gateway-Token", h.admin_token.as_str()),
+            ("X-Forwarded-Uri", "/v1/chat/completions"),
+        ];
+        let body = format!(r#"{{"model": "{}", "messages": []}}"#, w.model);
+        http::post(h.authz_server().http, "/v1/forward-auth", &proxied, &body).await;
+        for path in ["/v1/key", "/api/usage/token", "/v1/dashboard/billing/subscription"] {
+            http::get(h.metering_server().http, path, &[("Authorization", bearer.as_str())]).await;
+        }
+        let report = format!(r#"{{"report": {{"request_id": "{secret}", "key": "{secret}"}}}}"#);
+        let admin = format!("Bearer {}", h.admin_token);
+        http::post(h.metering_server().http, "/v1/usage", &[("Authorization", admin.as_str())], &report).await;
         // Failing calls carrying the secret where it does not belong.
         let _ = h.keys().create_key(w.create(pb::Key { ip_allowlist: vec![secret.clone()], ..w.key("Bad") })).await;
         let _ = h.keys().get_key(pb::GetKeyRequest { name: secret.clone() }).await;
@@ -86,6 +102,7 @@ async fn no_secret_reaches_the_logs() {
 
     let logs = String::from_utf8_lossy(&captured.0.lock().unwrap()).into_owned();
     assert!(logs.contains("CreateKey"), "the capture is real: it holds the request log");
+    assert!(logs.contains("/v1/forward-auth"), "and the HTTP listener's access lines");
     for secret in &secrets {
         let needle = secret.strip_prefix("sk-").unwrap_or(secret);
         assert!(!logs.contains(needle), "a secret reached the logs");

@@ -59,6 +59,27 @@ async fn authorize_answers_within_twice_the_redis_timeout_while_redis_is_down() 
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+    // The HTTP door fails closed the same way: 503 in OpenAI's shape for the key with money
+    // limits, an allow for the key without.
+    let forward_auth = |secret: &str| {
+        let bearer = format!("Bearer {secret}");
+        let body = format!(r#"{{"model": "{}", "messages": []}}"#, w.model);
+        let token = h.admin_token.clone();
+        let address = h.authz_server().http;
+        async move {
+            let headers = [
+                ("Authorization", bearer.as_str()),
+                ("X-Tollgate-Gateway-Token", token.as_str()),
+                ("X-Forwarded-Uri", "/v1/chat/completions"),
+            ];
+            tollgate_tests::http::post(address, "/v1/forward-auth", &headers, &body).await
+        }
+    };
+    let closed = forward_auth(&paid).await;
+    assert_eq!((closed.status, closed.error_code()), (503, "service_unavailable".to_owned()), "{}", closed.body);
+    assert_eq!(closed.header("retry-after"), Some("1"));
+    assert!(!closed.body.to_lowercase().contains("redis"), "a cause leaked: {}", closed.body);
+    assert_eq!(forward_auth(&free).await.status, 200);
     // Authz answers from its caches: it keeps saying SERVING while Redis is away.
     let mut health = tonic_health::pb::health_client::HealthClient::new(h.authz_channel());
     let check = health.check(tonic_health::pb::HealthCheckRequest { service: String::new() }).await.unwrap();
